@@ -1,0 +1,189 @@
+"""Parameter and FLOP counting, per model and per module.
+
+FLOPs follow the conventions of the official model zoos' figures (calflops): convolutions and
+matmuls count 2 x MACs (+ the bias adds for convs), activations, pools, softmax, interpolation
+and `torch.add`/`torch.mul` count one FLOP per element, norms 2 (batch norm) or 5 (layer/group
+norm) per element. Counting happens at the level of torch functions, so attention matmuls,
+einsum and every functional call inside a block are seen without per-block code. Ops that
+calflops does not count (operator `+`/`*`, sigmoid, grid_sample) are not counted either, so our
+totals and the official ones stay comparable.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+
+def _numel(t) -> int:
+    return t.numel() if isinstance(t, torch.Tensor) else 0
+
+
+def _first_tensor(args, kwargs):
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
+def _conv(args, kwargs, out):
+    weight = args[1] if len(args) > 1 else kwargs["weight"]
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    per_output = weight.shape[1] * math.prod(weight.shape[2:])  # (Cin / groups) x kernel area
+    macs = out.numel() * per_output
+    return 2 * macs + (out.numel() if bias is not None else 0)
+
+
+def _conv_transpose(args, kwargs, out):
+    x, weight = args[0], args[1]
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    macs = x.numel() * weight.shape[1] * math.prod(weight.shape[2:])
+    return 2 * macs + (out.numel() if bias is not None else 0)
+
+
+def _linear(args, kwargs, out):
+    weight = args[1] if len(args) > 1 else kwargs["weight"]
+    return 2 * out.numel() * weight.shape[-1]
+
+
+def _matmul(args, kwargs, out):
+    a = args[0]
+    return 2 * out.numel() * a.shape[-1]
+
+
+def _addmm(args, kwargs, out):
+    return 2 * out.numel() * args[1].shape[-1] + _numel(args[0])
+
+
+def _einsum(args, kwargs, out):
+    equation, operands = args[0], args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = operands[0]
+    inputs = equation.replace(" ", "").split("->")[0].split(",")
+    sizes = {}
+    for letters, tensor in zip(inputs, operands):
+        for letter, size in zip(letters, tensor.shape):
+            sizes[letter] = size
+    return 2 * math.prod(sizes.values())
+
+
+def _elementwise(args, kwargs, out):
+    return _numel(out)
+
+
+def _input_numel(args, kwargs, out):
+    return _numel(_first_tensor(args, kwargs))
+
+
+def _batch_norm(args, kwargs, out):
+    weight = args[3] if len(args) > 3 else kwargs.get("weight")
+    return _numel(out) * (2 if weight is not None else 1)
+
+
+def _norm5(args, kwargs, out):
+    return _numel(out) * 5
+
+
+_RULES = {
+    "conv1d": _conv, "conv2d": _conv, "conv3d": _conv,
+    "conv_transpose1d": _conv_transpose, "conv_transpose2d": _conv_transpose, "conv_transpose3d": _conv_transpose,
+    "linear": _linear,
+    "matmul": _matmul, "mm": _matmul, "bmm": _matmul, "__matmul__": _matmul,
+    "addmm": _addmm, "baddbmm": _addmm,
+    "einsum": _einsum,
+    "relu": _elementwise, "relu_": _elementwise, "relu6": _elementwise, "silu": _elementwise,
+    "gelu": _elementwise, "elu": _elementwise, "leaky_relu": _elementwise, "prelu": _elementwise,
+    "hardtanh": _elementwise, "softmax": _elementwise,
+    "avg_pool1d": _input_numel, "avg_pool2d": _input_numel, "avg_pool3d": _input_numel,
+    "max_pool1d": _input_numel, "max_pool2d": _input_numel, "max_pool3d": _input_numel,
+    "adaptive_avg_pool1d": _input_numel, "adaptive_avg_pool2d": _input_numel,
+    "adaptive_max_pool1d": _input_numel, "adaptive_max_pool2d": _input_numel,
+    "interpolate": _elementwise, "upsample": _elementwise,
+    "batch_norm": _batch_norm, "layer_norm": _norm5, "group_norm": _norm5, "instance_norm": _norm5,
+    "add": _elementwise, "mul": _elementwise,
+}
+
+
+class _FunctionCounter(TorchFunctionMode):
+    """Counts FLOPs of torch functions, attributed to every module on the call stack."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.per_module: dict[nn.Module, float] = defaultdict(float)
+        self.stack: list[nn.Module] = []
+        self.total = 0.0
+        self._handles = []
+        for module in model.modules():
+            self._handles.append(module.register_forward_pre_hook(self._enter))
+            self._handles.append(module.register_forward_hook(self._leave))
+
+    def _enter(self, module, inputs):
+        self.stack.append(module)
+
+    def _leave(self, module, inputs, output):
+        if self.stack and self.stack[-1] is module:
+            self.stack.pop()
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        rule = _RULES.get(getattr(func, "__name__", ""))
+        if rule is not None and isinstance(out, torch.Tensor):
+            flops = float(rule(args, kwargs, out))
+            self.total += flops
+            for module in set(self.stack):
+                self.per_module[module] += flops
+        return out
+
+
+@dataclass
+class Profile:
+    params: int
+    flops: float                       # at batch 1
+    per_module: dict                   # module -> FLOPs (includes its children)
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / 1e9
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, inputs) -> Profile:
+    """FLOPs of one eval-mode forward on `inputs` (a tensor or a tuple/list of tensors)."""
+    was_training = model.training
+    model.eval()
+    counter = _FunctionCounter(model)
+    try:
+        with counter:
+            if isinstance(inputs, (list, tuple)) and not isinstance(inputs, torch.Tensor):
+                model(inputs if len(inputs) > 1 else inputs[0])
+            else:
+                model(inputs)
+    finally:
+        counter.remove()
+        model.train(was_training)
+    return Profile(count_params(model), counter.total, dict(counter.per_module))
+
+
+def deployed_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in its inference form (conv+BN fused, blocks re-parameterised)."""
+    clone = copy.deepcopy(model).eval()
+    if hasattr(clone, "deploy"):
+        clone.deploy()
+    else:
+        from models.detector import fuse_modules
+        fuse_modules(clone)
+    return clone

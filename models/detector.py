@@ -1,0 +1,136 @@
+"""Detector: runs a parsed graph.
+
+Each row's module reads the outputs its `from` names; only outputs that a later row reads are
+kept. The last row, when it is a DETR decoder, also receives the training targets and returns
+the detection dict (`pred_logits`, `pred_boxes`, and in training the auxiliary outputs).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.errors import GraphError
+from models.graph import Graph, Row
+
+
+def fuse_modules(model: nn.Module) -> nn.Module:
+    """Call `fuse()` on every submodule that defines it, innermost first.
+
+    `fuse()` is the blocks' one inference hook: fold BN into convs, re-parameterise multi-branch
+    blocks, drop training-only parts. Each block fuses only itself; its children are visited first."""
+    for module in reversed(list(model.modules())):
+        if module is not model and callable(getattr(type(module), "fuse", None)):
+            module.fuse()
+    return model
+
+
+class Detector(nn.Module):
+    def __init__(self, graph: Graph):
+        super().__init__()
+        self.layers = nn.ModuleList(graph.layers)
+        self.rows: list[Row] = graph.rows
+        self.save = graph.save
+        self.nc = graph.nc
+        self.imgsz = graph.imgsz
+        self.scale = graph.scale
+        self.graph_path = graph.path
+        self.graph_spec = graph.raw
+        self.deployed = False
+
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
+        return self.run(images, targets)[0]
+
+    def run(self, images: torch.Tensor, targets=None, taps=(), check: bool = False):
+        """Forward the graph; also return the outputs of the rows in `taps` (by index).
+
+        With `check=True` an exception inside a row is re-raised as a GraphError naming the row."""
+        taps = set(taps)
+        kept: dict[int, object] = {}
+        tapped: dict[int, object] = {}
+        x = images
+        for row, layer in zip(self.rows, self.layers):
+            if row.multi_input:
+                x = [images if s < 0 else kept[s] for s in row.sources]
+            elif row.sources[0] != row.index - 1:
+                x = images if row.sources[0] < 0 else kept[row.sources[0]]
+            if check:
+                x = self._checked_call(row, layer, x, targets)
+            else:
+                x = layer(x, targets=targets) if row.takes_targets else layer(x)
+            if row.index in self.save:
+                kept[row.index] = x
+            if row.index in taps:
+                tapped[row.index] = x
+        return x, tapped
+
+    def _checked_call(self, row: Row, layer: nn.Module, x, targets):
+        where = f"{self.graph_path}, row {row.index} ({row.section}) {row.module}"
+        try:
+            out = layer(x, targets=targets) if row.takes_targets else layer(x)
+        except Exception as err:  # noqa: BLE001 (any failure inside a row is reported against the row)
+            shapes = [tuple(t.shape) for t in x] if isinstance(x, (list, tuple)) else tuple(x.shape)
+            raise GraphError(f"{row.module} failed on input of shape {shapes}: {type(err).__name__}: {err}",
+                             where=where, hint="check this row's `from` and channel args against the rows it reads"
+                             ) from err
+        declared = row.c_out
+        actual = _channels(out)
+        if actual is not None and declared is not None and actual != declared:
+            raise GraphError(f"{row.module} declares {declared} output channels but produced {actual}",
+                             where=where, hint="the block's channel rule or its args are inconsistent")
+        return out
+
+    def check(self, imgsz: int = 64):
+        """One small eval forward that reports any row that fails, against that row."""
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            self.run(torch.zeros(1, 3, imgsz, imgsz), check=True)
+        self.train(was_training)
+
+    def deploy(self) -> "Detector":
+        """Switch to the inference form in place: eval mode, conv+BN fused, blocks re-parameterised."""
+        self.eval()
+        fuse_modules(self)
+        self.deployed = True
+        return self
+
+    def layer_table(self, imgsz=None) -> list[dict]:
+        """One dict per row: index, from, repeats, params, GFLOPs (at imgsz, batch 1), module, args."""
+        from analyze.profile import count_flops, count_params
+
+        height, width = imgsz or self.imgsz
+        profile = count_flops(self, torch.zeros(1, 3, height, width))
+        return [{"index": row.index, "from": row.from_repr, "repeats": row.repeats,
+                 "params": count_params(layer), "gflops": profile.per_module.get(layer, 0.0) / 1e9,
+                 "module": row.module, "args": row.args}
+                for row, layer in zip(self.rows, self.layers)]
+
+    def print_table(self, imgsz=None, file=None):
+        print(format_layer_table(self.layer_table(imgsz), self.imgsz if imgsz is None else imgsz), file=file)
+
+
+def _channels(out):
+    if isinstance(out, torch.Tensor) and out.dim() == 4:
+        return out.shape[1]
+    if isinstance(out, (list, tuple)) and out and all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in out):
+        return [t.shape[1] for t in out]
+    return None
+
+
+def _short(value, limit=60):
+    text = getattr(value, "block_name", None) or repr(value)
+    if hasattr(value, "func") and hasattr(value, "keywords"):
+        text = f"{value.block_name}({', '.join(f'{k}={v}' for k, v in value.keywords.items())})"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def format_layer_table(table: list[dict], imgsz) -> str:
+    lines = [f"{'':>4}{'from':>14}{'n':>4}{'params':>12}{'GFLOPs':>10}  {'module':<24}arguments"]
+    for r in table:
+        args = ", ".join(_short(a) for a in r["args"])
+        lines.append(f"{r['index']:>4}{str(r['from']):>14}{r['repeats']:>4}{r['params']:>12,}"
+                     f"{r['gflops']:>10.3f}  {r['module']:<24}[{args}]")
+    total_params = sum(r["params"] for r in table)
+    total_flops = sum(r["gflops"] for r in table)
+    lines.append(f"{'total':>22}{total_params:>12,}{total_flops:>10.3f}  at {imgsz[0]}x{imgsz[1]}, batch 1")
+    return "\n".join(lines)
