@@ -12,9 +12,12 @@ _ACTIVATIONS = {
 
 
 def activation(act: str | bool | None | nn.Module) -> nn.Module:
-    """An activation module from a name ('silu', 'relu', ...), True (SiLU), or None/False (identity)."""
+    """An activation from a name ('silu', 'relu', ...), True (SiLU), None/False (identity), a module,
+    or a factory (a nested `{module: nn.ReLU}` row argument)."""
     if isinstance(act, nn.Module):
         return act
+    if callable(act) and not isinstance(act, (str, bool)):
+        return act()
     if act is True:
         return nn.SiLU()
     if act in (None, False):
@@ -41,3 +44,28 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
     return fused
+
+
+def build_inner(factory, c: int) -> nn.Module:
+    """Build a nested block (a graph's `{module: Name, args: {...}}` factory, or a class) that keeps `c` channels.
+
+    Containers (C2f, MetaFormerBlock, ...) call this for their inner block: a block whose output
+    width is its first argument ("arg0") gets (c, c), one that keeps its channels gets (c)."""
+    from blocks.registry import ChannelError, get
+
+    name = getattr(factory, "block_name", None)
+    if name is None or name.startswith("nn."):
+        return factory(c)
+    spec = get(name)
+    if not spec.takes_c_in:
+        return factory()
+    if getattr(factory, "args", ()):
+        raise ChannelError(f"nested block {name} must take its args as a dict",
+                           hint=f"write {{module: {name}, args: {{name: value}}}}; the container passes the channels")
+    widths = (c, c) if spec.channels == "arg0" and spec.out_param not in factory.keywords else (c,)
+    bound = spec.signature.bind(*widths, **factory.keywords)
+    bound.apply_defaults()
+    if spec.out_channels(c, dict(bound.arguments)) != c:
+        raise ChannelError(f"nested block {name} changes the channels ({c} in)",
+                           hint="a container's inner block must keep its input channels")
+    return factory(*widths)

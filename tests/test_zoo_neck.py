@@ -1,0 +1,47 @@
+"""Focused checks for the neck/mamba/transformer/backbone/container group of the block zoo."""
+import pytest
+import torch
+
+from models import build_model
+from models.errors import GraphError
+
+
+def container_graph(row):
+    return {"nc": 2, "imgsz": [64, 64], "backbone": [[-1, 1, "Conv", [16, 3, 2]], row]}
+
+
+def test_c2f_takes_two_different_inner_blocks_from_a_yaml_row():
+    faster = build_model(container_graph([-1, 2, "C2f", {"c2": 32, "block": {"module": "FasterBlock", "args": {"n_div": 2}}}]))
+    star = build_model(container_graph([-1, 2, "C2f", {"c2": 32, "block": {"module": "StarBlock", "args": {"mlp_ratio": 2}}}]))
+    # the row's repeats go into C2f's inner count, and the nested args reach the inner block
+    assert [type(m).__name__ for m in faster.layers[1].m] == ["FasterBlock", "FasterBlock"]
+    assert faster.layers[1].m[0].spatial_mixing.c_conv == 8          # 16 channels / n_div 2
+    assert [type(m).__name__ for m in star.layers[1].m] == ["StarBlock", "StarBlock"]
+    assert star.layers[1].m[0].f1.out_channels == 32                  # 16 channels * mlp_ratio 2
+    # by hand: cv1 Conv(16,32,1)+BN = 576, cv2 Conv(64,32,1)+BN = 2112,
+    # FasterBlock(16, n_div 2) = PConv 8*8*9 + 1x1 16->32 + BN + 1x1 32->16 = 576 + 512 + 64 + 512
+    assert sum(p.numel() for p in faster.layers[1].parameters()) == 576 + 2112 + 2 * (576 + 512 + 64 + 512)
+    for model in (faster, star):
+        out = model(torch.randn(1, 3, 64, 64))
+        assert out.shape == (1, 32, 32, 32)
+
+
+def test_c3k2_passes_its_inner_block_into_the_c3k_stacks():
+    model = build_model(container_graph([-1, 1, "C3k2", {"c2": 32, "c3k": True, "block": {"module": "RepViTBlock", "args": {}}}]))
+    c3k = model.layers[1].m[0]
+    assert type(c3k).__name__ == "C3k" and [type(m).__name__ for m in c3k.m] == ["RepViTBlock", "RepViTBlock"]
+    assert c3k.m[0].channel_mixer[0].conv.in_channels == 8           # C3k hidden = 16 * 0.5
+
+
+def test_metaformer_takes_any_token_mixer():
+    pool = build_model(container_graph([-1, 1, "MetaFormerBlock", {}]))
+    star = build_model(container_graph([-1, 1, "MetaFormerBlock", {"token_mixer": {"module": "StarBlock", "args": {}}}]))
+    assert type(pool.layers[1].token_mixer).__name__ == "Pooling"
+    assert type(star.layers[1].token_mixer).__name__ == "StarBlock"
+
+
+def test_nested_block_rejects_positional_args_and_channel_changes():
+    with pytest.raises(GraphError, match="args as a dict"):
+        build_model(container_graph([-1, 1, "C2f", {"c2": 32, "block": {"module": "StarBlock", "args": [2]}}]))
+    with pytest.raises(GraphError, match="changes the channels"):
+        build_model(container_graph([-1, 1, "C2f", {"c2": 32, "block": {"module": "Conv", "args": {"c2": 8}}}]))
