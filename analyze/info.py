@@ -19,7 +19,7 @@ def model_info(graph, imgsz=None, scale=None, nc=None, per_layer=False) -> dict:
     height, width = model.imgsz
     profile = count_flops(deployed, torch.zeros(1, 3, height, width))
     info = {"graph": str(graph), "scale": model.scale, "imgsz": [height, width], "nc": model.nc,
-            "params": count_params(model), "params_deploy": profile.params, "gflops": round(profile.gflops, 4)}
+            "params": count_params(model), "params_deploy": profile.params, "gflops": round(profile.gflops, 4), "flops": int(profile.flops)}
     if per_layer:
         info["layers"] = [{"index": row.index, "from": row.from_repr, "repeats": row.repeats,
                            "params": count_params(layer), "gflops": profile.per_module.get(layer, 0.0) / 1e9,

@@ -16,6 +16,7 @@ Every mistake raises GraphError naming the file, the row and the module.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import math
@@ -278,6 +279,7 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
     args = [_nested(a, where) for a in args]
     kwargs = {k: _nested(v, where) for k, v in kwargs.items()}
     signature = inspect.signature(spec.cls)
+    _check_keywords(spec, signature, kwargs, where)
     call_args = [c_in, *args] if spec.takes_c_in else args
     try:
         bound = signature.bind(*call_args, **kwargs)
@@ -308,6 +310,18 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
     row = Row(index, source, sources, multi, repeats, spec.name, shown_args,
               {k: v for k, v in defaults.items() if k != spec.c_in_param}, c_out, section, takes_targets)
     return row, module
+
+
+def _check_keywords(spec, signature, kwargs, where):
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    accepted = [p for p in signature.parameters if p != spec.c_in_param]
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise GraphError(f"{spec.name} has no argument {key!r}", where=where,
+                             hint=f"{hint}{spec.name} takes ({', '.join(accepted)})")
 
 
 def _construct(spec, bound, repeats, c_out, where):
