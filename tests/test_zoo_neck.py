@@ -45,3 +45,42 @@ def test_nested_block_rejects_positional_args_and_channel_changes():
         build_model(container_graph([-1, 1, "C2f", {"c2": 32, "block": {"module": "StarBlock", "args": [2]}}]))
     with pytest.raises(GraphError, match="changes the channels"):
         build_model(container_graph([-1, 1, "C2f", {"c2": 32, "block": {"module": "Conv", "args": {"c2": 8}}}]))
+
+
+def test_library_backbones_feed_index_rows_and_load_local_weights(tmp_path):
+    import timm
+    import torchvision
+
+    from models.errors import CheckpointError
+
+    graph = {"nc": 2, "imgsz": [64, 64], "backbone": [
+        [-1, 1, "TorchvisionBackbone", ["resnet18"]], [0, 1, "Index", [2]],
+        [-1, 1, "TimmBackbone", {"name": "test_resnet", "out_indices": [2, 4]}], [-1, 1, "Index", [1]]]}
+    model = build_model(graph)
+    # channels as the libraries report them: resnet18 layer4 = 512, timm test_resnet stage 4 = 96
+    assert [row.c_out for row in model.rows] == [[128, 256, 512], 512, [48, 96], 96]
+
+    reference = torchvision.models.resnet18(weights=None).eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save({"model": reference.state_dict()}, path)
+    graph["backbone"][0] = [-1, 1, "TorchvisionBackbone", {"name": "resnet18", "weights": str(path)}]
+    loaded = build_model(graph).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        _, taps = loaded.run(x, taps=(0,))
+        stem = reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))
+        expected = reference.layer4(reference.layer3(reference.layer2(reference.layer1(stem))))
+    torch.testing.assert_close(taps[0][2], expected)
+
+    graph["backbone"][0] = [-1, 1, "TorchvisionBackbone", {"name": "resnet18", "weights": str(tmp_path / "none.pth")}]
+    with pytest.raises(GraphError, match="weights not found"):  # the parser names the row
+        build_model(graph)
+    from blocks.backbone.timm_backbone import TimmBackbone
+    with pytest.raises(CheckpointError, match="not found"):
+        TimmBackbone(3, "test_resnet", weights=str(tmp_path / "none.pth"))
+    timm_model = timm.create_model("test_resnet", pretrained=False)
+    timm_path = tmp_path / "test_resnet.pth"
+    torch.save(timm_model.state_dict(), timm_path)
+    graph["backbone"][0] = [-1, 1, "TimmBackbone", {"name": "test_resnet", "weights": str(timm_path)}]
+    loaded = build_model(graph)
+    assert torch.equal(loaded.layers[0].model.conv1[0].weight, timm_model.conv1[0].weight)
