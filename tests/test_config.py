@@ -1,0 +1,96 @@
+"""Run-config composition: __include__ order, deep merge, -u overrides, cycles, typos, provenance."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.config import load_config
+from models.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_includes_merge_deep_in_order_and_the_including_file_wins(tmp_path):
+    write(tmp_path / "base/a.yml", "epochs: 10\noptimizer: {type: AdamW, lr: 0.001, betas: [0.9, 0.999]}\n")
+    write(tmp_path / "base/b.yml", "epochs: 20\noptimizer: {lr: 0.002}\nprint_freq: 5\n")
+    top = write(tmp_path / "run/top.yml", "__include__: ['../base/a.yml', '../base/b.yml']\noptimizer: {weight_decay: 0.1}\n")
+    cfg = load_config(top)
+    assert cfg["epochs"] == 20                      # b after a
+    assert cfg["optimizer"] == {"type": "AdamW", "lr": 0.002, "betas": [0.9, 0.999], "weight_decay": 0.1}
+    assert cfg["print_freq"] == 5
+    assert "__include__" not in cfg
+
+
+def test_nested_includes_resolve_relative_to_each_file(tmp_path):
+    write(tmp_path / "x/deep/leaf.yml", "nc: 7\n")
+    write(tmp_path / "x/mid.yml", "__include__: deep/leaf.yml\nimgsz: 320\n")
+    top = write(tmp_path / "top.yml", "__include__: [x/mid.yml]\n")
+    assert load_config(top) == {"nc": 7, "imgsz": 320}
+
+
+def test_updates_parse_yaml_values_and_create_missing_sections(tmp_path):
+    top = write(tmp_path / "c.yml", "train_dataloader: {batch_size: 4, shuffle: true}\n")
+    cfg = load_config(top, ["train_dataloader.batch_size=8", "imgsz=[320, 320]", "use_amp=false",
+                            "optimizer.lr=1e-4", "output_dir=runs/x=y"])
+    assert cfg["train_dataloader"] == {"batch_size": 8, "shuffle": True}
+    assert cfg["imgsz"] == [320, 320] and cfg["use_amp"] is False
+    assert cfg["optimizer"]["lr"] == pytest.approx(1e-4)
+    assert cfg["output_dir"] == "runs/x=y"        # only the first '=' splits
+
+
+def test_include_cycle_is_reported_with_the_chain(tmp_path):
+    write(tmp_path / "a.yml", "__include__: [b.yml]\n")
+    write(tmp_path / "b.yml", "__include__: [a.yml]\n")
+    with pytest.raises(ConfigError, match=r"cycle: .*a\.yml -> .*b\.yml -> .*a\.yml"):
+        load_config(tmp_path / "a.yml")
+
+
+def test_missing_include_names_the_including_file(tmp_path):
+    top = write(tmp_path / "top.yml", "__include__: [nope.yml]\n")
+    with pytest.raises(ConfigError, match="included file not found: nope.yml") as err:
+        load_config(top)
+    assert "top.yml" in err.value.where
+
+
+def test_official_spellings_and_typos_get_a_pointed_hint(tmp_path):
+    top = write(tmp_path / "top.yml", "epoches: 72\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(top)
+    assert err.value.hint == "here it is `epochs`"
+    with pytest.raises(ConfigError, match="did you mean `clip_max_norm`"):
+        load_config(write(tmp_path / "t2.yml", "clip_max_nrom: 0.1\n"))
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(write(tmp_path / "t3.yml", "epochs: 1\n"), ["epochs"])
+
+
+def test_override_through_a_scalar_is_an_error(tmp_path):
+    top = write(tmp_path / "c.yml", "epochs: 3\n")
+    with pytest.raises(ConfigError, match="epochs is a int"):
+        load_config(top, ["epochs.x=1"])
+
+
+def test_sources_name_the_file_or_override_each_value_came_from(tmp_path):
+    base = write(tmp_path / "base.yml", "optimizer: {lr: 0.1, type: AdamW}\nepochs: 3\n")
+    top = write(tmp_path / "top.yml", "__include__: [base.yml]\noptimizer: {lr: 0.2}\n")
+    cfg, sources = load_config(top, ["epochs=9"], with_sources=True)
+    assert sources["optimizer.lr"] == str(top.resolve())
+    assert sources["optimizer.type"] == str(base.resolve())
+    assert sources["epochs"] == "-u epochs=9"
+    assert cfg["epochs"] == 9
+
+
+def test_analyze_config_cli_prints_merged_values_with_origins(tmp_path):
+    write(tmp_path / "base.yml", "epochs: 3\n")
+    top = write(tmp_path / "top.yml", "__include__: [base.yml]\nnc: 2\n")
+    out = subprocess.run([sys.executable, "-m", "analyze.config", "-c", str(top), "-u", "nc=5"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    lines = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith("#")}
+    assert "5" in lines["nc:"] and "-u nc=5" in lines["nc:"]
+    assert "base.yml" in lines["epochs:"]
