@@ -1,0 +1,127 @@
+"""Ultralytics YOLO layouts read as COCO: `data.yaml` (`path`, `train`/`val`/`test`, `names`), images in
+`.../images/`, one `.../labels/NAME.txt` per image with lines `class cx cy w h` (normalised).
+
+`yolo_to_coco(data_yaml, split)` builds the COCO dict (category ids = YOLO class ids, 0-based, with
+their names; boxes in pixels); `YoloDetection` trains on it directly, `data.yolo2coco` writes it out.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from data.coco import CocoDetection
+from data.errors import DataError
+from data.validate import read_image_size
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def load_data_yaml(data_yaml) -> dict:
+    try:
+        with open(data_yaml, encoding="utf-8") as f:
+            spec = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise DataError("data.yaml not found", where=str(data_yaml)) from None
+    names = spec.get("names")
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    if not names:
+        raise DataError("no `names` (class names) in data.yaml", where=str(data_yaml),
+                        hint="add `names: [cat, dog, ...]` or `names: {0: cat, 1: dog}`")
+    if "nc" in spec and spec["nc"] != len(names):
+        raise DataError(f"nc is {spec['nc']} but names lists {len(names)} classes", where=str(data_yaml))
+    spec["names"] = [str(n) for n in names]
+    return spec
+
+
+def split_root(data_yaml: Path, spec: dict) -> Path:
+    root = Path(spec.get("path") or ".")
+    return root if root.is_absolute() else (data_yaml.parent / root).resolve()
+
+
+def split_images(data_yaml, split: str) -> list[Path]:
+    """Image files of one split: a folder, a list of folders, or a .txt list of image paths."""
+    data_yaml = Path(data_yaml)
+    spec = load_data_yaml(data_yaml)
+    if split not in spec or spec[split] is None:
+        raise DataError(f"no `{split}` entry", where=str(data_yaml), hint="add e.g. `val: valid/images`")
+    root = split_root(data_yaml, spec)
+    images = []
+    for entry in spec[split] if isinstance(spec[split], list) else [spec[split]]:
+        # Roboflow writes `../train/images` next to a data.yaml that sits beside `train/`
+        candidates = [root / entry, data_yaml.parent / entry, data_yaml.parent / str(entry).removeprefix("../")]
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            raise DataError(f"`{split}: {entry}` not found", where=str(data_yaml),
+                            hint="tried " + ", ".join(str(c) for c in candidates))
+        if found.is_dir():
+            images += sorted(p for p in found.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            images += [(found.parent / line.strip()).resolve() for line in found.read_text().splitlines() if line.strip()]
+    return images
+
+
+def label_path(image: Path) -> Path:
+    """Ultralytics rule: the last `images` folder in the path becomes `labels`, the suffix `.txt`."""
+    parts = list(image.parts)
+    if "images" in parts:
+        parts[len(parts) - 1 - parts[::-1].index("images")] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+def read_labels(path: Path, nc: int) -> list[tuple[int, float, float, float, float]]:
+    """Rows (class, cx, cy, w, h) of one label file; a missing file is an image without objects."""
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path}:{number}"
+        if len(fields) != 5:
+            raise DataError(f"expected 5 columns `class cx cy w h`, found {len(fields)}: {line.strip()!r}", where=where,
+                            hint="detection labels only; convert segmentation polygons to boxes first")
+        try:
+            cls, values = int(fields[0]), [float(v) for v in fields[1:]]
+        except ValueError:
+            raise DataError(f"not numbers: {line.strip()!r}", where=where) from None
+        if not 0 <= cls < nc:
+            raise DataError(f"class {cls} outside 0..{nc - 1} (data.yaml names {nc} classes)", where=where)
+        if not all(math.isfinite(v) for v in values):
+            raise DataError(f"non-finite coordinates: {line.strip()!r}", where=where)
+        rows.append((cls, *values))
+    return rows
+
+
+def yolo_to_coco(data_yaml, split: str = "train", workers: int = 8) -> tuple[dict, list[Path]]:
+    """(COCO dict, image paths) for one split; `file_name`s are the image paths (absolute)."""
+    spec = load_data_yaml(data_yaml)
+    names, images = spec["names"], split_images(data_yaml, split)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        sizes = list(pool.map(read_image_size, images))
+    unreadable = [str(p) for p, s in zip(images, sizes) if s is None]
+    if unreadable:
+        raise DataError(f"{len(unreadable)} unreadable images: {', '.join(unreadable[:10])}", where=str(data_yaml))
+    coco = {"images": [], "annotations": [],
+            "categories": [{"id": i, "name": n, "supercategory": "none"} for i, n in enumerate(names)]}
+    for image_id, (path, (w, h)) in enumerate(zip(images, sizes)):
+        coco["images"].append({"id": image_id, "file_name": str(path), "width": w, "height": h})
+        for cls, cx, cy, bw, bh in read_labels(label_path(path), len(names)):
+            box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": cls,
+                                        "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+    return coco, images
+
+
+class YoloDetection(CocoDetection):
+    """Train directly from a YOLO data.yaml (`dataset: {type: yolo, data_yaml: F, split: train}`)."""
+
+    def __init__(self, data_yaml, split: str = "train", transforms=None, **kwargs):
+        coco, _ = yolo_to_coco(data_yaml, split)
+        kwargs.setdefault("validate", False)  # every image header was just read
+        super().__init__(img_folder="/", ann_file=f"{data_yaml}[{split}]", transforms=transforms,
+                         dataset_dict=coco, **kwargs)
