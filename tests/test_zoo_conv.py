@@ -1,0 +1,103 @@
+"""Focused checks for the conv / upsample / downsample zoo: re-parameterisation equalities and small
+cases computed by hand. The generic contract test covers shapes, channels, FLOPs and backward."""
+import copy
+
+import pytest
+import torch
+
+from blocks.conv._haar import haar_forward, haar_inverse
+from blocks.conv.dbb import DBB
+from blocks.conv.dilated_reparam_conv import DilatedReparamConv
+from blocks.conv.rep_conv import RepConv
+from blocks.conv.wtconv import WTConv
+from blocks.downsample.spd_conv import SPDConv
+from blocks.downsample.wavelet_pool import WaveletPool
+from blocks.upsample.wavelet_un_pool import WaveletUnPool
+from models.detector import fuse_modules
+
+
+def _randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BN statistics and weights, so a fuse that ignores a branch or a BN cannot pass."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            if tensor.dtype != torch.float32:
+                continue
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+            else:
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.3 + (1.0 if name.endswith("weight") and tensor.dim() == 1 else 0.0))
+    return module.eval()
+
+
+def _fused_equal(module: torch.nn.Module, x: torch.Tensor):
+    reference = module(x)
+    fused = fuse_modules(copy.deepcopy(module))
+    fused.fuse()  # fuse_modules visits children only; the block itself last, as a Detector would
+    torch.testing.assert_close(fused(x), reference, atol=1e-4, rtol=1e-4)
+    return fused
+
+
+@pytest.mark.parametrize("c1, c2, k, s, g", [(8, 8, 3, 1, 1), (8, 16, 3, 2, 1), (8, 8, 3, 1, 2)])
+def test_rep_conv_fuses_to_one_conv_with_equal_output(c1, c2, k, s, g):
+    block = _randomise(RepConv(c1, c2, k, s, g))
+    assert (block.identity is not None) == (c1 == c2 and s == 1)
+    fused = _fused_equal(block, torch.randn(2, c1, 11, 13))
+    assert isinstance(fused.reparam, torch.nn.Conv2d) and not hasattr(fused, "dense")
+
+
+@pytest.mark.parametrize("c1, c2, k, s, g", [(8, 16, 3, 1, 1), (8, 8, 5, 2, 1), (8, 8, 3, 1, 8), (8, 16, 3, 1, 4)])
+def test_dbb_fuses_four_branches_into_one_conv(c1, c2, k, s, g):
+    block = _randomise(DBB(c1, c2, k, s, g))
+    fused = _fused_equal(block, torch.randn(2, c1, 12, 9))  # odd sizes exercise the BN-value padding
+    assert [type(m).__name__ for m in fused.children()] == ["SiLU", "Conv2d"]
+
+
+@pytest.mark.parametrize("k", [5, 7, 13])
+def test_dilated_reparam_merges_dilated_branches_into_large_kernel(k):
+    block = _randomise(DilatedReparamConv(8, k))
+    fused = _fused_equal(block, torch.randn(1, 8, 20, 20))
+    assert fused.reparam.kernel_size == (k, k) and fused.reparam.dilation == (1, 1)
+
+
+def test_haar_of_one_cell_matches_hand_computation():
+    cell = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 1, 2, 2)
+    # LL = (1+2+3+4)/2, LH = (1+2-3-4)/2, HL = (1-2+3-4)/2, HH = (1-2-3+4)/2
+    assert haar_forward(cell).flatten().tolist() == [5.0, -2.0, -1.0, 0.0]
+
+
+def test_wavelet_pool_then_unpool_is_lossless():
+    x = torch.randn(2, 3, 8, 12)
+    pooled = WaveletPool(3)(x)
+    assert pooled.shape == (2, 12, 4, 6)
+    # channel 4c..4c+3 are the bands of input channel c; LL is twice the 2x2 mean
+    torch.testing.assert_close(pooled[:, 4], 2 * torch.nn.functional.avg_pool2d(x[:, 1:2], 2)[:, 0])
+    torch.testing.assert_close(WaveletUnPool(12)(pooled), x)
+
+
+def test_wtconv_with_identity_filters_matches_the_cascade_by_hand():
+    """Identity band filters at scale 1, zero base conv. Level 2 rebuilds LL1 exactly, and the paper
+    adds that to level 1's own (identity-filtered) LL1, so the output is x + IWT(LL1, 0, 0, 0)."""
+    block = WTConv(4, k=3, wt_levels=2)
+    with torch.no_grad():
+        block.base.weight.zero_()
+        block.base.bias.zero_()
+        for conv, scale in zip(block.band_convs, block.band_scales):
+            conv.weight.zero_()
+            conv.weight[:, 0, 1, 1] = 1.0
+            scale.fill_(1.0)
+    x = torch.randn(1, 4, 12, 10)  # 12x10 -> 6x5 -> odd level padded and cropped back
+    low = haar_forward(x)[:, :, :1]
+    expected = x + haar_inverse(torch.cat((low, torch.zeros_like(low).expand(-1, -1, 3, -1, -1)), dim=2))
+    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_spd_conv_space_to_depth_order():
+    block = SPDConv(1, 4, k=1).eval()
+    with torch.no_grad():  # a 1x1 identity conv exposes the space-to-depth layout
+        block.conv.conv.weight.copy_(torch.eye(4).reshape(4, 4, 1, 1))
+        block.conv.norm = torch.nn.Identity()
+        block.conv.act = torch.nn.Identity()
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    y = block(x)
+    assert y[0, :, 0, 0].tolist() == [0.0, 4.0, 1.0, 5.0]  # (even,even), (odd,even), (even,odd), (odd,odd)
