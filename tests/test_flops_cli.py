@@ -1,0 +1,41 @@
+"""`analyze.flops` figures against hand counts, and against the same block's row in `analyze.info`."""
+import json
+import subprocess
+import sys
+
+from analyze.flops import block_figures
+from analyze.info import model_info
+
+
+def test_conv_flops_equal_hand_count():
+    # Conv 16->32, k3, s2 on 1x16x32x32 (eval, not fused): 2 x MACs, BN 2 per output, SiLU 1 per output
+    figures = block_figures("Conv", shapes=[(1, 16, 32, 32)], args=[32, 3, 2])
+    outputs = 32 * 16 * 16
+    assert figures["flops"] == 2 * outputs * 16 * 9 + 2 * outputs + outputs
+    assert figures["params"] == 32 * 16 * 9 + 2 * 32
+    assert figures["output"] == [1, 32, 16, 16]
+
+
+def test_se_attention_flops_equal_hand_count():
+    # SE(64, reduction 16): global pool reads every input element; two 1x1 convs with bias on a 1x1 map
+    # (64->4, ReLU, 4->64); the sigmoid and the rescaling product are not counted (calflops convention)
+    figures = block_figures("SE", shapes=[(1, 64, 16, 16)], args=[16])
+    hidden = 4
+    assert figures["flops"] == 64 * 16 * 16 + (2 * 64 * hidden + hidden) + hidden + (2 * hidden * 64 + 64)
+
+
+def test_block_figure_equals_its_row_in_a_graph(tmp_path):
+    graph = tmp_path / "g.yaml"
+    graph.write_text("imgsz: 64\nbackbone:\n  - [-1, 1, Conv, [32, 3, 2]]\n  - [-1, 1, SE, [16]]\n")
+    info = model_info(graph, per_layer=True)
+    row = info["layers"][1]
+    assert round(row["gflops"] * 1e9) == block_figures("SE", shapes=[(1, 32, 32, 32)], args=[16])["flops"]
+
+
+def test_all_blocks_json_lists_every_block_without_failures():
+    result = subprocess.run([sys.executable, "-m", "analyze.flops", "--all", "--category", "attention",
+                             "--repeats", "1", "--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    listing = json.loads(result.stdout)
+    assert not listing["failures"]
+    assert {"SE", "ECA", "CBAM"} <= {row["block"] for row in listing["blocks"]}
