@@ -84,3 +84,34 @@ def test_library_backbones_feed_index_rows_and_load_local_weights(tmp_path):
     graph["backbone"][0] = [-1, 1, "TimmBackbone", {"name": "test_resnet", "weights": str(timm_path)}]
     loaded = build_model(graph)
     assert torch.equal(loaded.layers[0].model.conv1[0].weight, timm_model.conv1[0].weight)
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_bi_level_routing_attention_equals_dense_attention_masked_to_routed_regions(size):
+    from blocks.transformer.bi_level_routing_attention import BiLevelRoutingAttention
+
+    torch.manual_seed(0)
+    c, heads, rs = 8, 2, 4           # n_win 2 -> regions of 4x4 pixels; a 9x9 map is padded to 12x12
+    block = BiLevelRoutingAttention(c, num_heads=heads, n_win=2, topk=2).eval()
+    x = torch.randn(1, c, size, size)
+    with torch.no_grad():
+        q, k, v = block.qkv(x).chunk(3, 1)
+        grid = -(-size // rs)
+        region_of = lambda y, x_: (y // rs) * grid + x_ // rs
+        # region means over the real pixels only, then each query region's 2 best key regions
+        means = lambda t: torch.stack([t[0, :, ry * rs:(ry + 1) * rs, rx * rs:(rx + 1) * rs].mean((1, 2))
+                                       for ry in range(grid) for rx in range(grid)])
+        routes = (means(q) @ means(k).T).topk(2, -1).indices
+        padded = grid * rs
+        pad = lambda t: torch.nn.functional.pad(t, (0, padded - size, 0, padded - size)).flatten(2)[0]
+        qf, kf, vf = pad(q), pad(k), pad(v)
+        token_region = torch.tensor([region_of(i // padded, i % padded) for i in range(padded * padded)])
+        allowed = (token_region[None, :, None] == routes[token_region][:, None, :]).any(-1)
+        out = torch.zeros(c, padded * padded)
+        for h in range(heads):
+            rows = slice(h * c // heads, (h + 1) * c // heads)
+            logits = (qf[rows].T @ kf[rows]) * c ** -0.5
+            out[rows] = vf[rows] @ logits.masked_fill(~allowed, float("-inf")).softmax(-1).T
+        out = out.view(1, c, padded, padded)[:, :, :size, :size]
+        expected = block.output_linear(out + block.lepe(v))
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
