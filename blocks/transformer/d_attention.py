@@ -7,14 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blocks.norm._layer_norm2d import LayerNorm2d
 from blocks.registry import register
-
-
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a (B, C, H, W) map."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 def _grid(h: int, w: int, start: float, device, dtype) -> torch.Tensor:
