@@ -115,3 +115,39 @@ def test_bi_level_routing_attention_equals_dense_attention_masked_to_routed_regi
         out = out.view(1, c, padded, padded)[:, :, :size, :size]
         expected = block.output_linear(out + block.lepe(v))
         torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bifpn_add_is_the_fast_normalised_weighted_sum_of_resized_inputs():
+    import numpy as np
+
+    from blocks.neck.bi_fpn_add import BiFPNAdd
+
+    torch.manual_seed(0)
+    block = BiFPNAdd([4, 4, 4], 4)
+    with torch.no_grad():
+        block.weights.copy_(torch.tensor([2.0, 1.0, -3.0]))       # ReLU drops the third input
+    same, small, large = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 4), torch.randn(1, 4, 16, 16)
+    out = block([same, small, large]).detach().numpy()
+    upsampled = small.numpy().repeat(2, 2).repeat(2, 3)            # nearest x2 by hand
+    torch.testing.assert_close(torch.from_numpy(out), torch.from_numpy((2 * same.numpy() + upsampled) / (3 + 1e-4)))
+    with torch.no_grad():
+        block.weights.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    pooled = np.full((1, 4, 8, 8), -np.inf, dtype=np.float32)       # 3x3 / stride 2 / pad 1 max pool by hand
+    for i in range(8):
+        for j in range(8):
+            pooled[..., i, j] = large.numpy()[..., max(2 * i - 1, 0):2 * i + 2, max(2 * j - 1, 0):2 * j + 2].max((-1, -2))
+    torch.testing.assert_close(block([same, small, large]).detach(), torch.from_numpy(pooled) / (1 + 1e-4))
+
+
+def test_mfm_and_cga_fusion_of_an_input_with_itself():
+    from blocks.neck.cga_fusion import CGAFusion
+    from blocks.neck.mfm import MFM
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8, 8)
+    # MFM's weights are a softmax across the inputs: fusing x with itself gives x back
+    torch.testing.assert_close(MFM([16, 16, 16], 16)([x, x, x]), x)
+    # CGAFusion: (x + x) + p * x + (1 - p) * x = 3x whatever the gate p, then its 1x1 conv
+    cga = CGAFusion([16, 16], 16)
+    expected = torch.einsum("oc,bchw->bohw", cga.conv.weight[:, :, 0, 0], 3 * x) + cga.conv.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(cga([x, x]), expected, rtol=1e-5, atol=1e-5)
