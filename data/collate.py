@@ -13,10 +13,12 @@ from models.errors import ConfigError
 
 def generate_scales(base_size: int, base_size_repeat: int) -> list[int]:
     """Sizes for multi-scale training: multiples of 32 from 0.75x to 1.25x `base_size`, with
-    `base_size` itself repeated `base_size_repeat` times (so it is drawn more often)."""
+    `base_size` itself repeated `base_size_repeat` times (so it is drawn more often). Sizes below 32
+    (possible for tiny base sizes) are left out."""
     low, high = int(base_size * 0.75 / 32) * 32, int(base_size * 1.25 / 32) * 32
     steps = (base_size - low) // 32
-    return [low + 32 * i for i in range(steps)] + [base_size] * base_size_repeat + [high - 32 * i for i in range(steps)]
+    sizes = [low + 32 * i for i in range(steps)] + [base_size] * base_size_repeat + [high - 32 * i for i in range(steps)]
+    return [s for s in sizes if s >= 32]
 
 
 def pad_batch(images: list[torch.Tensor], targets: list[dict]):
