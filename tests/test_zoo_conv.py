@@ -5,13 +5,20 @@ import copy
 import pytest
 import torch
 
+import torch.nn.functional as F
+
+from blocks.conv._dcn_core import deform_sample
 from blocks.conv._haar import haar_forward, haar_inverse
 from blocks.conv.dbb import DBB
+from blocks.conv.dcnv2 import DCNv2
+from blocks.conv.dcnv4 import DCNv4
 from blocks.conv.dilated_reparam_conv import DilatedReparamConv
 from blocks.conv.rep_conv import RepConv
 from blocks.conv.wtconv import WTConv
 from blocks.downsample.spd_conv import SPDConv
 from blocks.downsample.wavelet_pool import WaveletPool
+from blocks.upsample.carafe import CARAFE
+from blocks.upsample.dysample import DySample
 from blocks.upsample.wavelet_un_pool import WaveletUnPool
 from models.detector import fuse_modules
 
@@ -101,3 +108,74 @@ def test_spd_conv_space_to_depth_order():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     y = block(x)
     assert y[0, :, 0, 0].tolist() == [0.0, 4.0, 1.0, 5.0]  # (even,even), (odd,even), (even,odd), (odd,odd)
+
+
+def test_deform_sample_matches_official_dcnv3_reference():
+    """Numbers from InternImage's dcnv3_core_pytorch (run outside the repo) on the same inputs:
+    stride 2, 2 groups, offset_scale 1.5, points sampled partly outside the map."""
+    value = (torch.arange(80, dtype=torch.float32).reshape(1, 4, 5, 4) % 7) / 3
+    offset = torch.linspace(-1.7, 2.3, 216).reshape(1, 2, 3, 36)
+    mask = torch.linspace(0.05, 0.95, 108).reshape(1, 2, 3, 18)
+    out = deform_sample(value, offset, mask, k=3, stride=2, pad=1, dilation=1, groups=2, offset_scale=1.5)
+    official = [0.0, 0.00658, 0.10717, 0.16076, 0.45409, 0.58688, 1.30332, 0.7116, 0.64139, 0.97392, 1.5175,
+                1.79475, 2.32804, 2.28086, 3.1809, 3.18887, 2.45074, 1.10567, 0.87116, 1.33222, 0.04312, 0.0, 0.0, 0.0]
+    torch.testing.assert_close(out.flatten(), torch.tensor(official), atol=1e-4, rtol=0)
+
+
+def test_dcnv2_at_init_is_half_a_plain_conv():
+    """Zero-initialised offset/mask conv: no offsets, every modulation sigmoid(0) = 0.5."""
+    block = DCNv2(4, 6, 3, 2).eval()
+    x = torch.randn(2, 4, 9, 8)
+    expected = block.act(block.norm(0.5 * F.conv2d(x, block.weight, None, 2, 1)))
+    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dcnv4_offset_and_weight_layout():
+    """Per group the linear layer gives 2P offsets (x, y per point) then P weights, with no softmax:
+    offsets (+1, 0) everywhere and weight 2 on the centre tap read the right neighbour, doubled."""
+    block = DCNv4(4, 4, 3, groups=2, act=None).eval()
+    block.norm = torch.nn.Identity()
+    with torch.no_grad():
+        for proj in (block.value_proj, block.output_proj):
+            proj.weight.copy_(torch.eye(4))
+            proj.bias.zero_()
+        bias = torch.zeros(2, 27)
+        bias[:, 0:18:2] = 1.0        # x offsets of the 9 points
+        bias[:, 18 + 4] = 2.0        # weight of the centre point
+        block.offset_mask.bias.zero_()
+        block.offset_mask.bias[:54] = bias.flatten()
+    x = torch.randn(1, 4, 5, 6)
+    expected = 2 * F.pad(x[..., 1:], (0, 1))  # x[..., j + 1], zero beyond the right border
+    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dysample_with_zero_offsets_is_bilinear_upsampling():
+    block = DySample(8, scale=2)
+    with torch.no_grad():
+        block.offset.weight.zero_()
+    x = torch.randn(2, 8, 5, 7)
+    torch.testing.assert_close(block(x), F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False),
+                               atol=1e-5, rtol=1e-5)
+
+
+def _carafe_by_loops(x, kernels, k, s):
+    """The paper's definition: output (i, j) = sum over the k x k taps around source pixel (i//s, j//s)."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, [k // 2] * 4)
+    out = torch.zeros(b, c, s * h, s * w)
+    for i in range(s * h):
+        for j in range(s * w):
+            patch = padded[:, :, i // s:i // s + k, j // s:j // s + k].reshape(b, c, k * k)
+            out[:, :, i, j] = (patch * kernels[:, None, :, i, j]).sum(-1)
+    return out
+
+
+def test_carafe_matches_the_reassembly_definition():
+    torch.manual_seed(0)
+    block = CARAFE(4, scale=2, up_kernel=3, compressed=8)
+    with torch.no_grad():
+        block.encoder.weight.normal_(std=0.5)
+    x = torch.randn(2, 4, 4, 5)
+    # kernel prediction as the paper writes it: pixel shuffle, then softmax over the k*k taps
+    kernels = F.pixel_shuffle(block.encoder(block.compressor(x)), 2).softmax(dim=1)
+    torch.testing.assert_close(block(x), _carafe_by_loops(x, kernels, 3, 2), atol=1e-5, rtol=1e-5)
