@@ -151,3 +151,47 @@ def test_mfm_and_cga_fusion_of_an_input_with_itself():
     cga = CGAFusion([16, 16], 16)
     expected = torch.einsum("oc,bchw->bohw", cga.conv.weight[:, :, 0, 0], 3 * x) + cga.conv.bias.view(1, -1, 1, 1)
     torch.testing.assert_close(cga([x, x]), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_selective_scan_equals_the_closed_form_recurrence():
+    from blocks.mamba._scan import selective_scan
+
+    torch.manual_seed(0)
+    batch, d, n, length, groups = 2, 4, 3, 5, 2
+    u, delta = torch.randn(batch, d, length, dtype=torch.float64), torch.randn(batch, d, length, dtype=torch.float64)
+    A = -torch.rand(d, n, dtype=torch.float64) - 0.1
+    B, C = torch.randn(batch, groups, n, length, dtype=torch.float64), torch.randn(batch, groups, n, length, dtype=torch.float64)
+    D, bias = torch.randn(d, dtype=torch.float64), torch.randn(d, dtype=torch.float64)
+    y = selective_scan(u, delta, A, B, C, D, bias)
+    dt = torch.nn.functional.softplus(delta + bias[:, None])
+    for b in range(batch):
+        for c in range(d):
+            g = c // (d // groups)
+            for t in range(length):
+                # h_t[k] = sum_{s<=t} exp(A[k] * sum_{r=s+1..t} dt_r) * dt_s * B_s[k] * u_s
+                expected = D[c] * u[b, c, t]
+                for s in range(t + 1):
+                    decay = torch.exp(A[c] * dt[b, c, s + 1:t + 1].sum())
+                    expected = expected + (C[b, g, :, t] * decay * dt[b, c, s] * B[b, g, :, s]).sum() * u[b, c, s]
+                torch.testing.assert_close(y[b, c, t], expected)
+
+
+def test_vssd_non_causal_ssd_equals_its_attention_form():
+    from blocks.mamba.vssd_block import NonCausalSSD
+
+    torch.manual_seed(0)
+    mixer = NonCausalSSD(8, num_heads=2, d_state=4)
+    h, w = 3, 4
+    tokens = torch.randn(1, h * w, 8)
+    z, xbc, dt = mixer.in_proj(tokens).split([16, 24, 2], -1)
+    dt = torch.nn.functional.softplus(dt + mixer.dt_bias)
+    xbc = torch.nn.functional.silu(mixer.conv2d(xbc.transpose(1, 2).reshape(1, -1, h, w))).flatten(2).transpose(1, 2)
+    x, keys, queries = xbc.split([16, 4, 4], -1)
+    heads = []
+    for head in range(2):
+        v = x[0, :, head * 8:(head + 1) * 8]
+        # token i reads every token j (no causal mask): (C_i . B_j) * dt_j * |A| * v_j, plus D * v_i
+        scores = queries[0] @ keys[0].T * (dt[0, :, head] * mixer.A_log[head].exp())[None, :]
+        heads.append(scores @ v + mixer.D[head] * v)
+    expected = mixer.out_proj(mixer.norm(torch.cat(heads, -1)) * z[0])
+    torch.testing.assert_close(mixer(tokens, h, w)[0], expected, rtol=1e-5, atol=1e-5)
