@@ -115,8 +115,4 @@ def union_indices(matchings: list[Indices]) -> Indices:
     return result
 
 
-def empty_like_targets(targets: list[dict]) -> Indices:
-    return [(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)) for _ in targets]
-
-
-__all__ = ["HungarianMatcher", "Indices", "denoising_indices", "union_indices", "empty_like_targets"]
+__all__ = ["HungarianMatcher", "Indices", "denoising_indices", "union_indices"]
