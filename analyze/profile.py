@@ -3,20 +3,26 @@
 FLOPs follow the conventions of the official model zoos' figures (calflops): convolutions and
 matmuls count 2 x MACs (+ the bias adds for convs), activations, pools, softmax, interpolation
 and `torch.add`/`torch.mul` count one FLOP per element, norms 2 (batch norm) or 5 (layer/group
-norm) per element. Counting happens at the level of torch functions, so attention matmuls,
-einsum and every functional call inside a block are seen without per-block code. Ops that
-calflops does not count (operator `+`/`*`, sigmoid, grid_sample) are not counted either, so our
-totals and the official ones stay comparable.
+norm) per element. Counting happens at the level of torch functions, so matmuls, einsum and
+every functional call inside a block are seen without per-block code. Ops that calflops does
+not count (operator `+`/`*` and Tensor.add/mul methods, which torch reports alike, `bmm`/`mm`,
+sigmoid, grid_sample) are not counted either, and an interpolation counts what calflops counts
+(its input elements for a scale factor, the product of `size` otherwise), so our totals and the
+official ones stay comparable.
+nn.MultiheadAttention's fused inference path is switched off while counting, so its projections
+and softmax are seen (calflops runs with grad enabled, which takes the same unfused path).
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 
@@ -47,8 +53,30 @@ def _conv_transpose(args, kwargs, out):
 
 
 def _linear(args, kwargs, out):
+    # calflops: input elements x weight.shape[0] (for a 1-D weight that is its length again)
     weight = args[1] if len(args) > 1 else kwargs["weight"]
-    return 2 * out.numel() * weight.shape[-1]
+    return 2 * _numel(args[0]) * weight.shape[0]
+
+
+_MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
+
+
+def _multi_head_attention(args, kwargs, out):
+    """What calflops sees inside F.multi_head_attention_forward: the q/k/v and output projections
+    (F.linear), and when attention weights are returned the softmax (plus baddbmm with a mask)."""
+    bound = _MHA_SIGNATURE.bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    query, key, value, heads = a["query"], a["key"], a["value"], a["num_heads"]
+    dim = query.shape[-1]
+    flops = 2 * dim * (query.numel() + key.numel() + value.numel()) + 2 * query.numel() * dim
+    if a["need_weights"]:
+        batch = query.numel() // (query.shape[0] * dim)
+        scores = batch * heads * query.shape[0] * key.shape[0]
+        flops += scores
+        if a["attn_mask"] is not None:
+            flops += 2 * scores * (dim // heads) + a["attn_mask"].numel()
+    return flops
 
 
 def _matmul(args, kwargs, out):
@@ -80,6 +108,14 @@ def _input_numel(args, kwargs, out):
     return _numel(_first_tensor(args, kwargs))
 
 
+def _upsample(args, kwargs, out):
+    # calflops: the input's elements for a scale factor (its scale multiply is a no-op), else prod(size)
+    size = kwargs.get("size", args[1] if len(args) > 1 else None)
+    if size is None:
+        return _numel(_first_tensor(args, kwargs))
+    return math.prod(size) if isinstance(size, (list, tuple)) else size
+
+
 def _batch_norm(args, kwargs, out):
     weight = args[3] if len(args) > 3 else kwargs.get("weight")
     return _numel(out) * (2 if weight is not None else 1)
@@ -93,9 +129,9 @@ _RULES = {
     "conv1d": _conv, "conv2d": _conv, "conv3d": _conv,
     "conv_transpose1d": _conv_transpose, "conv_transpose2d": _conv_transpose, "conv_transpose3d": _conv_transpose,
     "linear": _linear,
-    "matmul": _matmul, "mm": _matmul, "bmm": _matmul, "__matmul__": _matmul,
+    "matmul": _matmul, "__matmul__": _matmul,
     "addmm": _addmm, "baddbmm": _addmm,
-    "einsum": _einsum,
+    "einsum": _einsum, "multi_head_attention_forward": _multi_head_attention,
     "relu": _elementwise, "relu_": _elementwise, "relu6": _elementwise, "silu": _elementwise,
     "gelu": _elementwise, "elu": _elementwise, "leaky_relu": _elementwise, "prelu": _elementwise,
     "hardtanh": _elementwise, "softmax": _elementwise,
@@ -103,10 +139,12 @@ _RULES = {
     "max_pool1d": _input_numel, "max_pool2d": _input_numel, "max_pool3d": _input_numel,
     "adaptive_avg_pool1d": _input_numel, "adaptive_avg_pool2d": _input_numel,
     "adaptive_max_pool1d": _input_numel, "adaptive_max_pool2d": _input_numel,
-    "interpolate": _elementwise, "upsample": _elementwise,
+    "interpolate": _upsample, "upsample": _upsample,
     "batch_norm": _batch_norm, "layer_norm": _norm5, "group_norm": _norm5, "instance_norm": _norm5,
     "add": _elementwise, "mul": _elementwise,
 }
+# `a + b`, `a * b` reach a TorchFunctionMode as these Tensor methods; only torch.add/torch.mul count
+_UNCOUNTED = {torch.Tensor.add, torch.Tensor.mul}
 
 
 class _FunctionCounter(TorchFunctionMode):
@@ -136,8 +174,8 @@ class _FunctionCounter(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        rule = _RULES.get(getattr(func, "__name__", ""))
-        if rule is not None and isinstance(out, torch.Tensor):
+        rule = None if func in _UNCOUNTED else _RULES.get(getattr(func, "__name__", ""))
+        if rule is not None and isinstance(out, (torch.Tensor, tuple)):
             flops = float(rule(args, kwargs, out))
             self.total += flops
             for module in set(self.stack):
@@ -166,6 +204,8 @@ def count_flops(model: nn.Module, inputs) -> Profile:
     was_training = model.training
     model.eval()
     counter = _FunctionCounter(model)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with counter:
             if isinstance(inputs, (list, tuple)) and not isinstance(inputs, torch.Tensor):
@@ -174,6 +214,7 @@ def count_flops(model: nn.Module, inputs) -> Profile:
                 model(inputs)
     finally:
         counter.remove()
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
     return Profile(count_params(model), counter.total, dict(counter.per_module))
 

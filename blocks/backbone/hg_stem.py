@@ -1,0 +1,33 @@
+"""HGStem: PP-HGNetV2 stem (as in D-FINE). CVPR 2025. https://arxiv.org/abs/2410.13842
+
+Stride-4 stem: a stride-2 3x3 conv, then a 2x2-conv branch and a max-pool branch concatenated,
+a stride-2 3x3 conv and a 1x1 conv. Keys match the official `backbone.stem`."""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from blocks.backbone._hgnetv2 import ConvBNAct, apply_freezing, load_pretrained
+from blocks.registry import register
+
+
+@register("backbone", channels=lambda c_in, kw: kw["out_chs"],
+          example={"args": [16, 16], "kwargs": {"use_lab": True}, "shape": (2, 3, 32, 32)})
+class HGStem(nn.Module):
+    def __init__(self, in_chs: int, mid_chs: int, out_chs: int, use_lab: bool = False,
+                 freeze: bool = False, freeze_norm: bool = False, pretrained: str | None = None):
+        super().__init__()
+        self.stem1 = ConvBNAct(in_chs, mid_chs, 3, 2, use_lab=use_lab)
+        self.stem2a = ConvBNAct(mid_chs, mid_chs // 2, 2, use_lab=use_lab)
+        self.stem2b = ConvBNAct(mid_chs // 2, mid_chs, 2, use_lab=use_lab)
+        self.stem3 = ConvBNAct(mid_chs * 2, mid_chs, 3, 2, use_lab=use_lab)
+        self.stem4 = ConvBNAct(mid_chs, out_chs, 1, use_lab=use_lab)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=1, ceil_mode=True)
+        apply_freezing(self, freeze, freeze_norm)
+        if pretrained:
+            load_pretrained(self, pretrained, r"stem\.", "HGStem")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(self.stem1(x), (0, 1, 0, 1))  # 2x2 kernels: pad right/bottom to keep the size
+        branch = self.stem2b(F.pad(self.stem2a(x), (0, 1, 0, 1)))
+        x = torch.cat([self.pool(x), branch], dim=1)
+        return self.stem4(self.stem3(x))

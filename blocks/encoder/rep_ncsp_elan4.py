@@ -1,0 +1,31 @@
+"""RepNCSPELAN4: GELAN block of YOLOv9 (Learning What You Want to Learn Using Programmable Gradient Information). ECCV 2024. https://arxiv.org/abs/2402.13616
+
+D-FINE's CCFF fusion block: a 1x1 conv split in two halves; the second half runs through two
+(inner block + 3x3 conv) stages; all four pieces are concatenated and projected to c2. The inner
+block is pluggable (`inner`, a factory taking (c_in, c_out)); default: CSPRepLayer of n RepVggBlocks."""
+import functools
+
+import torch
+from torch import nn
+
+from blocks.conv.conv import Conv
+from blocks.encoder.csp_rep_layer import CSPRepLayer
+from blocks.registry import register
+
+
+@register("encoder", channels="arg0", example={"args": [32, 32, 16, 1], "shape": (2, 16, 16, 16)})
+class RepNCSPELAN4(nn.Module):
+    def __init__(self, c1: int, c2: int, c3: int, c4: int, n: int = 3, bias: bool = False, act="silu",
+                 inner=None):
+        super().__init__()
+        self.c = c3 // 2
+        inner = inner or functools.partial(CSPRepLayer, num_blocks=n, expansion=1.0, bias=bias, act=act)
+        self.cv1 = Conv(c1, c3, 1, 1, act=act, bias=bias)
+        self.cv2 = nn.Sequential(inner(c3 // 2, c4), Conv(c4, c4, 3, 1, act=act, bias=bias))
+        self.cv3 = nn.Sequential(inner(c4, c4), Conv(c4, c4, 3, 1, act=act, bias=bias))
+        self.cv4 = Conv(c3 + 2 * c4, c2, 1, 1, act=act, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).split((self.c, self.c), 1))
+        y.extend(m(y[-1]) for m in (self.cv2, self.cv3))
+        return self.cv4(torch.cat(y, 1))
