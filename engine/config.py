@@ -26,6 +26,7 @@ KNOWN_KEYS = {
     "ema", "use_ema", "use_amp", "clip_max_norm", "checkpoint_freq", "print_freq", "eval_score_threshold",
     "distill", "seed", "device", "sync_bn", "find_unused_parameters", "plot_train_batch_freq",
     "max_bad_steps", "scale_lr_with_batch", "evaluator", "task", "yolo_metrics", "progress_bar",
+    "flat_epoch", "no_aug_epoch",  # top level as in the official configs; filled from `epochs` when unset
 }
 # Spellings users bring from the official DEIM/D-FINE configs, with where the value lives here.
 OLD_SPELLINGS = {
@@ -34,8 +35,6 @@ OLD_SPELLINGS = {
     "lrsheduler": "lr_scheduler.type: FlatCosine",
     "lr_gamma": "lr_scheduler.lr_gamma",
     "warmup_iter": "lr_scheduler.warmup_iter",
-    "flat_epoch": "lr_scheduler.flat_epoch (or give `epochs` once and let the recipe derive it)",
-    "no_aug_epoch": "lr_scheduler.no_aug_epoch",
     "eval_spatial_size": "imgsz",
 }
 

@@ -1,0 +1,138 @@
+"""Checkpoints: atomic save, safe load, full resume (-r) and weights-only fine-tuning (-t).
+
+A checkpoint is a plain dict of tensors and Python values (loadable with weights_only=True):
+`model`, `ema` ({module, updates, decay}), `optimizer`, `scaler`, `epoch` (the last finished
+epoch), `global_step`, `rng`, `solver` (best scores, stage-2 state), and `meta` (class names,
+category ids, the graph spec, nc/imgsz/scale and the merged config) so predict/test can rebuild
+the model without the dataset. `model` and `ema.module` keep the official key layout.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.errors import CheckpointError
+
+
+def save_atomic(state: dict, path: str | Path) -> None:
+    """Write to a temp file in the same folder, then rename: a crash never leaves a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(state, f)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}", hint="check the path given to -r / -t")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 (any unreadable file is reported the same way)
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}",
+                              hint="the file is torn or not a torch checkpoint; use another (e.g. last.pth)") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+def model_weights(state: dict, prefer_ema: bool = True) -> tuple[dict, str]:
+    """The weights to use from a checkpoint (EMA first when present) and which ones they were."""
+    if prefer_ema and isinstance(state.get("ema"), dict) and "module" in state["ema"]:
+        return state["ema"]["module"], "ema"
+    if isinstance(state.get("model"), dict):
+        return state["model"], "model"
+    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return state, "state_dict"
+    raise CheckpointError("checkpoint has neither `ema.module` nor `model` weights",
+                          hint="pass a checkpoint written by train.py or an official DEIM/D-FINE release")
+
+
+def _strip_module_prefix(sd: dict) -> dict:
+    return {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def convert_if_official(sd: dict, model: nn.Module) -> tuple[dict, str | None]:
+    """Official-layout weights (backbone./encoder./decoder. keys) go through models.convert."""
+    try:
+        from models import convert
+    except ImportError:
+        return sd, None
+    if not convert.is_official_layout(sd):
+        return sd, None
+    converted, report = convert.convert_official(sd, model)
+    return converted, report
+
+
+def load_matching(model: nn.Module, sd: dict) -> dict:
+    """Load the tensors whose names and shapes match; return what was skipped.
+
+    {'loaded': n, 'mismatched': [(name, ckpt shape, model shape)], 'missing': [...], 'unexpected': [...]}"""
+    own = model.state_dict()
+    matched, mismatched = {}, []
+    for name, value in sd.items():
+        if name in own:
+            if own[name].shape == value.shape:
+                matched[name] = value
+            else:
+                mismatched.append((name, tuple(value.shape), tuple(own[name].shape)))
+    model.load_state_dict(matched, strict=False)
+    return {"loaded": len(matched), "mismatched": mismatched,
+            "missing": sorted(set(own) - set(sd)), "unexpected": sorted(set(sd) - set(own))}
+
+
+def load_for_finetune(model: nn.Module, path: str | Path) -> dict:
+    """`-t`: weights only (EMA preferred), official layouts converted, mismatched shapes skipped."""
+    state = load(path)
+    sd, source = model_weights(state)
+    sd = _strip_module_prefix(sd)
+    sd, conversion = convert_if_official(sd, model)
+    report = load_matching(model, sd)
+    report.update(source=source, conversion=conversion)
+    if report["loaded"] == 0:
+        raise CheckpointError(f"no tensor of {path} fits this model ({len(sd)} tensors, none with a matching "
+                              "name and shape)", hint="is it a checkpoint of a different graph?")
+    return report
+
+
+def format_finetune_report(report: dict) -> str:
+    lines = [f"loaded {report['loaded']} tensors from the checkpoint's {report['source']} weights"]
+    if report.get("conversion"):
+        lines.append(f"  converted from the official layout: {report['conversion']}")
+    if report["mismatched"]:
+        lines.append(f"  skipped {len(report['mismatched'])} tensors with a different shape (kept freshly initialised):")
+        lines += [f"    {name}: checkpoint {list(a)} vs model {list(b)}" for name, a, b in report["mismatched"]]
+    if report["missing"]:
+        lines.append(f"  {len(report['missing'])} model tensors not in the checkpoint, e.g. {report['missing'][:3]}")
+    if report["unexpected"]:
+        lines.append(f"  {len(report['unexpected'])} checkpoint tensors not in the model, e.g. {report['unexpected'][:3]}")
+    return "\n".join(lines)
+
+
+def rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,79 @@
+"""Run logging: a progress bar per epoch, TensorBoard scalars, `log.txt` and train-batch pictures.
+
+Only rank 0 logs; on other ranks every method is a no-op."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from engine import dist
+
+
+class RunLogger:
+    def __init__(self, output_dir: Path | None, summary_dir: Path | None = None, progress_bar: bool = True):
+        self.active = dist.is_main() and output_dir is not None
+        self.output_dir = output_dir
+        self.progress_bar = progress_bar
+        self.writer = None
+        if self.active and summary_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional at run time
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.writer = SummaryWriter(str(summary_dir))
+
+    def bar(self, iterable, total: int, description: str):
+        if not (self.active and self.progress_bar):
+            return iterable
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=description, dynamic_ncols=True, leave=True)
+
+    def scalars(self, values: dict[str, float], step: int, prefix: str) -> None:
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def epoch_line(self, record: dict) -> None:
+        if self.active:
+            with open(self.output_dir / "log.txt", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_batch(images: torch.Tensor, targets: list[dict], path: Path, names: list[str] | None = None,
+               max_images: int = 16) -> None:
+    """A grid of the augmented training images with their boxes (cxcywh normalised) drawn."""
+    from PIL import Image, ImageDraw
+
+    images = images[:max_images].detach().float().cpu().clamp(0, 1)
+    count, _, height, width = images.shape
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    canvas = Image.new("RGB", (columns * width, rows * height), (114, 114, 114))
+    for i in range(count):
+        tile = Image.fromarray((images[i].permute(1, 2, 0).numpy() * 255).astype("uint8"))
+        draw = ImageDraw.Draw(tile)
+        boxes = targets[i]["boxes"].detach().float().cpu()
+        labels = targets[i]["labels"].cpu().tolist()
+        for (cx, cy, w, h), label in zip(boxes.tolist(), labels):
+            x0, y0, x1, y1 = (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height
+            color = PALETTE[label % len(PALETTE)]
+            draw.rectangle([x0, y0, x1, y1], outline=color, width=1)
+            draw.text((x0 + 1, y0 + 1), names[label] if names and label < len(names) else str(label), fill=color)
+        canvas.paste(tile, ((i % columns) * width, (i // columns) * height))
+    canvas.save(path)
+
+
+PALETTE = [(255, 56, 56), (72, 249, 10), (0, 194, 255), (255, 178, 29), (207, 210, 49), (146, 204, 23),
+           (61, 219, 134), (26, 147, 52), (0, 212, 187), (44, 153, 168), (52, 69, 147), (100, 115, 255),
+           (0, 24, 236), (132, 56, 255), (82, 0, 133), (203, 56, 255), (255, 149, 200), (255, 55, 199)]

@@ -1,0 +1,52 @@
+"""Train or evaluate any graph: `python train.py -c CONFIG [-r CKPT | -t CKPT] [options]`.
+
+Multi-GPU: `torchrun --nproc_per_node=N train.py -c CONFIG ...` (train_dataloader.total_batch_size
+is split over the processes). Flags follow DEIM/D-FINE: -c -r -t -d --seed --use-amp --test-only
+-u --output-dir --summary-dir; plus --auto-resume (continue from OUTPUT_DIR/last.pth if present)
+and --debug (show tracebacks)."""
+from __future__ import annotations
+
+import argparse
+
+from models.errors import ConfigError, cli_main
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help="run config (.yml)")
+    parser.add_argument("-r", "--resume", help="resume training (model, EMA, optimizer, epoch...) or --test-only weights")
+    parser.add_argument("-t", "--tuning", help="fine-tune from weights (ours or an official release)")
+    parser.add_argument("-d", "--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--use-amp", action="store_true", help="mixed precision (bf16 where supported, else fp16)")
+    parser.add_argument("--test-only", action="store_true", help="evaluate -r weights on the val set")
+    parser.add_argument("-u", "--update", nargs="+", default=[], metavar="KEY=VALUE", help="override config values")
+    parser.add_argument("--output-dir")
+    parser.add_argument("--summary-dir")
+    parser.add_argument("--auto-resume", action="store_true", help="continue from OUTPUT_DIR/last.pth when it exists")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from engine import dist
+    from engine.config import load_config
+    from engine.solver import Solver
+
+    if args.resume and args.tuning:
+        raise ConfigError("-r and -t cannot be combined", hint="-r continues a run; -t starts a new one from weights")
+    if args.test_only and not args.resume:
+        raise ConfigError("--test-only needs the weights to evaluate", hint="add -r path/to/best_stg2.pth")
+    cfg = load_config(args.config, args.update)
+    options = {k: v for k, v in vars(args).items() if k not in ("config", "update", "debug")}
+    options["config"], options["update"] = args.config, args.update
+    try:
+        solver = Solver(cfg, **options)
+        return solver.test() if args.test_only else solver.fit()
+    finally:
+        dist.cleanup()
+
+
+if __name__ == "__main__":
+    cli_main(main)
