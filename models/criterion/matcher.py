@@ -66,12 +66,16 @@ class HungarianMatcher(nn.Module):
         """Per image (query indices, target indices), int64 on the CPU, each of length min(Q, N)."""
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         check_targets(targets, logits.shape[-1])
+        batch, queries = logits.shape[:2]
+        labels = torch.cat([t["labels"] for t in targets]).to(logits.device)
+        target_boxes = torch.cat([t["boxes"] for t in targets]).to(boxes.device).float()
+        # one cost over the whole batch and a single transfer to the CPU; each image then reads its block
+        cost = self.cost(logits.flatten(0, 1).float(), boxes.flatten(0, 1).float(), labels, target_boxes, epoch)
+        # a NaN box (a diverging prediction) must not stop the solver; inf becomes the largest float
+        cost = torch.nan_to_num(cost.view(batch, queries, -1).cpu(), nan=1.0)
         indices = []
-        for image_logits, image_boxes, target in zip(logits, boxes, targets):
-            cost = self.cost(image_logits.float(), image_boxes.float(), target["labels"], target["boxes"].float(), epoch)
-            # a NaN box (a diverging prediction) must not stop the solver; inf becomes the largest float
-            cost = torch.nan_to_num(cost.cpu(), nan=1.0)
-            rows, cols = linear_sum_assignment(cost.numpy())
+        for image, block in enumerate(cost.split([len(t["labels"]) for t in targets], -1)):
+            rows, cols = linear_sum_assignment(block[image].numpy())
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices
 
