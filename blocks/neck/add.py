@@ -9,6 +9,9 @@ from blocks.registry import register
 
 @register("neck", channels="first", c_in=False, example={"args": [], "shapes": [(2, 16, 16, 16), (2, 16, 16, 16)]})
 class Add(nn.Module):
+    def __init__(self):  # explicit: the parser binds row args to the constructor's own signature
+        super().__init__()
+
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         out = xs[0]
         for x in xs[1:]:
