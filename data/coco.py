@@ -82,7 +82,7 @@ class CocoDetection(torch.utils.data.Dataset):
         source = dataset_dict if dataset_dict is not None else ann_file
         if source is None:
             raise DataError("a COCO dataset needs `ann_file`", hint="set dataset.ann_file in the config")
-        self.report = validate_coco(source, self.img_folder, check_images=validate)
+        self.report = validate_coco(source, self.img_folder, check_images=validate, name=str(ann_file))
         if verbose and self.report.problems:
             print(self.report.summary())
         self.report.raise_for_errors()

@@ -129,12 +129,11 @@ def _is_number(v) -> bool:
 
 
 def validate_coco(ann_file: str | Path | dict, img_folder: str | Path | None = None,
-                  check_images: bool = True, workers: int = 8) -> Report:
-    """Check a COCO annotation file (or an already-loaded dict) against its image folder.
-
-    Returns a Report whose `dataset` is the repaired dict; `report.raise_for_errors()` stops the run."""
+                  check_images: bool = True, workers: int = 8, name: str | None = None) -> Report:
+    """Check a COCO annotation file (or an already-loaded dict, reported as `name`) against its image
+    folder. Returns a Report whose `dataset` is the repaired dict; `report.raise_for_errors()` stops the run."""
     raw = ann_file if isinstance(ann_file, dict) else load_json(ann_file)
-    name = "<dict>" if isinstance(ann_file, dict) else str(ann_file)
+    name = name or ("<dict>" if isinstance(ann_file, dict) else str(ann_file))
     problems: list[Problem] = []
 
     categories = raw.get("categories")

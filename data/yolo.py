@@ -123,5 +123,6 @@ class YoloDetection(CocoDetection):
     def __init__(self, data_yaml, split: str = "train", transforms=None, **kwargs):
         coco, _ = yolo_to_coco(data_yaml, split)
         kwargs.setdefault("validate", False)  # every image header was just read
+        # file_names are absolute paths, which a folder join leaves as they are
         super().__init__(img_folder="/", ann_file=f"{data_yaml}[{split}]", transforms=transforms,
                          dataset_dict=coco, **kwargs)

@@ -11,7 +11,7 @@ from data.mosaic import Mosaic
 from data.transforms import (Compose, ConvertBoxes, Resize, SanitizeBoundingBoxes, make_boxes, preprocess_image,
                              restore_boxes, TRANSFORMS)
 
-FAST = settings(max_examples=25, deadline=None)
+FAST = settings(max_examples=25, deadline=None, derandomize=True)
 
 
 @st.composite
@@ -74,8 +74,11 @@ def test_resize_scales_boxes_exactly_and_restore_inverts_it(spec, out_h, out_w, 
     assert image.size == (out_w, out_h)
     sx, sy = target["scale"].tolist()
     left, top = target["pad"].tolist()
-    if letterbox:
-        assert sx == pytest.approx(sy, rel=0.1) and (left == 0 or top == 0)
+    if letterbox:  # fit inside with one ratio (content rounded to whole pixels), centred
+        ratio = min(out_w / w, out_h / h)
+        new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
+        assert (sx * w, sy * h) == pytest.approx((new_w, new_h))
+        assert (left, top) == ((out_w - new_w) // 2, (out_h - new_h) // 2) and (new_w == out_w or new_h == out_h)
     else:
         assert (sx, sy, left, top) == pytest.approx((out_w / w, out_h / h, 0, 0))
     original = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
@@ -86,7 +89,7 @@ def test_resize_scales_boxes_exactly_and_restore_inverts_it(spec, out_h, out_w, 
     assert (target["boxes"][:, 2] <= out_w + 1e-4).all() and (target["boxes"][:, 3] <= out_h + 1e-4).all()
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=True)
 @given(st.integers(24, 64), st.integers(24, 64), st.data(), st.sampled_from(["RandomZoomOut", "RandomIoUCrop", "flip"]))
 def test_geometric_ops_keep_the_box_on_the_object(w, h, data, op_name):
     x1, y1 = data.draw(st.integers(0, w - 8)), data.draw(st.integers(0, h - 8))
