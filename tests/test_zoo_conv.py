@@ -1,11 +1,13 @@
 """Focused checks for the conv / upsample / downsample zoo: re-parameterisation equalities and small
 cases computed by hand. The generic contract test covers shapes, channels, FLOPs and backward."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
 import torch.nn.functional as F
+import yaml
 
 from blocks.conv._dcn_core import deform_sample
 from blocks.conv._haar import haar_forward, haar_inverse
@@ -20,6 +22,7 @@ from blocks.downsample.wavelet_pool import WaveletPool
 from blocks.upsample.carafe import CARAFE
 from blocks.upsample.dysample import DySample
 from blocks.upsample.wavelet_un_pool import WaveletUnPool
+from models import build_model
 from models.detector import fuse_modules
 
 
@@ -179,3 +182,31 @@ def test_carafe_matches_the_reassembly_definition():
     # kernel prediction as the paper writes it: pixel shuffle, then softmax over the k*k taps
     kernels = F.pixel_shuffle(block.encoder(block.compressor(x)), 2).softmax(dim=1)
     torch.testing.assert_close(block(x), _carafe_by_loops(x, kernels, 3, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_ablation_encoder_rows_equal_deim_n_hybrid_encoder():
+    """The up/downsample ablation graphs spell DEIM-N's HybridEncoder out as rows 5-14; with the
+    SCDown row put back and the same weights, that graph must give DEIM-N's output exactly."""
+    spec = yaml.safe_load(Path("graphs/ablations/downsample/adown.yaml").read_text())
+    spec["encoder"][7] = [-1, 1, "SCDown", [128, 3, 2]]
+    torch.manual_seed(0)
+    single = build_model("graphs/deim/deim-n.yaml", imgsz=[64, 64]).eval()
+    rows = build_model(spec, imgsz=[64, 64]).eval()
+    # HybridEncoder piece -> row index of the spelled-out graph
+    pieces = {"input_proj.0.": 5, "input_proj.1.": 6, "encoder.0.": 7, "lateral_convs.0.": 8, "fpn_blocks.0.": 11,
+              "downsample_convs.0.0.": 12, "pan_blocks.0.": 14}
+    mapped = {}
+    for key, value in single.state_dict().items():
+        if key.startswith("layers.5."):
+            rest = key[len("layers.5."):]
+            piece = next(p for p in pieces if rest.startswith(p))
+            key = f"layers.{pieces[piece]}.{rest[len(piece):]}"
+        elif key.startswith("layers.6."):
+            key = "layers.15." + key[len("layers.6."):]
+        mapped[key] = value
+    rows.load_state_dict(mapped)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, actual = single(x), rows(x)
+    torch.testing.assert_close(actual["pred_logits"], expected["pred_logits"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(actual["pred_boxes"], expected["pred_boxes"], atol=1e-5, rtol=0)
