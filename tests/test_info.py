@@ -21,7 +21,7 @@ def test_info_equals_hand_count_for_tiny_graph():
     assert info["params"] == weights + sum(2 * co for _, co, _ in convs)        # BN weight + bias
     assert info["params_deploy"] == weights + sum(co for _, co, _ in convs)     # folded into conv bias
     flops = (conv_flops(3, 8, 3, 32) + conv_flops(8, 16, 3, 16) + 2 * conv_flops(16, 16, 3, 16)
-             + 16 * 32 * 32            # nearest upsample: one op per output element
+             + 16 * 16 * 16            # x2 upsample: calflops counts the INPUT elements (its scale multiply is a no-op)
              + conv_flops(24, 8, 1, 32))
     assert info["flops"] == flops
     assert info["gflops"] == round(flops / 1e9, 4)
@@ -38,3 +38,25 @@ def test_info_imgsz_override_scales_flops():
 
     # every op is per pixel, so 4x the pixels is 4x the FLOPs
     assert flops("--imgsz", "128", "128") == 4 * flops()
+
+
+def calflops_count(model, shape) -> int:
+    """calflops (the official zoos' counter) on the same model; its package imports transformers
+    only for its HF entry point, which we do not use."""
+    import types
+
+    import pytest
+    sys.modules.setdefault("calflops.flops_counter_hf", types.SimpleNamespace(calculate_flops_hf=None))
+    calflops = pytest.importorskip("calflops.flops_counter")
+    flops, _, _ = calflops.calculate_flops(model=model, input_shape=shape, output_as_string=False,
+                                           print_results=False, print_detailed=False)
+    return flops
+
+
+def test_counter_equals_calflops_on_tiny_graph():
+    from analyze.profile import count_flops, deployed_copy
+    from models import build_model
+    import torch
+
+    model = deployed_copy(build_model("graphs/examples/tiny.yaml"))
+    assert count_flops(model, torch.zeros(1, 3, 64, 64)).flops == calflops_count(model, (1, 3, 64, 64))
