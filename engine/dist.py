@@ -56,7 +56,7 @@ def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = False,
                find_unused_parameters: bool = False) -> nn.Module:
     if not enabled():
         return model
-    if sync_bn:
+    if sync_bn and device.type == "cuda":  # SyncBatchNorm has no CPU kernel; gloo runs keep plain BN
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)

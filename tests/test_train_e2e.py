@@ -105,6 +105,7 @@ def test_torchrun_two_gloo_processes_train_and_rank0_checkpoint_loads_alone(demo
     stats = single.evaluate()
     # all 8 val images split over 2 ranks, gathered, evaluated once: one process sees the same numbers
     assert stats["stats"][0] == logged["test_AP50:95"] and stats["stats"][8] == logged["test_AR100"]
+    assert single.evaluator.detections == json.loads((out / "predictions_last.json").read_text())
 
 
 class NaNAtSteps(torch.nn.Module):

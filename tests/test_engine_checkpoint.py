@@ -1,0 +1,69 @@
+"""Checkpoint files: atomic writes, safe loading, RNG round trip, weights-only loading with shape checks."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from engine import checkpoint
+from engine.solver import unique_dir
+from models.errors import CheckpointError
+
+
+def test_atomic_save_replaces_whole_file_and_a_failed_save_keeps_the_old_one(tmp_path):
+    path = tmp_path / "last.pth"
+    checkpoint.save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
+    with pytest.raises(Exception):
+        checkpoint.save_atomic({"epoch": 2, "bad": lambda: 0}, path)   # not picklable: fails mid-save
+    state = checkpoint.load(path)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]         # no temp file left behind
+
+
+class Payload:
+    """Any non-tensor class: weights_only loading must refuse to construct it."""
+
+
+def test_load_refuses_arbitrary_pickles_and_torn_files(tmp_path):
+    torch.save({"obj": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        checkpoint.load(tmp_path / "evil.pth")
+    (tmp_path / "torn.pth").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="torn or not a torch checkpoint"):
+        checkpoint.load(tmp_path / "torn.pth")
+    with pytest.raises(CheckpointError, match="not found"):
+        checkpoint.load(tmp_path / "missing.pth")
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    checkpoint.save_atomic({"rng": checkpoint.rng_state()}, tmp_path / "r.pth")
+    expected = (torch.rand(2), np.random.rand(), random.random())
+    torch.manual_seed(123), np.random.seed(5), random.seed(9)
+    checkpoint.set_rng_state(checkpoint.load(tmp_path / "r.pth")["rng"])
+    got = (torch.rand(2), np.random.rand(), random.random())
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+
+
+def test_weights_only_loading_prefers_ema_and_lists_shape_mismatches(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    other = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 5))
+    ema = {k: v + 1 for k, v in other.state_dict().items()}
+    checkpoint.save_atomic({"model": other.state_dict(), "ema": {"module": ema}}, tmp_path / "c.pth")
+    report = checkpoint.load_for_finetune(model, tmp_path / "c.pth")
+    assert report["source"] == "ema" and report["loaded"] == 2
+    assert report["mismatched"] == [("1.weight", (5, 8), (3, 8)), ("1.bias", (5,), (3,))]
+    assert torch.equal(model[0].weight, ema["0.weight"])
+    text = checkpoint.format_finetune_report(report)
+    assert "1.weight: checkpoint [5, 8] vs model [3, 8]" in text
+
+
+def test_new_runs_get_a_suffix_instead_of_overwriting(tmp_path):
+    run = tmp_path / "demo"
+    assert unique_dir(run) == run
+    run.mkdir()
+    assert unique_dir(run) == run                                        # empty: reused
+    (run / "log.txt").write_text("x")
+    assert unique_dir(run) == tmp_path / "demo2"
+    (tmp_path / "demo2").mkdir()
+    (tmp_path / "demo2" / "log.txt").write_text("x")
+    assert unique_dir(run) == tmp_path / "demo3"
