@@ -58,3 +58,9 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     wh = (bottom_right - top_left).clamp(min=0)
     enclosing = wh[..., 0] * wh[..., 1]
     return iou - _safe_div(enclosing - union, enclosing)
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """logit(x) for x clipped to [0, 1], with both sides kept >= eps so boxes at the border stay finite."""
+    x = x.clamp(min=0.0, max=1.0)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
