@@ -4,10 +4,11 @@ A 3x3 deformable conv whose sampling grid is a per-pixel dilation (AdaDR: |offse
 grid), whose kernel is re-weighted per image in its low- and high-frequency parts (AdaKern), and whose
 input is re-balanced across FFT frequency bands (FreqSelect). BN + activation follow, as a Conv.
 
-This is the paper's default configuration (kernel_decompose 'both', FFT band selection with
+This is the official code's default configuration (kernel_decompose 'both', FFT band selection with
 k_list [2, 4, 8], no low-band attention, replicate padding); the other switches of the official
 AdaptiveDilatedConv (DCT kernels, Laplacian/avg-pool bands, 'multifreqband' offsets) are left out.
-Like the official layer it supports a 3x3 kernel and groups = 1 only."""
+Like the official layer it supports a 3x3 kernel and groups = 1 only, and its kernel attention
+batch-normalises pooled (B, C, 1, 1) features, so training needs a batch of at least 2 per device."""
 import math
 
 import torch
