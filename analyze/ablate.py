@@ -1,0 +1,154 @@
+"""`python -m analyze.ablate GRAPH [GRAPH ...] --recipe RECIPE [--epochs N] [--seeds 0 1 2] [-u k=v ...] -o DIR`
+
+Trains every graph variant with the same recipe and seeds, evaluates each, and writes the table a
+paper's ablation section needs: `ablation.md` and `ablation.csv` (params, GFLOPs, CPU latency, AP,
+AP50, AP75, APs/m/l as mean ± std over seeds) and `ablation.png` (AP against GFLOPs).
+
+Resumable: each finished (variant, seed) leaves `DIR/<variant>/seed<k>.json` and is not rerun; an
+interrupted one continues from its own `last.pth`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+from pathlib import Path
+
+import torch
+
+from models.errors import ConfigError, cli_main
+
+METRICS = ("AP50:95", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def variant_name(graph: str) -> str:
+    return Path(graph).stem
+
+
+def _write_json_atomic(path: Path, value: dict) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(value, indent=1))
+    os.replace(temporary, path)
+
+
+def run_variant(graph: str, recipe: str, seed: int, out_dir: Path, epochs: int | None, updates: list[str],
+                device: str | None) -> dict:
+    """Train one (graph, seed) to the end and return its final evaluation (cached in seed<k>.json)."""
+    from engine.config import load_config
+    from engine.solver import Solver
+
+    result_file = out_dir / variant_name(graph) / f"seed{seed}.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    overrides = [*updates, f"graph={graph}"] + ([f"epochs={epochs}"] if epochs else [])
+    cfg = load_config(recipe, overrides)
+    run_dir = out_dir / variant_name(graph) / f"seed{seed}"
+    solver = Solver(cfg, seed=seed, output_dir=str(run_dir), auto_resume=True, device=device)
+    stats = solver.fit()
+    result = {"graph": graph, "seed": seed, **dict(zip(METRICS, stats["stats"][: len(METRICS)]))}
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(result_file, result)
+    return result
+
+
+def model_figures(graph: str, recipe: str, updates: list[str]) -> dict:
+    """Params, deploy GFLOPs and CPU latency (batch 1, deploy form) at the recipe's input size."""
+    from analyze.profile import deployed_copy
+    from engine.config import load_config
+    from engine.evaluator import measure_speed, model_stats
+    from models import build_model
+    from models.postprocess import PostProcessor
+
+    cfg = load_config(recipe, [*updates, f"graph={graph}"])
+    model = build_model(graph, nc=cfg.get("nc"), imgsz=cfg.get("imgsz"), check=False)
+    figures = model_stats(model, model.imgsz)
+    speed = measure_speed(deployed_copy(model), PostProcessor(num_classes=model.nc).eval(), model.imgsz,
+                          torch.device("cpu"), runs=10)
+    return {"params": figures["params"], "gflops": figures["gflops"], "latency_ms": speed["forward_ms"],
+            "imgsz": list(model.imgsz)}
+
+
+def summarise(results: list[dict]) -> dict:
+    """mean and std (over seeds) of every metric, in percent."""
+    summary = {}
+    for metric in METRICS:
+        values = [100 * r[metric] for r in results]
+        summary[metric] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+    return summary
+
+
+def write_reports(rows: list[dict], out_dir: Path, seeds: list[int]) -> None:
+    header = ["variant", "params (M)", "GFLOPs", "CPU ms", *METRICS]
+    with open(out_dir / "ablation.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["variant", "params", "gflops", "cpu_ms"] + [f"{m}_{k}" for m in METRICS for k in ("mean", "std")])
+        for r in rows:
+            writer.writerow([r["variant"], r["params"], f"{r['gflops']:.4f}", f"{r['latency_ms']:.2f}"]
+                            + [f"{v:.3f}" for m in METRICS for v in r["metrics"][m]])
+    lines = [f"Ablation over seeds {seeds} (mean ± std, AP in %)", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["variant"], f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.2f}", f"{r['latency_ms']:.1f}"]
+        cells += [f"{mean:.1f} ± {std:.1f}" for mean, std in (r["metrics"][m] for m in METRICS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out_dir / "ablation.md").write_text("\n".join(lines) + "\n")
+    _plot(rows, out_dir / "ablation.png")
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        mean, std = r["metrics"]["AP50:95"]
+        axis.errorbar(r["gflops"], mean, yerr=std, fmt="o", capsize=3)
+        axis.annotate(r["variant"], (r["gflops"], mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axis.set_xlabel("GFLOPs")
+    axis.set_ylabel("AP50:95 (%)")
+    axis.set_title("AP against compute")
+    axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def ablate(graphs: list[str], recipe: str, out_dir: str | Path, seeds=(0,), epochs: int | None = None,
+           updates=(), device: str | None = None) -> list[dict]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [variant_name(g) for g in graphs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two variants share a file name: {names}", where="GRAPH",
+                          hint="give each variant its own file name; it names its row and folder")
+    rows = []
+    for graph in graphs:
+        results = [run_variant(graph, recipe, seed, out_dir, epochs, list(updates), device) for seed in seeds]
+        rows.append({"variant": variant_name(graph), "graph": graph, **model_figures(graph, recipe, list(updates)),
+                     "metrics": summarise(results)})
+        write_reports(rows, out_dir, list(seeds))  # a partial table is there even if a later variant fails
+    print((out_dir / "ablation.md").read_text())
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m analyze.ablate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("graphs", nargs="+", help="graph variants (YAML files)")
+    parser.add_argument("--recipe", required=True, help="run config shared by every variant (its graph is replaced)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("-u", "--update", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_argument("-o", "--output", default="outputs/ablation")
+    parser.add_argument("-d", "--device")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    ablate(args.graphs, args.recipe, args.output, args.seeds, args.epochs, args.update, args.device)
+
+
+if __name__ == "__main__":
+    cli_main(main)
