@@ -214,9 +214,11 @@ class Compose:
         if self.policy["name"] not in ("default", "stop_epoch"):
             raise ConfigError(f"unknown policy {self.policy['name']!r}", where=f"{where}.policy.name",
                               hint="use stop_epoch (or leave policy out)")
-        if self.policy["name"] == "stop_epoch" and self.policy.get("epoch") is None:
-            raise ConfigError("policy stop_epoch needs `epoch` ([start, mosaic_end, stop] or one number)",
-                              where=f"{where}.policy.epoch")
+        stages = self.policy.get("epoch")
+        if self.policy["name"] == "stop_epoch" and not (isinstance(stages, int) or (
+                isinstance(stages, (list, tuple)) and len(stages) == 3)):
+            raise ConfigError(f"policy stop_epoch needs `epoch`: [start, mosaic_end, stop] or one number, got {stages!r}",
+                              where=f"{where}.policy.epoch", hint="give it, or leave it ~ and set the run's `epochs` to derive it")
         self.mosaic_prob = mosaic_prob
 
     def active_ops(self, epoch: int, with_mosaic: bool) -> list[bool]:
@@ -234,8 +236,7 @@ class Compose:
                 else:
                     active.append(not (with_mosaic and name in ("RandomZoomOut", "RandomIoUCrop")))
             return active
-        stop = stages[0] if isinstance(stages, (list, tuple)) else stages
-        return [not (name in policy_ops and epoch >= stop) for name in self.names]
+        return [not (name in policy_ops and epoch >= stages) for name in self.names]
 
     def mosaic_window(self, epoch: int) -> bool:
         stages = self.policy.get("epoch")

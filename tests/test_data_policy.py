@@ -210,3 +210,11 @@ def test_imgsz_drives_every_size():
     assert train_ops[0]["output_size"] == 160 and train_ops[1]["size"] == [320, 320]
     assert cfg["val_dataloader"]["dataset"]["transforms"]["ops"][0]["size"] == [320, 320]
     assert cfg["train_dataloader"]["collate_fn"]["base_size"] == 320 and cfg["train_dataloader"]["cache_imgsz"] == 320
+
+
+def test_malformed_policy_epochs_are_config_errors():
+    from models.errors import ConfigError
+
+    for epochs in (None, [1, 2]):
+        with pytest.raises(ConfigError, match="policy.epoch"):
+            Compose([], {"name": "stop_epoch", "epoch": epochs})
