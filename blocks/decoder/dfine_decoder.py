@@ -3,6 +3,13 @@
 The D-FINE / DEIM detection head: projects multi-scale features, picks the top-k encoder tokens as
 queries, refines their boxes as edge distributions (FDR) with deformable attention, and returns the
 official output dict (GO-LSD teacher outputs, denoising groups in training).
+
+Arguments follow the official DFINETransformer (DEIM's version, which adds `mlp_act`):
+    in_channels  channels of the input maps (official `feat_channels`), finest first
+    activation   FFN and LQE activation; mlp_act: the box/query MLPs' activation (DEIM uses silu
+                 for both; the relu defaults reproduce D-FINE)
+    eval_idx     the layer whose output is the prediction; later layers only train (fuse drops them)
+    reg_max, reg_scale  bins per edge distribution and the curvature of their non-uniform spacing
 """
 from __future__ import annotations
 
@@ -31,17 +38,6 @@ CROSS_ATTN_METHODS = ("default", "discrete")
     "kwargs": {"num_classes": 3, "hidden_dim": 32, "num_queries": 10, "num_points": [2, 2, 2], "nhead": 4,
                "num_layers": 2, "dim_feedforward": 64, "num_denoising": 6, "reg_max": 8}})
 class DFINEDecoder(nn.Module):
-    """DFINEDecoder: D-FINE: Redefine Regression Task of DETRs as Fine-grained Distribution Refinement. ICLR 2025. https://arxiv.org/abs/2410.13842
-
-    Arguments follow the official DFINETransformer (DEIM's version, which adds `mlp_act`).
-
-    in_channels  channels of the input maps (official `feat_channels`), finest first
-    activation   FFN and LQE activation; mlp_act: the box/query MLPs' activation (DEIM uses silu
-                 for both; D-FINE's relu defaults reproduce D-FINE exactly)
-    eval_idx     the layer whose output is the prediction; layers after it only train (dropped by fuse)
-    reg_max, reg_scale  bins per edge distribution and the curvature of their non-uniform spacing
-    """
-
     def __init__(self, in_channels: list[int], num_classes: int = 80, hidden_dim: int = 256, num_queries: int = 300,
                  feat_strides=(8, 16, 32), num_levels: int = 3, num_points=(3, 6, 3), nhead: int = 8,
                  num_layers: int = 6, dim_feedforward: int = 1024, dropout: float = 0.0, activation: str = "relu",
