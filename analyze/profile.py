@@ -45,6 +45,13 @@ def _conv(args, kwargs, out):
     return 2 * macs + (out.numel() if bias is not None else 0)
 
 
+def _deform_conv(args, kwargs, out):
+    """torchvision's deformable conv (input, weight, offset, mask, bias, ...): counted like a conv.
+    calflops does not see it at all; no official model uses it, so the zoo figures are unaffected."""
+    weight, bias = args[1], args[4]
+    return 2 * out.numel() * weight.shape[1] * math.prod(weight.shape[2:]) + (out.numel() if bias is not None else 0)
+
+
 def _conv_transpose(args, kwargs, out):
     x, weight = args[0], args[1]
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
@@ -128,7 +135,7 @@ def _norm5(args, kwargs, out):
 _RULES = {
     "conv1d": _conv, "conv2d": _conv, "conv3d": _conv,
     "conv_transpose1d": _conv_transpose, "conv_transpose2d": _conv_transpose, "conv_transpose3d": _conv_transpose,
-    "linear": _linear,
+    "linear": _linear, "deform_conv2d": _deform_conv,
     "matmul": _matmul, "__matmul__": _matmul,
     "addmm": _addmm, "baddbmm": _addmm,
     "einsum": _einsum, "multi_head_attention_forward": _multi_head_attention,

@@ -39,3 +39,23 @@ def test_all_blocks_json_lists_every_block_without_failures():
     listing = json.loads(result.stdout)
     assert not listing["failures"]
     assert {"SE", "ECA", "CBAM"} <= {row["block"] for row in listing["blocks"]}
+
+
+def test_deformable_conv_is_counted_like_a_conv():
+    import torch
+    import torchvision
+
+    from analyze.profile import count_flops
+
+    class Deformable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(6, 4, 3, 3))
+
+        def forward(self, x):
+            offset = x.new_zeros(x.shape[0], 18, x.shape[2], x.shape[3])
+            return torchvision.ops.deform_conv2d(x, offset, self.weight, padding=1)
+
+    outputs = 6 * 8 * 8
+    # torchvision passes a zero bias when none is given, so the bias adds are counted too
+    assert count_flops(Deformable(), torch.randn(1, 4, 8, 8)).flops == 2 * outputs * 4 * 9 + outputs
