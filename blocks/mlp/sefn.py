@@ -23,14 +23,14 @@ class SEFN(nn.Module):
         self.fusion = nn.Conv2d(hidden + c, hidden, 1, bias=bias)
         self.dwconv_afterfusion = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=bias)
         self.project_out = nn.Conv2d(hidden, c, 1, bias=bias)
-        self.pool = nn.AvgPool2d(2)
+        self.pool = nn.AvgPool2d(2, ceil_mode=True)  # ceil: odd sides and 1x1 maps keep every pixel
         self.spatial_conv = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), LayerNorm2d(c), nn.ReLU(),
                                           nn.Conv2d(c, c, 3, padding=1), LayerNorm2d(c), nn.ReLU())
 
     def forward(self, x) -> torch.Tensor:
         x, spatial = x if isinstance(x, (list, tuple)) else (x, x)
         context = self.spatial_conv(self.pool(spatial))
-        # nearest x2 upsampling; sizing to x also covers odd sides, where pooling dropped a row
+        # nearest x2 upsampling, cropped to x on odd sides
         context = F.interpolate(context, size=x.shape[-2:], mode="nearest")
         x1, x2 = self.dwconv(self.project_in(x)).chunk(2, 1)
         x1 = self.dwconv_afterfusion(self.fusion(torch.cat([x1, context], 1)))
