@@ -14,12 +14,12 @@ from models.graph import Graph, Row
 
 
 def fuse_modules(model: nn.Module) -> nn.Module:
-    """Call `fuse()` on every submodule that defines it, innermost first.
+    """Call `fuse()` on `model` and every submodule that defines it, innermost first.
 
     `fuse()` is the blocks' one inference hook: fold BN into convs, re-parameterise multi-branch
     blocks, drop training-only parts. Each block fuses only itself; its children are visited first."""
     for module in reversed(list(model.modules())):
-        if module is not model and callable(getattr(type(module), "fuse", None)):
+        if callable(getattr(type(module), "fuse", None)):
             module.fuse()
     return model
 
