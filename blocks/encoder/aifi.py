@@ -14,7 +14,8 @@ from blocks.registry import register
 
 def sincos_pos_embed_2d(width: int, height: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """[1, height*width, dim] embedding: sin/cos of the x index, then of the y index, at dim/4
-    geometrically spaced frequencies each (pixels in row-major order)."""
+    geometrically spaced frequencies each. Positions run x-major (index = x * height + y), as in
+    the official RT-DETR/D-FINE code, so official weights see the embedding they were trained with."""
     if dim % 4:
         raise ValueError(f"the 2-D sin-cos position embedding needs channels divisible by 4, got {dim}")
     grid_w, grid_h = torch.meshgrid(torch.arange(width, dtype=torch.float32),
