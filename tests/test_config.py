@@ -94,3 +94,17 @@ def test_analyze_config_cli_prints_merged_values_with_origins(tmp_path):
     lines = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith("#")}
     assert "5" in lines["nc:"] and "-u nc=5" in lines["nc:"]
     assert "base.yml" in lines["epochs:"]
+
+
+@pytest.mark.parametrize("recipe", ["deim", "dfine", "deimv2", "rtdetrv2", "rtdetrv4", "../demo"])
+def test_recipes_compose_and_their_criterion_and_optimizer_build(recipe):
+    from engine.optim import build_optimizer
+    from models import build_model
+    from models.criterion import build_criterion
+
+    cfg = load_config(REPO / f"configs/recipes/{recipe}.yml")
+    criterion = dict(cfg["criterion"], num_classes=3)
+    build_criterion(criterion)
+    optimizer = build_optimizer(build_model(REPO / "graphs/examples/tiny.yaml", check=False), cfg["optimizer"])
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 15     # tiny.yaml's parameters, each once
+    assert cfg["ema"]["decay"] > 0.99 and cfg["criterion"]["matcher"]["type"] == "HungarianMatcher"

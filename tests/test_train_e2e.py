@@ -80,8 +80,8 @@ def test_resume_equals_uninterrupted_run(demo, tmp_path):
     first = solver(cfg_path, output_dir=str(tmp_path / "split"))
     first.fit(max_epochs=1)
     assert first.epoch == 0
-    resumed = solver(cfg_path, output_dir=str(tmp_path / "split"), resume=str(tmp_path / "split/last.pth"))
-    assert resumed.output_dir == tmp_path / "split"                     # continues in its own folder
+    resumed = solver(cfg_path, output_dir=str(tmp_path / "split"), auto_resume=True)   # finds split/last.pth
+    assert resumed.output_dir == tmp_path / "split" and resumed.epoch == 0   # continues in its own folder
     resumed.fit()
     a = checkpoint.load(tmp_path / "straight/last.pth")
     b = checkpoint.load(tmp_path / "split/last.pth")
