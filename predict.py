@@ -1,10 +1,13 @@
 """Detect objects in images, a folder or a video with a trained checkpoint.
 
     python predict.py -c CONFIG -r CKPT -i INPUT [-o OUT] [--conf 0.45] [--classes "a,b,c"] [-d cpu]
+    python predict.py --backend onnx -m model.onnx -i INPUT [-c CONFIG] ...   # a file from export.py
 
 Writes annotated images (or an annotated video) and `detections.json` under OUT, and prints a
 table of detections. Class names default to those stored in the checkpoint. Preprocessing is the
 evaluation pipeline (`data.transforms.preprocess_image`), so predictions equal what --test-only saw.
+With `--backend onnx` onnxruntime runs the exported file; its preprocessing and class names come
+from the file's metadata (or from -c's val pipeline when given).
 """
 from __future__ import annotations
 
@@ -79,9 +82,19 @@ def collect_inputs(path: Path) -> tuple[list[Path], list[Path]]:
 
 
 class Predictor:
+    """`postprocessor=None` means `model` already ends in the post-processor and returns the
+    (labels, boxes, scores) tuple, as an exported file run by `engine.onnx_runtime.OnnxDetector` does."""
+
     def __init__(self, model, postprocessor, preprocessing: dict, device, conf: float, names: list[str]):
         self.model, self.postprocessor, self.pre = model, postprocessor, preprocessing
         self.device, self.conf, self.names = device, conf, names
+
+    def detect(self, images: torch.Tensor, sizes: torch.Tensor) -> dict:
+        """Detections of the first image: labels, boxes (xyxy, network-input pixels), scores."""
+        if self.postprocessor is None:
+            labels, boxes, scores = self.model(images, sizes)
+            return {"labels": labels[0], "boxes": boxes[0], "scores": scores[0]}
+        return self.postprocessor(self.model(images.to(self.device)), sizes.to(self.device))[0]
 
     @torch.no_grad()
     def __call__(self, pil_image) -> list[dict]:
@@ -89,8 +102,7 @@ class Predictor:
 
         tensor, info = preprocess_image(pil_image, self.pre["imgsz"], self.pre["letterbox"], self.pre["normalize"])
         height, width = tensor.shape[1:]
-        outputs = self.model(tensor[None].to(self.device))
-        result = self.postprocessor(outputs, torch.tensor([[width, height]], device=self.device))[0]
+        result = self.detect(tensor[None], torch.tensor([[width, height]]))
         keep = result["scores"] >= self.conf
         boxes = restore_boxes(result["boxes"][keep].float().cpu(), info["scale"], info["pad"], info["orig_size"])
         return [{"label": int(label), "class": self.name(int(label)), "score": round(float(score), 4),
@@ -158,10 +170,38 @@ def format_table(name: str, detections: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def class_names(classes: str | None, stored: list[str], nc: int) -> list[str]:
+    if not classes:
+        return stored
+    names = [n.strip() for n in classes.split(",")]
+    if len(names) != nc:
+        raise ConfigError(f"--classes gives {len(names)} names but the model has {nc} classes", where="--classes")
+    return names
+
+
+def onnx_predictor(args) -> Predictor:
+    """A Predictor over an exported file; -c, when given, supplies the preprocessing instead of the file."""
+    from engine.config import load_config
+    from engine.onnx_runtime import OnnxDetector
+
+    if not args.model:
+        raise ConfigError("--backend onnx needs -m model.onnx", where="-m", hint="write one with `python export.py`")
+    detector = OnnxDetector(args.model)
+    preprocessing = detector.preprocessing
+    if args.config:
+        # the file's input size is fixed at export; the config gives resize mode and normalisation
+        preprocessing = {**eval_preprocessing(load_config(args.config, args.update), detector.imgsz),
+                         "imgsz": detector.imgsz}
+    names = class_names(args.classes, detector.names, detector.nc)
+    return Predictor(detector, None, preprocessing, torch.device("cpu"), args.conf, names)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True)
-    parser.add_argument("-r", "--resume", required=True, help="checkpoint to predict with (EMA weights preferred)")
+    parser.add_argument("-c", "--config", help="run config (required with the torch backend)")
+    parser.add_argument("-r", "--resume", help="checkpoint to predict with (EMA weights preferred)")
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("-m", "--model", help="ONNX file written by export.py (--backend onnx)")
     parser.add_argument("-i", "--input", required=True, help="image, video or folder")
     parser.add_argument("-o", "--output", default="predictions", help="output folder")
     parser.add_argument("--conf", type=float, default=0.45, help="score threshold")
@@ -175,13 +215,17 @@ def main(argv=None):
 
     from engine.config import load_config
 
-    cfg = load_config(args.config, args.update)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, postprocessor, meta = load_detector(cfg, args.resume, device)
-    names = [n.strip() for n in args.classes.split(",")] if args.classes else list(meta.get("names") or [])
-    if args.classes and len(names) != model.nc:
-        raise ConfigError(f"--classes gives {len(names)} names but the model has {model.nc} classes", where="--classes")
-    predictor = Predictor(model, postprocessor, eval_preprocessing(cfg, model.imgsz), device, args.conf, names)
+    if args.backend == "onnx":
+        predictor = onnx_predictor(args)
+    else:
+        if not (args.config and args.resume):
+            raise ConfigError("the torch backend needs -c CONFIG and -r CKPT", where="-c/-r",
+                              hint="or run an exported file: --backend onnx -m model.onnx")
+        cfg = load_config(args.config, args.update)
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, postprocessor, meta = load_detector(cfg, args.resume, device)
+        names = class_names(args.classes, list(meta.get("names") or []), model.nc)
+        predictor = Predictor(model, postprocessor, eval_preprocessing(cfg, model.imgsz), device, args.conf, names)
     images, videos = collect_inputs(Path(args.input))
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)

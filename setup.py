@@ -13,5 +13,6 @@ setup(
     packages=find_packages(include=["blocks*", "models*", "analyze*", "data*", "engine*"]),
     py_modules=["train", "distill", "predict", "export"],
     install_requires=[r for r in requirements if r],
-    extras_require={"test": ["pytest", "hypothesis", "calflops", "tidecv"]},
+    extras_require={"test": ["pytest", "hypothesis", "calflops", "tidecv", "onnx", "onnxruntime", "onnxslim"],
+                    "export": ["onnx", "onnxruntime", "onnxslim"]},
 )

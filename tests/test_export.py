@@ -1,0 +1,152 @@
+"""export.py and the onnxruntime backend: the exported graph gives PyTorch's detections, at any batch."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import export  # noqa: E402 (after the skips: it needs onnx at export time)
+import predict  # noqa: E402
+from engine import checkpoint  # noqa: E402
+from engine.onnx_runtime import OnnxDetector  # noqa: E402
+from models import build_model  # noqa: E402
+from models.postprocess import PostProcessor  # noqa: E402
+from tests.engine_helpers import TINY_GRAPH, write_config  # noqa: E402
+
+NAMES = ["circle", "square", "triangle"]
+
+
+def tiny_model(seed: int = 0):
+    """TINY_GRAPH with every weight nudged and the score heads' prior bias (-4.6) cleared, so scores
+    and boxes spread out (fresh box heads are zero: every box would sit on its anchor)."""
+    torch.manual_seed(seed)
+    model = build_model(TINY_GRAPH, check=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "score_head" in name and name.endswith("bias"):
+                p.zero_()
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def tiny_detector() -> export.DeployModel:
+    return export.DeployModel(tiny_model(), PostProcessor(3, num_top_queries=30)).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    detector = tiny_detector()
+    path = export.export_onnx(detector, tmp_path_factory.mktemp("onnx") / "tiny.onnx", [64, 64], dynamic_batch=True)
+    return detector, path
+
+
+def test_onnx_equals_pytorch_at_batch_1_and_4_from_one_file(tiny_onnx):
+    detector, path = tiny_onnx
+    session = OnnxDetector(path)
+    assert session.dynamic_batch
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    sizes = torch.tensor([[64, 64], [640, 480], [100, 200], [64, 64]])   # (w, h): boxes scale per image
+    with torch.no_grad():
+        labels, boxes, scores = detector(images, sizes)
+    assert scores[:, 0].min() > 0.2 and boxes.std() > 1.0               # a spread the comparison can see
+    for batch in (1, 4):
+        outs = [session(images[i:i + batch], sizes[i:i + batch]) for i in range(0, 4, batch)]
+        got_labels, got_boxes, got_scores = (torch.cat(parts) for parts in zip(*outs))
+        assert got_labels.dtype == torch.int64 and got_boxes.shape == (4, 30, 4)
+        assert torch.equal(got_labels, labels)
+        torch.testing.assert_close(got_scores, scores, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got_boxes, boxes, atol=1e-3, rtol=0)   # pixels of images up to 640 wide
+
+
+def test_simplified_fixed_batch_file_equals_pytorch_and_rejects_another_batch(tmp_path):
+    pytest.importorskip("onnxslim")
+    detector = tiny_detector()
+    path = export.export_onnx(detector, tmp_path / "fixed.onnx", [64, 64], simplify=True)
+    session = OnnxDetector(path)
+    assert not session.dynamic_batch
+    images, sizes = torch.rand(1, 3, 64, 64), torch.tensor([[320, 240]])
+    with torch.no_grad():
+        expected = detector(images, sizes)
+    got = session(images, sizes)
+    assert torch.equal(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1], atol=1e-3, rtol=0)
+    torch.testing.assert_close(got[2], expected[2], atol=1e-5, rtol=0)
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        session(torch.rand(2, 3, 64, 64), torch.tensor([[64, 64]] * 2))
+
+
+def test_compare_top_pairs_rank_swaps_and_reports_a_moved_box():
+    reference = (torch.tensor([0, 1, 2]), torch.tensor([[0., 0, 10, 10], [5, 5, 20, 20], [1, 1, 2, 2]]),
+                 torch.tensor([0.9, 0.5, 0.5]))
+    swapped = tuple(t[[0, 2, 1]] for t in reference)                    # a near-tie changed rank: not a miss
+    assert export.compare_top(reference, swapped, top=3) == (0.0, 0.0)
+    moved = (reference[0], reference[1] + torch.tensor([[0., 0, 0, 0.004], [0, 0, 0, 0], [0, 0, 0, 0]]),
+             reference[2] - torch.tensor([0.0, 0.002, 0.0]))
+    score_diff, box_diff = export.compare_top(reference, moved, top=3)
+    assert score_diff == pytest.approx(0.002, abs=1e-6) and box_diff == pytest.approx(0.004, abs=1e-6)  # float32
+    relabelled = (torch.tensor([0, 1, 1]), *reference[1:])
+    assert export.compare_top(reference, relabelled, top=3) == (float("inf"), float("inf"))
+
+
+def tiny_checkpoint(tmp_path):
+    """A checkpoint in train.py's layout, holding the (un-fused) weights of `tiny_detector`."""
+    state = tiny_model().state_dict()
+    meta = {"graph_spec": TINY_GRAPH, "nc": 3, "imgsz": [64, 64], "names": NAMES}
+    checkpoint.save_atomic({"model": state, "meta": meta}, tmp_path / "tiny.pth")
+    return tmp_path / "tiny.pth"
+
+
+def test_export_cli_check_then_predict_onnx_backend_equals_torch(tmp_path):
+    from PIL import Image
+
+    ckpt = tiny_checkpoint(tmp_path)
+    # letterbox + ImageNet normalisation in the val pipeline: the file must carry both to predict.py
+    cfg = {"graph": TINY_GRAPH, "postprocessor": {"num_top_queries": 30}, "val_dataloader": {"dataset": {
+        "transforms": {"ops": [{"type": "Resize", "size": [64, 64], "letterbox": True},
+                               {"type": "ConvertPILImage", "dtype": "float32", "scale": True},
+                               {"type": "Normalize", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}]}}}}
+    cfg_path = write_config(cfg, tmp_path / "tiny.yml")
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    generator = torch.Generator().manual_seed(2)
+    Image.fromarray((torch.rand(90, 150, 3, generator=generator) * 255).byte().numpy()).save(image_dir / "wide.png")
+    onnx_path = tmp_path / "tiny.onnx"
+
+    export.main(["-c", str(cfg_path), "-r", str(ckpt), "-o", str(onnx_path), "--dynamic-batch", "--check",
+                 "--images", str(image_dir / "wide.png")])
+    session = OnnxDetector(onnx_path)
+    assert session.names == NAMES and session.nc == 3
+    assert session.preprocessing == {"imgsz": [64, 64], "letterbox": True,
+                                     "normalize": [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]}
+
+    common = ["-i", str(image_dir), "--conf", "0.0"]
+    by_torch = predict.main(["-c", str(cfg_path), "-r", str(ckpt), "-o", str(tmp_path / "torch"), "-d", "cpu", *common])
+    by_onnx = predict.main(["--backend", "onnx", "-m", str(onnx_path), "-o", str(tmp_path / "onnx"), *common])
+    torch_dets, onnx_dets = by_torch["wide.png"], by_onnx["wide.png"]
+    assert len(onnx_dets) == len(torch_dets) == 30
+    assert [d["class"] for d in onnx_dets] == [d["class"] for d in torch_dets]
+    for ours, theirs in zip(onnx_dets, torch_dets):
+        assert ours["score"] == pytest.approx(theirs["score"], abs=1e-4)            # printed to 4 digits
+        assert ours["box"] == pytest.approx(theirs["box"], abs=0.11)                # printed to 0.1 px
+    # boxes come back in the 150x90 original, through the letterbox padding
+    assert max(d["box"][2] for d in onnx_dets) <= 150 and max(d["box"][3] for d in onnx_dets) <= 90
+    assert json.loads((tmp_path / "onnx" / "detections.json").read_text()) == by_onnx
+
+
+def test_trt_is_skipped_with_the_reason_without_gpu_or_tensorrt(tiny_onnx, capsys):
+    try:
+        import tensorrt  # noqa: F401
+        has_trt = True
+    except ImportError:
+        has_trt = False
+    if torch.cuda.is_available() and has_trt:
+        pytest.skip("a GPU and TensorRT are present: the skip path does not apply")
+    _, path = tiny_onnx
+    assert export.export_tensorrt(path, [64, 64], dynamic_batch=True) is None
+    printed = capsys.readouterr().out
+    assert printed.startswith("--trt skipped:") and f"trtexec --onnx={path}" in printed
+    assert not path.with_suffix(".engine").exists()
