@@ -1,0 +1,147 @@
+"""CPU forward latency of graphs: PyTorch eval form, PyTorch deploy form, onnxruntime (batch 1).
+
+    python bench/latency.py                              # D-FINE and DEIM N and S at their eval size
+    python bench/latency.py graphs/dfine/dfine-m.yaml --imgsz 320 --repeats 20 --threads 2
+    python bench/latency.py --no-onnx                    # PyTorch columns only (no onnxruntime needed)
+
+Eval = the trained network in eval mode; deploy = after Detector.deploy() (BN folded,
+RepVGG branches merged, decoder cut to its eval layer); onnxrt = the file export.py writes (deploy
+network plus post-processor, whose top-k adds well under a millisecond) run by onnxruntime with the
+same thread count. The three run in turn within each repeat, so a load change on a shared machine
+hits them alike. Median and 90th percentile in ms; GFLOP/s = the deploy model's FLOPs (counted as
+`python -m analyze.info` counts them) over the median time, and "% peak" relates that to this
+machine's fp32 matmul rate with the same threads, measured in the same run (best of before and
+after the graphs). Figures depend on the machine; they are printed, never asserted."""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analyze.profile import count_flops  # noqa: E402
+from models import build_model  # noqa: E402
+from models.postprocess import PostProcessor  # noqa: E402
+
+DEFAULT_GRAPHS = ["graphs/dfine/dfine-n.yaml", "graphs/dfine/dfine-s.yaml",
+                  "graphs/deim/deim-n.yaml", "graphs/deim/deim-s.yaml"]
+
+
+def matmul_peak_gflops(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
+    """Best fp32 GFLOP/s of a square matmul (2 n^3 FLOPs) over repeated runs."""
+    torch.set_num_threads(threads)
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    best, end = 0.0, time.perf_counter() + seconds
+    torch.mm(a, b)
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * size ** 3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def percentile(times: list[float], q: float) -> float:
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@torch.no_grad()
+def interleaved_ms(runners: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """{name: [ms per repeat]}: each repeat runs every runner once, in turn."""
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def onnx_runner(deployed, imgsz, threads: int, folder: Path):
+    """Export the deploy network plus post-processor and return a call of its onnxruntime session."""
+    import export
+    from engine.onnx_runtime import OnnxDetector
+
+    detector = export.DeployModel(copy.deepcopy(deployed), PostProcessor(deployed.nc))
+    path = export.export_onnx(detector, folder / "model.onnx", imgsz)
+    session = OnnxDetector(path, threads=threads)
+    height, width = imgsz
+    images, sizes = torch.rand(1, 3, height, width), torch.tensor([[width, height]])
+    return lambda: session(images, sizes)
+
+
+def measure(path: str, imgsz, threads: int, repeats: int, warmup: int, with_onnx: bool) -> dict:
+    torch.manual_seed(0)
+    model = build_model(path, imgsz=imgsz, check=False).eval()
+    height, width = model.imgsz
+    images = torch.rand(1, 3, height, width)
+    deployed = copy.deepcopy(model).deploy()
+    gflops = count_flops(deployed, images).gflops
+    runners = {"eval": lambda: model(images), "deploy": lambda: deployed(images)}
+    with tempfile.TemporaryDirectory() as folder:
+        if with_onnx:
+            runners["onnxrt"] = onnx_runner(deployed, [height, width], threads, Path(folder))
+        torch.set_num_threads(threads)
+        times = interleaved_ms(runners, repeats, warmup)
+    return {"graph": path, "imgsz": [height, width], "gflops": gflops,
+            **{f"{name}_ms": statistics.median(t) for name, t in times.items()},
+            **{f"{name}_p90_ms": percentile(t, 0.9) for name, t in times.items()}}
+
+
+def format_row(row: dict, peak: float, names) -> str:
+    """One Markdown table row: times as median / p90, rates as GFLOP/s (% of the matmul peak)."""
+    cells = [row["graph"], f"{row['imgsz'][0]}x{row['imgsz'][1]}", f"{row['gflops']:.2f}"]
+    cells += [f"{row[f'{name}_ms']:.1f} / {row[f'{name}_p90_ms']:.1f}" for name in names]
+    cells.append(f"{row['eval_ms'] / row['deploy_ms']:.2f}x")
+    for name in names[1:]:
+        rate = row["gflops"] / row[f"{name}_ms"] * 1e3
+        cells.append(f"{rate:.1f} ({100 * rate / peak:.0f}%)")
+    return "| " + " | ".join(cells) + " |"
+
+
+def header(names) -> str:
+    cells = ["graph", "size", "GFLOPs", *(f"{name} ms" for name in names), "speed-up",
+             *(f"{name} GFLOP/s (% peak)" for name in names[1:])]
+    return "| " + " | ".join(cells) + " |\n|" + "---|" * len(cells)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("graphs", nargs="*", default=DEFAULT_GRAPHS)
+    parser.add_argument("--imgsz", type=int, help="square input size (default: each graph's eval size)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime column")
+    args = parser.parse_args(argv)
+    with_onnx = not args.no_onnx
+    if with_onnx:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            print('onnxruntime is not installed (pip install -e ".[export]"): timing PyTorch only')
+            with_onnx = False
+    peak_before = matmul_peak_gflops(args.threads)
+    rows = [measure(path, args.imgsz, args.threads, args.repeats, args.warmup, with_onnx) for path in args.graphs]
+    peak = max(peak_before, matmul_peak_gflops(args.threads))
+    print(f"CPU, {args.threads} threads, batch 1, median and p90 of {args.repeats} (ms); "
+          f"fp32 matmul peak {peak:.1f} GFLOP/s (before {peak_before:.1f})")
+    names = ("eval", "deploy", "onnxrt") if with_onnx else ("eval", "deploy")
+    print(header(names))
+    for row in rows:
+        print(format_row(row, peak, names))
+    return rows, peak
+
+
+if __name__ == "__main__":
+    main()
