@@ -20,3 +20,11 @@ def test_the_zoo_has_an_ablation_graph_per_family():
 def test_graph_builds_and_runs(graph):
     model = build_model(ROOT / graph)
     assert len(model.rows) > 1
+
+
+def test_encoder_rows_base_is_deim_n():
+    from analyze.profile import count_params
+
+    rows = build_model(ROOT / "graphs/ablations/deim-n-encoder-rows.yaml", check=False)
+    whole = build_model(ROOT / "graphs/deim/deim-n.yaml", check=False)
+    assert count_params(rows) == count_params(whole) == 3_782_693
