@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.config import load_config
 from models.errors import ConfigError, cli_main
 
 
@@ -71,33 +70,16 @@ def feature_maps(model, image_tensor: torch.Tensor, layers: list[int]) -> dict[i
 
 
 def main(argv=None):
-    from PIL import Image
-
-    from predict import collect_inputs, eval_preprocessing, load_detector
-    from data.transforms import preprocess_image
+    from analyze import _detector_cli
 
     parser = argparse.ArgumentParser(prog="python -m analyze.featuremap", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True)
-    parser.add_argument("-r", "--resume", required=True, help="checkpoint")
-    parser.add_argument("-i", "--input", required=True, help="an image or a folder of images")
-    parser.add_argument("--layers", type=int, nargs="+", required=True, help="graph row indices")
-    parser.add_argument("-o", "--output", default="outputs/featuremaps")
+    _detector_cli.add_arguments(parser, "outputs/featuremaps")
     parser.add_argument("--channels", type=int, default=32, help="channels shown in each grid")
-    parser.add_argument("-d", "--device", default="cpu")
-    parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-
-    cfg = load_config(args.config)
-    device = torch.device(args.device)
-    model, _, meta = load_detector(cfg, args.resume, device)
-    pre = eval_preprocessing(cfg, model.imgsz)
-    images, _ = collect_inputs(Path(args.input))
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in images:
-        tensor, _ = preprocess_image(Image.open(path), pre["imgsz"], pre["letterbox"], pre["normalize"])
-        for index, features in feature_maps(model, tensor.to(device), args.layers).items():
+    model, _, out_dir, inputs = _detector_cli.open_detector(args)
+    for path, tensor in inputs:
+        for index, features in feature_maps(model, tensor, args.layers).items():
             for part, feature in enumerate(features):
                 suffix = f"_out{part}" if len(features) > 1 else ""
                 title = f"{path.name} row {index} {model.rows[index].module}{suffix}"

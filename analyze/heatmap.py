@@ -7,13 +7,11 @@ passes): `class` sums their class scores, `box` sums the IoU of their predicted 
 detected boxes (held fixed), `all` both. One heatmap per image and layer, blended on the network's
 input image with the detections drawn."""
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from engine.config import load_config
 from models.box_ops import box_cxcywh_to_xyxy, box_iou
 from models.errors import ConfigError, cli_main
 
@@ -107,39 +105,21 @@ def render(image: torch.Tensor, grayscale: np.ndarray, detections: dict, names: 
 
 
 def main(argv=None):
-    from PIL import Image
-
-    from data.transforms import preprocess_image
-    from predict import collect_inputs, eval_preprocessing, load_detector
+    from analyze import _detector_cli
 
     parser = argparse.ArgumentParser(prog="python -m analyze.heatmap", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True)
-    parser.add_argument("-r", "--resume", required=True, help="checkpoint")
-    parser.add_argument("-i", "--input", required=True, help="an image or a folder of images")
-    parser.add_argument("--layers", type=int, nargs="+", required=True, help="graph row indices")
+    _detector_cli.add_arguments(parser, "outputs/heatmaps")
     parser.add_argument("--method", choices=METHODS, default="gradcam")
     parser.add_argument("--target", choices=TARGETS, default="all")
     parser.add_argument("--conf", type=float, default=0.25)
     parser.add_argument("--max-dets", type=int, default=10)
-    parser.add_argument("-o", "--output", default="outputs/heatmaps")
-    parser.add_argument("-d", "--device", default="cpu")
-    parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-
-    cfg = load_config(args.config)
-    device = torch.device(args.device)
-    model, _, meta = load_detector(cfg, args.resume, device)
+    model, meta, out_dir, inputs = _detector_cli.open_detector(args)
     names = list(meta.get("names") or [])
-    pre = eval_preprocessing(cfg, model.imgsz)
-    images, _ = collect_inputs(Path(args.input))
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in images:
-        tensor, _ = preprocess_image(Image.open(path), pre["imgsz"], pre["letterbox"], pre["normalize"])
+    for path, tensor in inputs:
         for layer in args.layers:
-            grayscale, detections = heatmap(model, tensor.to(device), layer, args.method, args.target,
-                                            args.conf, args.max_dets)
+            grayscale, detections = heatmap(model, tensor, layer, args.method, args.target, args.conf, args.max_dets)
             target = out_dir / f"{path.stem}_row{layer}_{args.method}_{args.target}.png"
             render(tensor.cpu(), grayscale, detections, names).save(target)
             print("wrote", target)

@@ -55,3 +55,18 @@ def test_bad_layer_names_the_valid_range(detector):
         feature_maps(detector, torch.rand(3, 64, 64), [9])
     with pytest.raises(ConfigError, match="does not output feature maps"):
         feature_maps(detector, torch.rand(3, 64, 64), [4])  # the decoder row
+
+
+def test_heatmap_and_featuremap_clis_write_pictures_for_a_trained_checkpoint(trained_run, tmp_path):
+    from PIL import Image
+
+    from analyze import featuremap, heatmap as heatmap_cli
+
+    image = sorted((trained_run["data"] / "val").glob("*.jpg"))[0]
+    common = ["-c", str(trained_run["config"]), "-r", str(trained_run["checkpoint"]), "-i", str(image)]
+    heatmap_cli.main([*common, "--layers", "2", "3", "--method", "eigencam", "--target", "class", "-o", str(tmp_path / "cam")])
+    featuremap.main([*common, "--layers", "1", "-o", str(tmp_path / "features")])
+    cams = sorted((tmp_path / "cam").glob("*.png"))
+    assert [p.name for p in cams] == [f"{image.stem}_row2_eigencam_class.png", f"{image.stem}_row3_eigencam_class.png"]
+    assert Image.open(cams[0]).size == (64, 64)  # the network input the model saw
+    assert {p.name for p in (tmp_path / "features").glob("*.png")} == {f"{image.stem}_row1_grid.png", f"{image.stem}_row1_mean.png"}
