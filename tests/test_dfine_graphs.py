@@ -100,10 +100,12 @@ def test_other_input_sizes_run():
             assert torch.isfinite(out["pred_boxes"]).all()
 
 
-def test_encoder_rows_ablation_equals_whole_block_params():
-    whole = build_model(graph("dfine-s"), check=False)
+def test_ablations_equal_their_base_graph_params(reference):
     rows = build_model(GRAPHS / "ablations/dfine-s-encoder-rows.yaml", check=False)
-    assert count_params(rows) == count_params(whole) == 10321877
+    assert count_params(rows) == reference["dfine-s"]["params"]
+    one_backbone_row = build_model(GRAPHS / "ablations/dfine-n-hgnetv2-block.yaml", check=False)
+    assert count_params(one_backbone_row) == reference["dfine-n"]["params"]
+    assert count_params(one_backbone_row.deploy()) == reference["dfine-n"]["params_deploy"]
 
 
 def test_sincos_embedding_matches_hand_values():
