@@ -220,6 +220,9 @@ class Solver:
         self.restart_decay = collate.get("ema_restart_decay", get(cfg, "ema.restart_decay"))
         if not self.test_only:
             self.optimizer = build_optimizer(self.raw_model, cfg.get("optimizer") or {"type": "AdamW", "lr": 1e-4})
+            for group in self.extra_param_groups():  # e.g. distillation adapters: trained, kept out of the model
+                self.optimizer.add_param_group(dict(group))
+                self.optimizer.param_groups[-1].setdefault("initial_lr", self.optimizer.param_groups[-1]["lr"])
             schedule_cfg = {k: cfg[k] for k in ("flat_epoch", "no_aug_epoch") if cfg.get(k) is not None}
             schedule_cfg.update(cfg.get("lr_scheduler") or {"type": "MultiStepLR"})
             self.schedule = LRSchedule(self.optimizer, schedule_cfg,
@@ -397,9 +400,11 @@ class Solver:
             for key, value in loss_terms.items():
                 totals[key] = totals.get(key, 0.0) + value
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss_terms['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                bar.set_postfix(loss=f"{loss_terms['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                                **{k: f"{loss_terms[k]:.3f}" for k in self.bar_terms(loss_terms)})
             if self.global_step % int(self.cfg.get("print_freq", 10) or 10) == 0:
                 self.logger.scalars({"total": loss_terms["loss"]}, self.global_step, "Loss")
+                self.logger.scalars({k: loss_terms[k] for k in self.bar_terms(loss_terms)}, self.global_step, "Loss")
                 self.logger.scalars({f"pg_{j}": g["lr"] for j, g in enumerate(self.optimizer.param_groups)},
                                     self.global_step, "Lr")
         means = {k: v / max(good, 1) for k, v in totals.items()}
@@ -413,6 +418,7 @@ class Solver:
             outputs = self.model(images, targets=targets)
         with torch.autocast(self.device.type, enabled=False):  # losses in fp32
             loss_dict = self.criterion(_to_float(outputs), targets, epoch=epoch)
+            loss_dict.update(self.extra_losses(images, targets, outputs, epoch))
         loss = sum(loss_dict.values())
         bad = not _finite(loss) or not _finite(outputs["pred_boxes"])
         if dist.any_flag(bad):
@@ -421,7 +427,9 @@ class Solver:
         self.scaler.scale(loss).backward()
         max_norm = float(self.cfg.get("clip_max_norm", 0) or 0)
         self.scaler.unscale_(self.optimizer)
-        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        self.after_backward()
+        extra = [p for group in self.extra_param_groups() for p in group["params"]]
+        parameters = [p for p in [*self.model.parameters(), *extra] if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm > 0 else float("inf"))
         if not _finite(norm) and not self.scaler.is_enabled():  # fp16's scaler skips such steps itself
             self.skip_step(epoch, index, images, targets, loss_dict, "gradients")
@@ -435,6 +443,22 @@ class Solver:
         terms = {k: float(v.detach()) for k, v in loss_dict.items()}
         terms["loss"] = float(loss.detach())
         return terms
+
+    # Hooks for a trainer that adds terms (distill.py's DistillSolver); the plain trainer adds nothing.
+    def extra_param_groups(self) -> list[dict]:
+        """Optimizer groups ({'params': [...], optional lr...}) of trainable modules outside the model."""
+        return []
+
+    def extra_losses(self, images, targets, outputs, epoch: int) -> dict:
+        """More weighted loss terms for this step, added to the criterion's (computed in fp32)."""
+        return {}
+
+    def after_backward(self) -> None:
+        """Called with the unscaled gradients of a step, before clipping."""
+
+    def bar_terms(self, loss_terms: dict) -> list[str]:
+        """Loss terms shown in the progress bar and logged to TensorBoard each print_freq steps."""
+        return []
 
     def skip_step(self, epoch, index, images, targets, loss_dict, what: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)

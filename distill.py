@@ -1,0 +1,57 @@
+"""Train a student with a frozen teacher: `python distill.py -sc STUDENT_CFG -tc TEACHER_CFG -tw TEACHER_WEIGHTS`.
+
+The student config is a run config (as for train.py) with a `distill:` section (kd_loss_type
+logit | feature | all, schedule, epoch window, feature pairs, foundation teacher: see
+engine/distill.py). The teacher is built from its own config and weights (train.py checkpoints or
+official releases), kept in eval mode and never saved. The rest is train.py's: -r -t -d --seed
+--use-amp -u --output-dir --summary-dir --auto-resume; `train.py -c STUDENT_CFG --test-only -r
+OUTPUT/best_stg2.pth` evaluates the distilled student. Multi-GPU: `torchrun --nproc_per_node=N distill.py ...`."""
+from __future__ import annotations
+
+import argparse
+
+from models.errors import ConfigError, cli_main
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-sc", "--student-config", required=True, help="student run config with a `distill:` section")
+    parser.add_argument("-tc", "--teacher-config", help="teacher run config (its graph)")
+    parser.add_argument("-tw", "--teacher-weights", help="teacher checkpoint (ours or an official release)")
+    parser.add_argument("-tu", "--teacher-update", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override teacher config values")
+    parser.add_argument("-r", "--resume", help="resume a distillation run (student, adapters, optimizer, epoch...)")
+    parser.add_argument("-t", "--tuning", help="start the student from weights (ours or an official release)")
+    parser.add_argument("-d", "--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--use-amp", action="store_true", help="mixed precision (bf16 where supported, else fp16)")
+    parser.add_argument("-u", "--update", nargs="+", default=[], metavar="KEY=VALUE", help="override student config values")
+    parser.add_argument("--output-dir")
+    parser.add_argument("--summary-dir")
+    parser.add_argument("--auto-resume", action="store_true", help="continue from OUTPUT_DIR/last.pth when it exists")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from engine import dist
+    from engine.config import load_config
+    from engine.distill import DistillSolver
+
+    if args.resume and args.tuning:
+        raise ConfigError("-r and -t cannot be combined", hint="-r continues a run; -t starts a new one from weights")
+    if bool(args.teacher_config) != bool(args.teacher_weights):
+        raise ConfigError("-tc and -tw go together", where="-tc/-tw", hint="the teacher's config and its weights")
+    cfg = load_config(args.student_config, args.update)
+    options = {k: v for k, v in vars(args).items() if k not in ("student_config", "teacher_update", "update", "debug")}
+    options["config"], options["update"], options["teacher_updates"] = args.student_config, args.update, args.teacher_update
+    try:
+        solver = DistillSolver(cfg, **options)
+        return solver.fit()
+    finally:
+        dist.cleanup()
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -1,0 +1,319 @@
+"""distill.py: feature / logit / foundation distillation on the shared trainer.
+
+Expected loss values are computed independently with numpy on small tensors."""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from engine import checkpoint
+from engine.config import load_config
+from engine.distill import DistillSolver, adapted_weight, epoch_window, logit_terms, schedule_factor
+from engine.distill_losses import (MGDGenerator, cwd_loss, ickd_loss, match_queries, mgd_loss, mimic_loss,
+                                   sp_loss)
+from engine.solver import Solver
+from models.errors import ConfigError
+from tests.engine_helpers import REPO, TINY_GRAPH, make_data, subprocess_env, tiny_config, write_config
+
+
+# ------------------------------------------------------------------------------ hand computations
+def np_softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def np_conv3x3(x, weight, bias):
+    """x [C,H,W], weight [O,C,3,3], zero padding 1 — a direct loop."""
+    c, h, w = x.shape
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    out = np.zeros((weight.shape[0], h, w))
+    for o in range(weight.shape[0]):
+        for i in range(h):
+            for j in range(w):
+                out[o, i, j] = (padded[:, i:i + 3, j:j + 3] * weight[o]).sum() + bias[o]
+    return out
+
+
+@pytest.fixture
+def maps():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(2, 3, 4, 5)), rng.normal(size=(2, 3, 4, 5))
+
+
+def test_mimic_equals_mean_squared_error(maps):
+    s, t = maps
+    assert mimic_loss(torch.tensor(s), torch.tensor(t)).item() == pytest.approx(((s - t) ** 2).mean(), rel=1e-9)
+
+
+def test_cwd_equals_channel_softmax_kl(maps):
+    s, t = maps
+    tau = 2.0
+    expected = 0.0
+    for b in range(2):
+        for c in range(3):
+            p_t = np_softmax(t[b, c].ravel() / tau)
+            p_s = np_softmax(s[b, c].ravel() / tau)
+            expected += (p_t * np.log(p_t / p_s)).sum()
+    expected = expected / 6 * tau ** 2
+    assert cwd_loss(torch.tensor(s), torch.tensor(t), tau).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_ickd_equals_normalised_channel_gram_difference(maps):
+    s, t = maps
+    expected = 0.0
+    for b in range(2):
+        gs = s[b].reshape(3, -1) @ s[b].reshape(3, -1).T
+        gt = t[b].reshape(3, -1) @ t[b].reshape(3, -1).T
+        gs = gs / np.linalg.norm(gs, axis=1, keepdims=True)
+        gt = gt / np.linalg.norm(gt, axis=1, keepdims=True)
+        expected += ((gs - gt) ** 2).sum()
+    expected /= 2 * 3
+    assert ickd_loss(torch.tensor(s), torch.tensor(t)).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_sp_equals_normalised_batch_gram_difference():
+    rng = np.random.default_rng(1)
+    s, t = rng.normal(size=(3, 2, 3, 3)), rng.normal(size=(3, 5, 2, 2))  # widths and sizes may differ
+    fs, ft = s.reshape(3, -1), t.reshape(3, -1)
+    gs, gt = fs @ fs.T, ft @ ft.T
+    gs = gs / np.linalg.norm(gs, axis=1, keepdims=True)
+    gt = gt / np.linalg.norm(gt, axis=1, keepdims=True)
+    expected = ((gs - gt) ** 2).sum() / 9
+    assert sp_loss(torch.tensor(s), torch.tensor(t)).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_mgd_equals_masked_generation_error(maps):
+    s, t = maps
+    rng = np.random.default_rng(2)
+    keep = (rng.random((2, 1, 4, 5)) > 0.5).astype(np.float64)
+    generator = MGDGenerator(3).double()
+    w1, b1 = generator.block[0].weight.detach().numpy(), generator.block[0].bias.detach().numpy()
+    w2, b2 = generator.block[2].weight.detach().numpy(), generator.block[2].bias.detach().numpy()
+    alpha = 0.3
+    expected = 0.0
+    for b in range(2):
+        hidden = np.maximum(np_conv3x3(s[b] * keep[b], w1, b1), 0)
+        expected += ((np_conv3x3(hidden, w2, b2) - t[b]) ** 2).sum()
+    expected = alpha * expected / 2
+    got = mgd_loss(torch.tensor(s), torch.tensor(t), generator, alpha=alpha, keep=torch.tensor(keep))
+    assert got.item() == pytest.approx(expected, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------ logit matching
+def test_hungarian_query_matching_is_the_cheapest_permutation():
+    rng = np.random.default_rng(3)
+    s_logits, t_logits = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    s_boxes, t_boxes = rng.uniform(0.3, 0.6, (4, 4)), rng.uniform(0.3, 0.6, (4, 4))
+
+    def giou(a, b):
+        a = np.array([a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2])
+        b = np.array([b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2])
+        inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        hull = (max(a[2], b[2]) - min(a[0], b[0])) * (max(a[3], b[3]) - min(a[1], b[1]))
+        return inter / union - (hull - union) / hull
+
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    cost = np.array([[2 * np.abs(sig(s_logits[i]) - sig(t_logits[j])).mean() + 5 * np.abs(s_boxes[i] - t_boxes[j]).sum()
+                      - 2 * giou(s_boxes[i], t_boxes[j]) for j in range(4)] for i in range(4)])
+    best = min(itertools.permutations(range(4)), key=lambda perm: sum(cost[i, perm[i]] for i in range(4)))
+    rows, cols = match_queries(*(torch.tensor(x) for x in (s_logits, s_boxes, t_logits, t_boxes)))
+    assert rows.tolist() == [0, 1, 2, 3] and cols.tolist() == list(best)
+
+
+def test_logit_distillation_matches_queries_within_each_image():
+    # image 1's teacher predictions are image 0's student predictions shuffled, and vice versa: a matcher
+    # that looked across images would pair them; a per-image one finds nothing close
+    gen = torch.Generator().manual_seed(0)
+    boxes = torch.rand(2, 3, 4, generator=gen) * 0.3 + 0.3
+    logits = torch.randn(2, 3, 2, generator=gen)
+    perm = torch.tensor([2, 0, 1])
+    student = {"pred_logits": logits.clone().requires_grad_(), "pred_boxes": boxes.clone().requires_grad_()}
+    same = {"pred_logits": logits[:, perm], "pred_boxes": boxes[:, perm]}   # each image: its own queries, permuted
+    weights = {"cls": 1.0, "bbox": 1.0, "giou": 1.0, "ld": 1.0}
+    terms = logit_terms(student, same, {"matching": "hungarian"}, weights)
+    assert terms["loss_kd_bbox"].item() == pytest.approx(0.0, abs=1e-6)
+    assert terms["loss_kd_giou"].item() == pytest.approx(0.0, abs=1e-6)
+    p = torch.sigmoid(logits).double().numpy()   # BCE against its own probabilities = their entropy
+    entropy = -(p * np.log(p) + (1 - p) * np.log(1 - p)).sum(-1).mean()
+    assert terms["loss_kd_cls"].item() == pytest.approx(entropy, rel=1e-5)
+
+    swapped = {k: v.flip(0) for k, v in same.items()}                       # the other image's teacher
+    crossed = logit_terms(student, swapped, {"matching": "hungarian"}, weights)
+    assert crossed["loss_kd_bbox"].item() > 0.05
+    terms["loss_kd_bbox"].backward()  # gradients reach the student's boxes only through matched pairs
+    assert student["pred_boxes"].grad is not None
+
+
+def test_schedule_window_and_decay():
+    assert epoch_window({"epoch_window": [0, 0.5]}, 10) == (0, 5)
+    assert epoch_window({"epoch_window": [2, 6]}, 10) == (2, 6)
+    assert [schedule_factor("constant", e, 0, 5) for e in (0, 4, 5, 9)] == [1.0, 1.0, 0.0, 0.0]
+    assert [schedule_factor("linear", e, 2, 6) for e in (1, 2, 3, 5, 6)] == [0.0, 1.0, 0.75, 0.25, 0.0]
+    assert schedule_factor("cosine", 3, 2, 6) == pytest.approx(0.5 * (1 + np.cos(np.pi / 4)))
+    with pytest.raises(ConfigError):
+        epoch_window({"epoch_window": [5, 5]}, 10)
+
+
+def test_adaptive_weight_follows_rtdetrv4_rule():
+    # share 20% is above the band [10, 12]: RT-DETRv4 aims at the far bound, 10%: ratio 0.1 * 0.8 / (0.2 * 0.9)
+    assert adapted_weight(5.0, 20.0, 11, 1, 20, False) == pytest.approx(5.0 * 0.08 / 0.18)
+    assert adapted_weight(5.0, 5.0, 11, 1, 20, False) == pytest.approx(5.0 * 0.12 * 0.95 / (0.05 * 0.88))
+    assert adapted_weight(5.0, 11.5, 11, 1, 20, False) == 5.0                 # inside the band
+    assert adapted_weight(5.0, 0.01, 11, 1, 20, False) == pytest.approx(50.0)  # ratio capped at 10x
+    assert adapted_weight(5.0, 20.0, 11, 1, 20, True) == 20                   # stage 2: default weight
+    assert adapted_weight(5.0, 0.0, 11, 1, None, False) == 5.0
+
+
+# ------------------------------------------------------------------------------ the trainer
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def teacher(demo, tmp_path_factory):
+    """A teacher trained for one epoch: (config path, checkpoint path)."""
+    root = tmp_path_factory.mktemp("teacher")
+    cfg_path = write_config(tiny_config(demo, epochs=1), root / "teacher.yml")
+    Solver(load_config(cfg_path), device="cpu", output_dir=str(root / "run")).fit()
+    return cfg_path, root / "run" / "last.pth"
+
+
+def student_graph(width: int = 24, queries: int = 12) -> dict:
+    graph = copy.deepcopy(TINY_GRAPH)
+    graph["backbone"][2][3][0] = width          # row 2: 24 channels against the teacher's 32
+    graph["decoder"][0][3]["num_queries"] = queries
+    return graph
+
+
+def student_config(demo, tmp_path, distill: dict, queries: int = 12, **overrides):
+    cfg = tiny_config(demo, graph=student_graph(queries=queries), distill=distill, **overrides)
+    return write_config(cfg, tmp_path / "student.yml")
+
+
+def distill_solver(cfg_path, teacher, tmp_path, **options):
+    return DistillSolver(load_config(cfg_path), device="cpu", output_dir=str(tmp_path / "run"),
+                         teacher_config=str(teacher[0]), teacher_weights=str(teacher[1]), **options)
+
+
+FEATURE_KD = {"kd_loss_type": "feature", "feature": {"pairs": [{"student": 2, "teacher": 2, "loss": "cwd"},
+                                                               {"student": 3, "teacher": 3, "loss": "mgd", "alpha": 1e-3}]}}
+
+
+def test_feature_step_trains_student_and_adapters_not_teacher(demo, teacher, tmp_path):
+    solver = distill_solver(student_config(demo, tmp_path, FEATURE_KD), teacher, tmp_path)
+    assert isinstance(solver.kd.pairs[0].adapter, torch.nn.Sequential)    # 24 -> 32 channels: an adapter
+    assert isinstance(solver.kd.pairs[1].adapter, torch.nn.Identity)      # 32 -> 32: none
+    images, targets = next(iter(solver.train_loader))
+    solver.model.train()
+    solver.model(images, targets=targets)
+    for row in (2, 3):  # the tapped student features keep their graph
+        assert solver.student_taps[row].requires_grad and solver.student_taps[row].grad_fn is not None
+
+    snapshot = lambda module: {k: v.clone() for k, v in module.state_dict().items()}  # noqa: E731
+    student, kd, teacher_before = snapshot(solver.raw_model), snapshot(solver.kd), snapshot(solver.teacher)
+    solver.schedule.set(10, 0)   # past the warm-up: a non-zero lr
+    terms = solver.train_step(images, targets, 0, 0)
+    assert terms["loss_kd_cwd_0"] > 0 and terms["loss_kd_mgd_1"] > 0
+    changed = lambda before, module: [k for k, v in module.state_dict().items()  # noqa: E731
+                                      if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert changed(kd, solver.kd) and any(k.startswith("pairs.0.adapter.0") for k in changed(kd, solver.kd))
+    assert any(k.startswith("pairs.1.generator") for k in changed(kd, solver.kd))
+    assert any(k.startswith("layers.2.") for k in changed(student, solver.raw_model))
+    assert not changed(teacher_before, solver.teacher)
+    assert not solver.teacher.training and all(not p.requires_grad for p in solver.teacher.parameters())
+    assert all(not k.startswith("teacher") for k in solver.state_dict())
+
+
+def test_epoch_window_switches_distillation_off(demo, teacher, tmp_path):
+    cfg = dict(FEATURE_KD, kd_loss_type="all", epoch_window=[0, 1], schedule="constant")
+    solver = distill_solver(student_config(demo, tmp_path, cfg, epochs=2), teacher, tmp_path)
+    calls = []
+    run = solver.teacher.run
+    solver.teacher.run = lambda *a, **k: calls.append(1) or run(*a, **k)
+    images, targets = next(iter(solver.train_loader))
+    solver.model.train()
+    outputs = solver.model(images, targets=targets)
+    on = solver.extra_losses(images, targets, outputs, epoch=0)
+    assert {"loss_kd_cls", "loss_kd_bbox", "loss_kd_giou", "loss_kd_ld", "loss_kd_cwd_0"} <= set(on) and calls == [1]
+    outputs = solver.model(images, targets=targets)
+    assert solver.extra_losses(images, targets, outputs, epoch=1) == {} and calls == [1]
+
+
+def test_mismatched_classes_or_queries_are_config_errors(demo, teacher, tmp_path):
+    with pytest.raises(ConfigError, match="index pairs query i"):
+        distill_solver(student_config(demo, tmp_path, {"kd_loss_type": "logit", "logit": {"matching": "index"}},
+                                      queries=10), teacher, tmp_path)
+    from models import build_model
+
+    two_classes = build_model(TINY_GRAPH, nc=2, check=False)   # a teacher of another dataset
+    checkpoint.save_atomic({"model": two_classes.state_dict(), "meta": {"graph_spec": TINY_GRAPH, "nc": 2}},
+                           tmp_path / "t.pth")
+    with pytest.raises(ConfigError, match="same classes"):
+        DistillSolver(load_config(student_config(demo, tmp_path, {"kd_loss_type": "logit"})), device="cpu",
+                      output_dir=str(tmp_path / "run2"), teacher_config=str(teacher[0]),
+                      teacher_weights=str(tmp_path / "t.pth"))
+
+
+def test_foundation_teacher_supervises_projector_with_adaptive_weight(demo, tmp_path):
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, embed_dim=16,
+                            depth=1, num_heads=2, patch_size=8)
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    distill = {"kd_loss_type": "none", "foundation": {
+        "model": "vit_tiny_patch16_224", "weights": str(tmp_path / "vit.pth"), "student": 3, "weight": 5.0,
+        "model_kwargs": {"img_size": 32, "embed_dim": 16, "depth": 1, "num_heads": 2, "patch_size": 8},
+        "adaptive": {"enabled": True, "rho": 11, "delta": 1, "default_weight": 20}}}
+    solver = DistillSolver(load_config(student_config(demo, tmp_path, distill, epochs=2)), device="cpu",
+                           output_dir=str(tmp_path / "run"))
+    assert solver.kd.projector.out_channels == 16
+    stats = solver.train_one_epoch(0)
+    assert stats["loss_distill"] > 0
+    share = stats["distill_grad_share"]
+    assert 0 < share < 100
+    assert stats["distill_weight"] == pytest.approx(adapted_weight(5.0, share, 11, 1, 20, False))
+
+
+@pytest.mark.slow
+def test_distill_cli_then_resume_then_test_only(demo, teacher, tmp_path):
+    distill = {"kd_loss_type": "all", "logit": {"layers": "all", "layer_weights": [0.5, 1.0]},
+               "feature": FEATURE_KD["feature"], "schedule": "linear", "epoch_window": [0, 1.0]}
+    cfg_path = student_config(demo, tmp_path, distill, epochs=1)
+    out = tmp_path / "cli"
+    done = subprocess.run([sys.executable, "distill.py", "-sc", str(cfg_path), "-tc", str(teacher[0]),
+                           "-tw", str(teacher[1]), "-d", "cpu", "--output-dir", str(out)],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = json.loads((out / "log.txt").read_text().splitlines()[-1])
+    for name in ("loss_kd_cls", "loss_kd_cls_aux_0", "loss_kd_bbox", "loss_kd_giou", "loss_kd_ld", "loss_kd_cwd_0",
+                 "loss_kd_mgd_1"):
+        assert log[f"train_{name}"] > 0, name
+    assert log["train_kd_factor"] == 1.0
+    state = checkpoint.load(out / "last.pth")
+    assert "pairs.0.adapter.0.weight" in state["distill"]["modules"]
+    assert not any("teacher" in key for key in state)
+    assert json.loads((out / "args.json").read_text())["teacher_weights"] == str(teacher[1])
+
+    test_dir = tmp_path / "test"
+    done = subprocess.run([sys.executable, "train.py", "-c", str(cfg_path), "-d", "cpu", "--test-only", "-r",
+                           str(out / "last.pth"), "--output-dir", str(test_dir)],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    stats = json.loads((test_dir / "test_stats.json").read_text())
+    assert stats["stats"][0] == log["test_AP50:95"]
+
+    # resume restores the adapters (a longer run continuing from the one-epoch checkpoint)
+    longer = write_config({**load_config(cfg_path), "epochs": 2}, tmp_path / "longer.yml")
+    resumed = distill_solver(longer, teacher, tmp_path, resume=str(out / "last.pth"))
+    assert resumed.epoch == 0
+    for key, value in state["distill"]["modules"].items():
+        assert torch.equal(resumed.kd.state_dict()[key], value), key
