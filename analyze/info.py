@@ -17,7 +17,13 @@ def model_info(graph, imgsz=None, scale=None, nc=None, per_layer=False) -> dict:
     model = build_model(graph, nc=nc, scale=scale, imgsz=imgsz, check=False)
     deployed = deployed_copy(model)
     height, width = model.imgsz
-    profile = count_flops(deployed, torch.zeros(1, 3, height, width))
+    image = torch.zeros(1, 3, height, width)
+    try:
+        profile = count_flops(deployed, image)
+    except Exception:
+        with torch.no_grad():
+            deployed.run(image, check=True)  # reports the failing row as a GraphError
+        raise
     info = {"graph": str(graph), "scale": model.scale, "imgsz": [height, width], "nc": model.nc,
             "params": count_params(model), "params_deploy": profile.params, "gflops": round(profile.gflops, 4), "flops": int(profile.flops)}
     if per_layer:

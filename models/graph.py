@@ -304,12 +304,28 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
     except ChannelError as err:
         raise GraphError(f"channel mismatch: {err.message} (inputs from rows {sources})", where=where,
                          hint=err.hint) from None
+    except DetrZooError:
+        raise
+    except Exception as err:  # noqa: BLE001 (a block's channel rule applied to args of the wrong kind)
+        raise GraphError(f"{spec.name}'s output channels cannot follow from its args: {type(err).__name__}: {err}",
+                         where=where, hint=f"check the row's args against {spec.name}'s parameters "
+                                           f"({', '.join(signature.parameters)})") from None
+    if not _valid_channels(c_out):
+        raise GraphError(f"{spec.name} would output {c_out!r} channels; channels must be positive integers",
+                         where=where, hint=f"check the channel argument(s) of {spec.name} in this row")
     module = _construct(spec, bound, repeats, c_out, where)
     shown_args = [v for k, v in defaults.items() if k != spec.c_in_param]
     takes_targets = "targets" in inspect.signature(module.forward).parameters
     row = Row(index, source, sources, multi, repeats, spec.name, shown_args,
               {k: v for k, v in defaults.items() if k != spec.c_in_param}, c_out, section, takes_targets)
     return row, module
+
+
+def _valid_channels(c_out) -> bool:
+    """A positive int, a non-empty list of them (multi-output), or None (a head that outputs no map)."""
+    if isinstance(c_out, list):
+        return bool(c_out) and all(_valid_channels(c) for c in c_out)
+    return c_out is None or (isinstance(c_out, int) and not isinstance(c_out, bool) and c_out > 0)
 
 
 def _check_keywords(spec, signature, kwargs, where):
@@ -330,9 +346,9 @@ def _construct(spec, bound, repeats, c_out, where):
             return spec.cls(**arguments)
         except DetrZooError:
             raise
-        except (TypeError, ValueError, AssertionError, KeyError) as err:
+        except Exception as err:  # noqa: BLE001 (a constructor fails on the row's args in many ways)
             shown = {k: v for k, v in arguments.items() if k != spec.c_in_param}
-            raise GraphError(f"{spec.name}{shown} could not be built: {err}", where=where,
+            raise GraphError(f"{spec.name}{shown} could not be built: {type(err).__name__}: {err}", where=where,
                              hint=f"check the row's args against {spec.name}'s parameters "
                                   f"({', '.join(inspect.signature(spec.cls).parameters)})") from None
 
