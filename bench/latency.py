@@ -3,6 +3,7 @@
     python bench/latency.py                              # D-FINE and DEIM N and S at their eval size
     python bench/latency.py graphs/dfine/dfine-m.yaml --imgsz 320 --repeats 20 --threads 2
     python bench/latency.py --no-onnx                    # PyTorch columns only (no onnxruntime needed)
+    python bench/latency.py graphs/deim/deim-n.yaml --rows   # also each row's share of FLOPs and time
 
 Eval = the trained network in eval mode; deploy = after Detector.deploy() (BN folded,
 RepVGG branches merged, decoder cut to its eval layer); onnxrt = the file export.py writes (deploy
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import copy
+import os
 import statistics
 import sys
 import tempfile
@@ -74,28 +77,60 @@ def onnx_runner(deployed, imgsz, threads: int, folder: Path):
 
     detector = export.DeployModel(copy.deepcopy(deployed), PostProcessor(deployed.nc))
     path = export.export_onnx(detector, folder / "model.onnx", imgsz)
-    session = OnnxDetector(path, threads=threads)
+    # no busy-waiting between runs: the idle pool would take the cores from the PyTorch runs in turn
+    session = OnnxDetector(path, threads=threads, spinning=False)
     height, width = imgsz
     images, sizes = torch.rand(1, 3, height, width), torch.tensor([[width, height]])
     return lambda: session(images, sizes)
 
 
-def measure(path: str, imgsz, threads: int, repeats: int, warmup: int, with_onnx: bool) -> dict:
+@torch.no_grad()
+def row_times(model, images, repeats: int) -> list[float]:
+    """Median ms of each graph row's forward (forward hooks around every row of a Detector)."""
+    starts, times = {}, [[] for _ in model.layers]
+    handles = []
+    for index, layer in enumerate(model.layers):
+        handles.append(layer.register_forward_pre_hook(lambda m, a, i=index: starts.__setitem__(i, time.perf_counter())))
+        handles.append(layer.register_forward_hook(
+            lambda m, a, o, i=index: times[i].append((time.perf_counter() - starts[i]) * 1e3)))
+    try:
+        for _ in range(repeats + 1):  # the first call warms up
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [statistics.median(t[1:]) for t in times]
+
+
+def format_rows(model, profile, ms: list[float]) -> str:
+    """Per-row share of the deploy model's FLOPs and of its PyTorch time."""
+    flops = [profile.per_module.get(layer, 0.0) for layer in model.layers]
+    lines = ["| row | module | GFLOPs | % FLOPs | ms | % time |", "|---|---|---|---|---|---|"]
+    for row, row_flops, row_ms in zip(model.rows, flops, ms):
+        lines.append(f"| {row.index} | {row.module} | {row_flops / 1e9:.2f} | {100 * row_flops / sum(flops):.0f}% "
+                     f"| {row_ms:.1f} | {100 * row_ms / sum(ms):.0f}% |")
+    return "\n".join(lines)
+
+
+def measure(path: str, imgsz, threads: int, repeats: int, warmup: int, with_onnx: bool, rows: bool = False) -> dict:
     torch.manual_seed(0)
     model = build_model(path, imgsz=imgsz, check=False).eval()
     height, width = model.imgsz
     images = torch.rand(1, 3, height, width)
     deployed = copy.deepcopy(model).deploy()
-    gflops = count_flops(deployed, images).gflops
+    profile = count_flops(deployed, images)
     runners = {"eval": lambda: model(images), "deploy": lambda: deployed(images)}
     with tempfile.TemporaryDirectory() as folder:
         if with_onnx:
             runners["onnxrt"] = onnx_runner(deployed, [height, width], threads, Path(folder))
         torch.set_num_threads(threads)
         times = interleaved_ms(runners, repeats, warmup)
-    return {"graph": path, "imgsz": [height, width], "gflops": gflops,
-            **{f"{name}_ms": statistics.median(t) for name, t in times.items()},
-            **{f"{name}_p90_ms": percentile(t, 0.9) for name, t in times.items()}}
+    result = {"graph": path, "imgsz": [height, width], "gflops": profile.gflops,
+              **{f"{name}_ms": statistics.median(t) for name, t in times.items()},
+              **{f"{name}_p90_ms": percentile(t, 0.9) for name, t in times.items()}}
+    if rows:
+        result["rows"] = format_rows(deployed, profile, row_times(deployed, images, repeats))
+    return result
 
 
 def format_row(row: dict, peak: float, names) -> str:
@@ -123,6 +158,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime column")
+    parser.add_argument("--rows", action="store_true", help="also print each row's share of FLOPs and of deploy time")
     args = parser.parse_args(argv)
     with_onnx = not args.no_onnx
     if with_onnx:
@@ -131,15 +167,22 @@ def main(argv=None):
         except ImportError:
             print('onnxruntime is not installed (pip install -e ".[export]"): timing PyTorch only')
             with_onnx = False
+    load_before = os.getloadavg()[0]
     peak_before = matmul_peak_gflops(args.threads)
-    rows = [measure(path, args.imgsz, args.threads, args.repeats, args.warmup, with_onnx) for path in args.graphs]
+    rows = [measure(path, args.imgsz, args.threads, args.repeats, args.warmup, with_onnx, args.rows)
+            for path in args.graphs]
     peak = max(peak_before, matmul_peak_gflops(args.threads))
+    # the load average says how much other work shared the cores (2-thread runs suffer most from it)
     print(f"CPU, {args.threads} threads, batch 1, median and p90 of {args.repeats} (ms); "
-          f"fp32 matmul peak {peak:.1f} GFLOP/s (before {peak_before:.1f})")
+          f"fp32 matmul peak {peak:.1f} GFLOP/s (before {peak_before:.1f}); "
+          f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     names = ("eval", "deploy", "onnxrt") if with_onnx else ("eval", "deploy")
     print(header(names))
     for row in rows:
         print(format_row(row, peak, names))
+    for row in rows:
+        if "rows" in row:
+            print(f"\n{row['graph']}: where the deploy model's FLOPs and PyTorch time go\n{row['rows']}")
     return rows, peak
 
 

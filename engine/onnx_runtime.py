@@ -38,7 +38,8 @@ def require_onnxruntime():
 class OnnxDetector:
     """An exported detector run by onnxruntime on the CPU (or the providers given)."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, providers=("CPUExecutionProvider",)):
+    def __init__(self, path: str | Path, threads: int | None = None, providers=("CPUExecutionProvider",),
+                 spinning: bool = True):
         onnxruntime = require_onnxruntime()
         path = Path(path)
         if not path.is_file():
@@ -47,6 +48,8 @@ class OnnxDetector:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not spinning:  # idle workers sleep instead of busy-waiting (fair to other work on a shared CPU)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=list(providers))
         except Exception as err:  # noqa: BLE001 (any unreadable model is reported the same way)

@@ -150,3 +150,21 @@ def test_trt_is_skipped_with_the_reason_without_gpu_or_tensorrt(tiny_onnx, capsy
     printed = capsys.readouterr().out
     assert printed.startswith("--trt skipped:") and f"trtexec --onnx={path}" in printed
     assert not path.with_suffix(".engine").exists()
+
+
+def test_latency_bench_times_three_backends_and_uses_analyze_info_flops():
+    import sys
+
+    from analyze.info import model_info
+    from tests.engine_helpers import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import latency
+
+    row = latency.measure("graphs/examples/tiny_deim.yaml", 64, threads=1, repeats=2, warmup=1, with_onnx=True,
+                          rows=True)
+    assert row["gflops"] == pytest.approx(model_info("graphs/examples/tiny_deim.yaml", imgsz=[64, 64])["gflops"], abs=1e-4)
+    assert all(row[f"{name}_ms"] > 0 and row[f"{name}_p90_ms"] >= row[f"{name}_ms"] for name in ("eval", "deploy", "onnxrt"))
+    cells = latency.format_row(row, peak=10.0, names=("eval", "deploy", "onnxrt")).strip("| ").split(" | ")
+    assert len(cells) == len(latency.header(("eval", "deploy", "onnxrt")).splitlines()[0].strip("| ").split(" | ")) == 9
+    assert row["rows"].count("\n") == 2 + 4   # header, rule, one line per row (rows 0-4)
