@@ -497,9 +497,7 @@ class Solver:
         threshold = float(self.cfg.get("eval_score_threshold", 0) or 0)
         for images, targets in self.val_loader:
             images = images.to(self.device)
-            outputs = module(images)
-            sizes = torch.stack([t["orig_size"] for t in targets]).to(self.device)
-            results = self.postprocessor(outputs, sizes)
+            results = self.to_original_boxes(self.postprocessor, module(images), targets)
             if threshold > 0:
                 results = [{k: v[r["scores"] >= threshold] for k, v in r.items()} for r in results]
             self.evaluator.update({int(t["image_id"]): r for t, r in zip(targets, results)})
@@ -507,8 +505,24 @@ class Solver:
         stats = self.evaluator.evaluate(verbose=verbose) if dist.is_main() else None
         return dist.broadcast_object(stats)
 
+    def to_original_boxes(self, postprocessor, outputs, targets) -> list[dict]:
+        """Post-process into xyxy boxes of each original image. When Resize recorded its geometry
+        (scale, pad), boxes are mapped to the network input and the resize is undone exactly, which
+        is right for letterbox too; otherwise normalised boxes are scaled by the original size."""
+        from data.transforms import restore_boxes
+
+        if not all("scale" in t and "pad" in t for t in targets):
+            return postprocessor(outputs, torch.stack([t["orig_size"] for t in targets]).to(self.device))
+        results = postprocessor(outputs, torch.stack([t["size"] for t in targets]).to(self.device))
+        for result, target in zip(results, targets):
+            result["boxes"] = restore_boxes(result["boxes"], target["scale"], target["pad"],
+                                            target["orig_size"]).to(result["boxes"].dtype)
+        return results
+
     def test(self) -> dict:
-        """`--test-only`: COCO AP, per-class table, YOLO metrics, confusion matrix, speed and size."""
+        """`--test-only`: COCO AP, per-class table, YOLO metrics, TIDE errors, confusion matrix, speed, size."""
+        from analyze.tide import evaluate as tide_errors
+        from analyze.tide import plot as plot_tide
         from engine.evaluator import confusion_matrix, measure_speed, model_stats, plot_confusion_matrix
 
         stats = self.evaluate(verbose=dist.is_main())
@@ -524,6 +538,10 @@ class Solver:
             print(f"P {y['precision']:.4f}  R {y['recall']:.4f}  F1 {y['f1']:.4f} (conf {y['confidence']:.3f})  "
                   f"mAP50 {y['mAP50']:.4f}  mAP75 {y['mAP75']:.4f}  mAP50-95 {y['mAP50-95']:.4f}")
         self.evaluator.save_predictions(out / "predictions.json")
+        tide = tide_errors(self.evaluator.coco.dataset, self.evaluator.detections)
+        print(tide.summary())
+        plot_tide(tide, out / "tide.png")
+        stats["tide"] = tide.as_dict()
         matrix = confusion_matrix(self.evaluator.coco, self.evaluator.detections, self.category_ids)
         plot_confusion_matrix(matrix, self.names, out / "confusion_matrix.png")
         module = self.eval_module()

@@ -56,6 +56,12 @@ def test_train_then_test_only_reproduces_logged_ap_and_predict_writes_output(dem
     assert (test_dir / "confusion_matrix.png").stat().st_size > 0
     assert {p["category_id"] for p in predictions} <= {1, 2, 3}         # the dataset's own ids
     assert stats["model"]["params"] > 0 and stats["model"]["gflops"] > 0
+    # TIDE on the same predictions: its AP50 is TIDE's own 101-point AP at IoU 0.5, equal to the
+    # standalone tool's on the saved files
+    from analyze.tide import evaluate as tide_errors
+    standalone = tide_errors(str(demo / "val/_annotations.coco.json"), str(test_dir / "predictions.json"))
+    assert stats["tide"] == json.loads(json.dumps(standalone.as_dict()))
+    assert (test_dir / "tide.png").stat().st_size > 0
 
     pred_dir = tmp_path / "pred"
     printed = run(["predict.py", "-c", str(cfg_path), "-r", str(out / "last.pth"), "-i", str(demo / "val"),
