@@ -10,6 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
+
+from data.errors import DataError
+from data.validate import ORIENTATION_TAG
 
 
 def cached_size(width: int, height: int, cache_imgsz: int) -> tuple[int, int]:
@@ -18,8 +22,18 @@ def cached_size(width: int, height: int, cache_imgsz: int) -> tuple[int, int]:
 
 
 def load_rgb(path: Path) -> PIL.Image.Image:
-    with PIL.Image.open(path) as im:
-        return im.convert("RGB")
+    """The image as 8-bit RGB, upright as viewers show it (EXIF orientation applied, as annotation
+    tools do); 16-bit images keep their high byte (PIL's own conversion would clip them to white)."""
+    try:
+        with PIL.Image.open(path) as im:
+            if im.getexif().get(ORIENTATION_TAG, 1) != 1:
+                im = PIL.ImageOps.exif_transpose(im)
+            if im.mode.startswith("I"):  # I;16 / I;16B / I: 16-bit greyscale
+                im = PIL.Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"image cannot be decoded: {err}", where=str(path),
+                        hint="re-export or remove this image (the header was readable, the pixels are not)") from None
 
 
 class RamCache:

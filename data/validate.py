@@ -39,6 +39,7 @@ WARNING_KINDS = {
     "size_filled": "image without width/height (read from the file)",
     "id_filled": "annotation without an id (assigned)",
 }
+ORIENTATION_TAG = 0x0112
 # Exporters write coordinates like 640.0000001; smaller overshoots are clamped without a report.
 CLAMP_TOLERANCE = 1e-2
 
@@ -119,7 +120,8 @@ def read_image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the file header without decoding pixels; None when unreadable."""
     try:
         with Image.open(path) as im:
-            return im.size
+            # EXIF orientations 5-8 turn the image a quarter: it is loaded (and annotated) upright
+            return im.size[::-1] if im.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8) else im.size
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
 

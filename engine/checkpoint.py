@@ -5,10 +5,15 @@ A checkpoint is a plain dict of tensors and Python values (loadable with weights
 epoch), `global_step`, `rng`, `solver` (best scores, stage-2 state), and `meta` (class names,
 category ids, the graph spec, nc/imgsz/scale and the merged config) so predict/test can rebuild
 the model without the dataset. `model` and `ema.module` keep the official key layout.
+
+A file that holds other Python objects is refused (unpickling them could run code). One from a
+source you trust is rewritten once as plain tensors: `python -m engine.checkpoint SRC OUT --trust`.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -17,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.errors import CheckpointError
+from models.errors import CheckpointError, cli_main
 
 
 def save_atomic(state: dict, path: str | Path) -> None:
@@ -40,6 +45,15 @@ def load(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint not found: {path}", hint="check the path given to -r / -t")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}",
+                                  hint="the file is torn or not a torch checkpoint; use another (e.g. last.pth)") from None
+        refused = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
+        raise CheckpointError(f"cannot read checkpoint {path}: refused to unpickle Python objects other than "
+                              f"tensors, which could run code ({refused or 'not a plain weights file'})",
+                              hint=f"only if you trust where the file came from, rewrite it as plain tensors once: "
+                                   f"`python -m engine.checkpoint {path} OUT.pth --trust`, then pass OUT.pth") from None
     except Exception as err:  # noqa: BLE001 (any unreadable file is reported the same way)
         raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}",
                               hint="the file is torn or not a torch checkpoint; use another (e.g. last.pth)") from None
@@ -136,3 +150,51 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _plain(value):
+    """`value` with only what weights_only loading accepts (modules become their state dicts); None to drop."""
+    if isinstance(value, nn.Module):
+        return value.state_dict()
+    if isinstance(value, (torch.Tensor, int, float, str, bool, type(None))):
+        return value
+    if isinstance(value, dict):
+        kept = {k: _plain(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v is not None or value[k] is None}
+    if isinstance(value, (list, tuple)):
+        kept = [_plain(v) for v in value]
+        return kept if all(v is not None or o is None for v, o in zip(kept, value)) else None
+    return None
+
+
+def resave_trusted(source: str | Path, target: str | Path) -> dict:
+    """Rewrite a checkpoint that holds Python objects as plain tensors (what `load` accepts).
+
+    Unpickles with weights_only=False, which runs whatever code the file carries: only for files
+    from a source you trust. Objects other than tensors, numbers, strings and containers are dropped."""
+    state = torch.load(source, map_location="cpu", weights_only=False)  # the user vouched for this file
+    plain = _plain(state)
+    if not isinstance(plain, dict):
+        plain = {"model": plain}
+    save_atomic(plain, target)
+    return plain
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m engine.checkpoint", description=resave_trusted.__doc__)
+    parser.add_argument("source", help="a checkpoint that holds Python objects (refused by train.py -r/-t)")
+    parser.add_argument("target", help="where to write the plain-tensor copy")
+    parser.add_argument("--trust", action="store_true", help="required: you trust the file's source")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    if not args.trust:
+        raise CheckpointError("add --trust to confirm the file comes from a source you trust",
+                              hint="unpickling an untrusted file can run arbitrary code")
+    if not Path(args.source).is_file():
+        raise CheckpointError(f"checkpoint not found: {args.source}")
+    plain = resave_trusted(args.source, args.target)
+    print(f"{args.target}: plain tensors of {args.source} (keys {sorted(plain)})")
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -66,8 +66,9 @@ def load_yaml(path: str | Path) -> Any:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise GraphError(f"YAML syntax error: {problem}", where=f"{path}{line}",
-                         hint="fix the YAML at that line (indentation, brackets, a missing colon)") from None
+        hint = ("keep one of the two (YAML would silently use the last)" if problem.startswith("duplicate key")
+                else "fix the YAML at that line (indentation, brackets, a missing colon)")
+        raise GraphError(f"YAML syntax error: {problem}", where=f"{path}{line}", hint=hint) from None
 
 
 @dataclass
@@ -168,7 +169,8 @@ def _resolve_scale(spec, path, scale):
         raise GraphError(f"unknown scale {scale!r}", where=path, hint=f"choose one of {', '.join(map(str, scales))}")
     values = scales[scale]
     if not (isinstance(values, list) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)):
-        raise GraphError(f"scale {scale!r} must be [depth, width, max_channels], got {values!r}", where=path)
+        raise GraphError(f"scale {scale!r} must be [depth, width, max_channels], got {values!r}", where=f"{path}: scales",
+                         hint="three numbers, e.g. `n: [0.33, 0.25, 1024]`")
     return float(values[0]), float(values[1]), values[2], scale
 
 
@@ -202,7 +204,8 @@ def _split_args(args, where):
         if len(args) == 2 and isinstance(args[0], list) and isinstance(args[1], dict):
             return list(args[0]), dict(args[1])
         return list(args), {}
-    raise GraphError(f"args must be a list, a dict or [list, dict], got {type(args).__name__}", where=where)
+    raise GraphError(f"args must be a list, a dict or [list, dict], got {type(args).__name__}", where=where,
+                     hint="e.g. `[16, 3, 2]` (positional) or `{c2: 16, k: 3}` (keyword)")
 
 
 def _resolve_module(name, where) -> BlockSpec:
@@ -268,7 +271,8 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
     c_in = c_in if multi else c_in[0]
 
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise GraphError(f"repeats must be a positive integer, got {repeats!r}", where=where)
+        raise GraphError(f"repeats must be a positive integer, got {repeats!r}", where=where,
+                         hint="the row's 2nd field: 1 for one block, n for n stacked copies")
     if repeats > MAX_REPEATS:
         raise GraphError(f"repeats {repeats} exceeds the limit of {MAX_REPEATS}", where=where,
                          hint="a typo? deep stacks belong in a block's own depth argument")
