@@ -119,7 +119,10 @@ class Solver:
         wanted = self.options.get("output_dir") or self.cfg.get("output_dir") or "outputs/run"
         wanted = Path(wanted)
         resume = self.options.get("resume")
-        if self.options.get("auto_resume") and not resume and (wanted / "last.pth").is_file():
+        if self.test_only:  # evaluation output goes beside the checkpoint (run/eval/), never over the run's files
+            chosen = unique_dir(Path(self.options["output_dir"]) if self.options.get("output_dir")
+                                else Path(resume).parent / "eval")
+        elif self.options.get("auto_resume") and not resume and (wanted / "last.pth").is_file():
             self.options["resume"] = str(wanted / "last.pth")
             chosen = wanted
         elif resume and Path(resume).resolve().parent == wanted.resolve():

@@ -62,6 +62,11 @@ def test_train_then_test_only_reproduces_logged_ap_and_predict_writes_output(dem
     standalone = tide_errors(str(demo / "val/_annotations.coco.json"), str(test_dir / "predictions.json"))
     assert stats["tide"] == json.loads(json.dumps(standalone.as_dict()))
     assert (test_dir / "tide.png").stat().st_size > 0
+    # without --output-dir the evaluation lands in the run's eval/ folder and leaves the run's files alone
+    run_config = (out / "config.yml").read_text()
+    run(["train.py", "-c", str(cfg_path), "-d", "cpu", "--test-only", "-r", str(out / "last.pth")])
+    assert json.loads((out / "eval/test_stats.json").read_text())["stats"] == stats["stats"]
+    assert (out / "config.yml").read_text() == run_config
 
     pred_dir = tmp_path / "pred"
     printed = run(["predict.py", "-c", str(cfg_path), "-r", str(out / "last.pth"), "-i", str(demo / "val"),
