@@ -1,4 +1,4 @@
-"""Official D-FINE / DEIM checkpoints -> detrzoo graphs.
+"""Official D-FINE / DEIM / RT-DETRv2 (and HF Deformable DETR) checkpoints -> detrzoo graphs.
 
 `python -m models.convert SRC -c GRAPH -o OUT [--allow-mismatch]`
 
@@ -9,6 +9,8 @@ row's module and its order among rows of the same role:
 
     HGNetv2 -> backbone.            HGStem -> backbone.stem.     HGStage (k-th) -> backbone.stages.<k>.
     HybridEncoder -> encoder.       DFINEDecoder -> decoder.
+    PResNet -> backbone.            RTDETRv2Decoder -> decoder.
+    DEIMv2: DINOv3STAs -> backbone.   LiteEncoder -> encoder.   DEIMv2Decoder -> decoder.
     rows of a spelled-out HybridEncoder (graphs/ablations/dfine-s-encoder-rows.yaml):
     Conv reading a backbone row (k-th) -> encoder.input_proj.<k>.   other encoder Conv -> encoder.lateral_convs.<k>.
     AIFI -> encoder.encoder.<k>.    SCDown -> encoder.downsample_convs.<k>.0.
@@ -17,10 +19,16 @@ row's module and its order among rows of the same role:
 Inside a row the keys are the official ones (the blocks keep the official attribute names), except
 the decoder's OFFICIAL_KEY_RENAMES (buffers we recompute). A BN's `num_batches_tracked` is the
 one key allowed to be absent on either side (frozen BN has none).
+
+A HF transformers DeformableDetrForObjectDetection state dict (`model.*`, `class_embed.*`,
+`bbox_embed.*`; names of transformers 4.x or 5.x) converts onto deformable-detr graphs: the
+TorchvisionBackbone row takes `model.backbone.model.`, DeformableEncoder `model.input_proj.`,
+`model.level_embed` and `model.encoder.`, DeformableDETRDecoder the decoder, queries and heads.
 """
 from __future__ import annotations
 
 import argparse
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +40,26 @@ from models.errors import CheckpointError, cli_main
 
 SECTIONS = ("backbone.", "encoder.", "decoder.")
 _FIXED_ROLES = {"HGNetv2": "backbone.", "HGStem": "backbone.stem.", "HybridEncoder": "encoder.",
-                "DFINEDecoder": "decoder."}
+                "DFINEDecoder": "decoder.", "PResNet": "backbone.", "RTDETRv2Decoder": "decoder.",
+                # DEIMv2 (Intellindust-AI-Lab/DEIMv2); RT-DETRv4 needs nothing new (its projector is
+                # encoder.feature_projector inside HybridEncoder)
+                "DINOv3STAs": "backbone.", "LiteEncoder": "encoder.", "DEIMv2Decoder": "decoder."}
+# HF transformers' DeformableDetrForObjectDetection: {HF prefix: the row's own prefix}; None marks a
+# tied copy that HF stores twice (the decoder's view of the shared heads)
+_HF_ROLES = {
+    "TorchvisionBackbone": {"model.backbone.model.": "body.", "model.backbone.conv_encoder.model.": "body."},
+    "DeformableEncoder": {"model.input_proj.": "input_proj.", "model.level_embed": "level_embed", "model.encoder.": ""},
+    "DeformableDETRDecoder": {
+        "model.decoder.bbox_embed.": None, "model.decoder.class_embed.": None, "model.decoder.": "decoder.",
+        **{f"model.{name}.": f"{name}." for name in ("query_position_embeddings", "reference_points", "enc_output",
+                                                     "enc_output_norm", "pos_trans", "pos_trans_norm")},
+        "class_embed.": "class_embed.", "bbox_embed.": "bbox_embed."},
+}
+# names of transformers releases before 5.0
+_HF_LEGACY_RENAMES = [(re.compile(r"(layers\.\d+\.)fc([12])\."), r"\1mlp.fc\2."),
+                      (re.compile(r"(decoder\.layers\.\d+\.self_attn\.)out_proj\."), r"\1o_proj.")]
+# buffers that follow from the architecture (deformable attention's per-point scale): ours stand
+_DERIVED_BUFFERS = ("num_points_scale",)
 _COUNTED_ROLES = {"HGStage": "backbone.stages.{}.", "AIFI": "encoder.encoder.{}.",
                   "SCDown": "encoder.downsample_convs.{}.0."}
 _FUSION_BLOCKS = ("RepNCSPELAN4", "CSPRepLayer")
@@ -62,7 +89,12 @@ def is_official_layout(state_dict: dict) -> bool:
     return bool(keys) and any(k.startswith(SECTIONS) for k in keys) and not any(k.startswith("layers.") for k in keys)
 
 
-def official_prefixes(model: nn.Module) -> dict[str, str]:
+def is_hf_layout(state_dict: dict) -> bool:
+    """True for a HF transformers Deformable DETR state dict (model.backbone..., model.encoder...)."""
+    return any(k.startswith("model.encoder.layers.") for k in state_dict)
+
+
+def official_prefixes(model: nn.Module) -> dict[str, str | None]:
     """{official key prefix: our key prefix} for every row of `model` (a Detector) that has one."""
     rows = model.rows
     backbone_rows = {r.index for r in rows if r.section == "backbone"}
@@ -74,6 +106,8 @@ def official_prefixes(model: nn.Module) -> dict[str, str]:
     mapping = {}
     for row in rows:
         ours = f"layers.{row.index}."
+        if row.module in _HF_ROLES:
+            mapping.update({hf: None if inner is None else ours + inner for hf, inner in _HF_ROLES[row.module].items()})
         if row.module in _FIXED_ROLES:
             official = _FIXED_ROLES[row.module]
         elif row.module in _COUNTED_ROLES:
@@ -113,9 +147,15 @@ def convert_official(state_dict: dict, model: nn.Module, strict: bool = False) -
     report, converted = ConversionReport(), {}
     for key, value in state_dict.items():
         key = key[7:] if key.startswith("module.") else key
+        if key.startswith("model."):
+            for pattern, replacement in _HF_LEGACY_RENAMES:
+                key = pattern.sub(replacement, key)
         prefix = next((p for p in prefixes if key.startswith(p[0])), None)
         if prefix is None:
             report.unmapped.append(key)
+            continue
+        if prefix[1] is None:
+            report.dropped.append(key)
             continue
         inner = key[len(prefix[0]):]
         if prefix[0] == "decoder." and inner in renames:
@@ -136,6 +176,8 @@ def convert_official(state_dict: dict, model: nn.Module, strict: bool = False) -
         if target not in converted and not any(target == m[2] for m in report.mismatched):
             if target.endswith(_BN_COUNTER):
                 converted[target] = torch.zeros_like(value)  # the checkpoint had a frozen BN here
+            elif target.endswith(_DERIVED_BUFFERS):
+                converted[target] = value
             else:
                 report.missing.append(target)
     report.mapped = len(converted)
@@ -186,8 +228,9 @@ def main(argv=None):
     from models import build_model
 
     state = official_state_dict(load(args.source))
-    if not is_official_layout(state):
-        raise CheckpointError(f"{args.source} is not in the official layout (no backbone./encoder./decoder. keys)",
+    if not (is_official_layout(state) or is_hf_layout(state)):
+        raise CheckpointError(f"{args.source} is not in the official layout (no backbone./encoder./decoder. keys, "
+                              f"nor HF Deformable DETR's model.encoder.)",
                               hint="detrzoo checkpoints load directly with train.py -t / -r")
     model = build_model(args.graph, nc=args.nc, check=False)
     converted, report = convert_official(state, model, strict=not args.allow_mismatch)

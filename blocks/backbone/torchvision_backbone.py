@@ -2,7 +2,10 @@
 
 Built by name with `weights=None` (never downloads), optionally loaded from a local file; the
 modules named in `return_layers` (default: ResNet's layer2..layer4, strides 8/16/32) are taken
-with torchvision's FX feature extraction. Returns a list of maps; pick one with an Index row."""
+with torchvision's FX feature extraction. Returns a list of maps; pick one with an Index row.
+As detection backbones usually are (DETR, Deformable DETR), it can be frozen in part: `freeze_norm`
+turns every BN into a FrozenBatchNorm2d, `frozen` names the top-level modules (e.g. conv1, layer1)
+whose parameters stop training (they still count)."""
 import functools
 
 import torch
@@ -10,6 +13,7 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from blocks.backbone._hgnetv2 import apply_freezing
 from blocks.backbone._weights import load_local_weights
 from blocks.registry import ChannelError, register
 
@@ -45,9 +49,17 @@ def _channels(c_in, kwargs):
 @register("backbone", channels=_channels,
           example={"args": ["resnet18", ["layer3", "layer4"]], "shape": (2, 3, 32, 32)})
 class TorchvisionBackbone(nn.Module):
-    def __init__(self, c1: int, name: str, return_layers=("layer2", "layer3", "layer4"), weights: str | None = None):
+    def __init__(self, c1: int, name: str, return_layers=("layer2", "layer3", "layer4"), weights: str | None = None,
+                 freeze_norm: bool = False, frozen=()):
         super().__init__()
         self.body = _create(name, c1, list(return_layers), weights)
+        children = dict(self.body.named_children())
+        unknown = [n for n in frozen if n not in children]
+        if unknown:
+            raise ChannelError(f"{name} has no top-level modules {unknown} to freeze", hint=f"choose from {list(children)}")
+        for module_name in frozen:
+            apply_freezing(children[module_name], True, False)
+        apply_freezing(self.body, False, freeze_norm)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.body(x).values())

@@ -1,0 +1,74 @@
+"""Multi-scale deformable attention with value and output projections (Deformable DETR, ICLR 2021,
+https://arxiv.org/abs/2010.04159), as RT-DETRv2 and Deformable DETR use it, and the anchor grid of
+two-stage query selection. The sampling core and the offset initialisation are the D-FINE ones
+(blocks/decoder/_dfine_parts.py); this adds the projections and 2-D (per-level point) references.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import init
+
+from blocks.decoder._dfine_parts import MSDeformableAttention, deformable_sample
+
+
+class ProjectedDeformableAttention(MSDeformableAttention):
+    """Queries sample `num_points` locations per head and level around their reference; the value
+    is projected once per call (`value_proj`) and the heads' mix is projected back (`output_proj`).
+
+    References are boxes [B, Q, 1, 4] (cxcywh: offsets scale with the box, RT-DETRv2 and two-stage
+    Deformable DETR) or points [B, Q, levels, 2] (offsets in cells of each level, Deformable DETR)."""
+
+    def __init__(self, embed_dim: int = 256, num_heads: int = 8, num_levels: int = 4, num_points=4,
+                 method: str = "default", offset_scale: float = 0.5):
+        super().__init__(embed_dim, num_heads, num_levels, num_points, method, offset_scale)
+        self.value_proj = nn.Linear(embed_dim, embed_dim)
+        self.output_proj = nn.Linear(embed_dim, embed_dim)
+        for proj in (self.value_proj, self.output_proj):
+            init.xavier_uniform_(proj.weight)
+            init.constant_(proj.bias, 0)
+
+    def forward(self, query: Tensor, reference_points: Tensor, value: Tensor, spatial_shapes,
+                value_mask: Tensor | None = None) -> Tensor:
+        """query [B, Q, C]; value [B, sum(H*W), C] (levels flattened in order); value_mask [B, sum(H*W)]
+        True where the value is real (padding is zeroed)."""
+        batch, num_query = query.shape[:2]
+        value = self.value_proj(value)
+        if value_mask is not None:
+            value = value * value_mask.to(value.dtype).unsqueeze(-1)
+        value = value.reshape(batch, value.shape[1], self.num_heads, self.head_dim).permute(0, 2, 3, 1)
+        values = list(value.split([h * w for h, w in spatial_shapes], dim=-1))
+
+        points = sum(self.num_points_list)
+        offsets = self.sampling_offsets(query).reshape(batch, num_query, self.num_heads, points, 2)
+        weights = F.softmax(self.attention_weights(query).reshape(batch, num_query, self.num_heads, points), dim=-1)
+        if reference_points.shape[-1] == 2:
+            level_of_point = torch.repeat_interleave(torch.arange(self.num_levels, device=query.device),
+                                                     torch.tensor(self.num_points_list, device=query.device))
+            cells = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+            locations = reference_points[:, :, None, level_of_point] + offsets / cells[level_of_point]
+        elif reference_points.shape[-1] == 4:
+            scale = self.num_points_scale.to(dtype=query.dtype).unsqueeze(-1)
+            offset = offsets * scale * reference_points[:, :, None, :, 2:] * self.offset_scale
+            locations = reference_points[:, :, None, :, :2] + offset
+        else:
+            raise ValueError(f"reference points must end in 2 (points) or 4 (boxes), got {reference_points.shape}")
+        out = deformable_sample(values, spatial_shapes, locations, weights, self.num_points_list, self.method)
+        return self.output_proj(out)
+
+
+def generate_anchors(spatial_shapes, eps: float = 1e-2, grid_size: float = 0.05, device=None):
+    """Anchor logits [1, sum(H*W), 4] for two-stage query selection: every cell's centre with size
+    grid_size * 2^level, as inverse sigmoids; with the mask [1, L, 1] of anchors inside (eps, 1 - eps).
+    Anchors outside are +inf, so their tokens never win the top-k."""
+    anchors = []
+    for level, (h, w) in enumerate(spatial_shapes):
+        grid_y, grid_x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        centres = (torch.stack([grid_x, grid_y], dim=-1) + 0.5) / torch.tensor([w, h], dtype=torch.float32)
+        sizes = torch.ones_like(centres) * grid_size * (2.0 ** level)
+        anchors.append(torch.cat([centres, sizes], dim=-1).reshape(1, h * w, 4))
+    anchors = torch.cat(anchors, dim=1).to(device)
+    valid_mask = ((anchors > eps) * (anchors < 1 - eps)).all(-1, keepdim=True)
+    anchors = torch.log(anchors / (1 - anchors))
+    return torch.where(valid_mask, anchors, torch.inf), valid_mask
