@@ -1,6 +1,6 @@
 """CPU forward latency of graphs: PyTorch eval form, PyTorch deploy form, onnxruntime (batch 1).
 
-    python bench/latency.py                              # D-FINE and DEIM N and S at their eval size
+    python bench/latency.py                              # D-FINE/DEIM N, S; DEIMv2 Atto-S; RT-DETRv4-S at their eval size
     python bench/latency.py graphs/dfine/dfine-m.yaml --imgsz 320 --repeats 20 --threads 2
     python bench/latency.py --no-onnx                    # PyTorch columns only (no onnxruntime needed)
     python bench/latency.py graphs/deim/deim-n.yaml --rows   # also each row's share of FLOPs and time
@@ -34,7 +34,10 @@ from models import build_model  # noqa: E402
 from models.postprocess import PostProcessor  # noqa: E402
 
 DEFAULT_GRAPHS = ["graphs/dfine/dfine-n.yaml", "graphs/dfine/dfine-s.yaml",
-                  "graphs/deim/deim-n.yaml", "graphs/deim/deim-s.yaml"]
+                  "graphs/deim/deim-n.yaml", "graphs/deim/deim-s.yaml",
+                  "graphs/deimv2/deimv2-atto.yaml", "graphs/deimv2/deimv2-femto.yaml",
+                  "graphs/deimv2/deimv2-pico.yaml", "graphs/deimv2/deimv2-n.yaml", "graphs/deimv2/deimv2-s.yaml",
+                  "graphs/rtdetrv4/rtdetrv4-s.yaml"]
 
 
 def matmul_peak_gflops(threads: int, size: int = 1024, seconds: float = 1.0) -> float:

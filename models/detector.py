@@ -61,6 +61,10 @@ class Detector(nn.Module):
                 kept[row.index] = x
             if row.index in taps:
                 tapped[row.index] = x
+        if self.training and isinstance(x, dict):
+            # training-only maps a row exposes for the criterion (RT-DETRv4's projected encoder tokens)
+            for layer in self.layers:
+                x.update(getattr(layer, "extra_outputs", None) or {})
         return x, tapped
 
     def _checked_call(self, row: Row, layer: nn.Module, x, targets):

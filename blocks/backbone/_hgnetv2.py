@@ -18,6 +18,13 @@ from models.errors import CheckpointError
 
 # name: (stem [in, mid, out], stages [mid, out, num_blocks, downsample, light_block, kernel_size, num_layers])
 ARCHS = {
+    # DEIMv2's three-stage variants (stride 16 at most), B0's first two stages
+    "Atto": ([3, 16, 16], [[16, 64, 1, False, False, 3, 3], [32, 256, 1, True, False, 3, 3],
+                           [64, 256, 1, True, True, 3, 3]]),
+    "Femto": ([3, 16, 16], [[16, 64, 1, False, False, 3, 3], [32, 256, 1, True, False, 3, 3],
+                            [64, 512, 1, True, True, 5, 3]]),
+    "Pico": ([3, 16, 16], [[16, 64, 1, False, False, 3, 3], [32, 256, 1, True, False, 3, 3],
+                           [64, 512, 2, True, True, 5, 3]]),
     "B0": ([3, 16, 16], [[16, 64, 1, False, False, 3, 3], [32, 256, 1, True, False, 3, 3],
                          [64, 512, 2, True, True, 5, 3], [128, 1024, 1, True, True, 5, 3]]),
     "B1": ([3, 24, 32], [[32, 64, 1, False, False, 3, 3], [48, 256, 1, True, False, 3, 3],

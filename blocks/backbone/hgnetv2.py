@@ -1,4 +1,4 @@
-"""HGNetv2: PP-HGNetV2 backbone B0-B6 (as in D-FINE). CVPR 2025. https://arxiv.org/abs/2410.13842
+"""HGNetv2: PP-HGNetV2 backbone B0-B6 (as in D-FINE; Atto/Femto/Pico as in DEIMv2). CVPR 2025. https://arxiv.org/abs/2410.13842
 
 The whole official backbone as one block with the official arguments (name, use_lab, return_idx,
 freeze_stem_only, freeze_at, freeze_norm, pretrained = a LOCAL checkpoint path); returns the

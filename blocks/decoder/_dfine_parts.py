@@ -167,15 +167,52 @@ def deformable_sample(values: list[Tensor], spatial_shapes, locations: Tensor, w
     return out.permute(0, 2, 1)
 
 
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last dim with a learned per-channel `scale` (DEIMv2's decoder norm),
+    computed in float32 like the official one."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.scale
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    """'layer' -> LayerNorm (D-FINE), 'rms' -> RMSNorm (DEIMv2)."""
+    if kind not in ("layer", "rms"):
+        raise ValueError(f"norm must be 'layer' or 'rms', got {kind!r}")
+    return nn.LayerNorm(dim) if kind == "layer" else RMSNorm(dim)
+
+
+class SwiGLUFFN(nn.Module):
+    """SwiGLU feed-forward: one linear to two halves, silu(a) * b, then the output linear (DEIMv2's FFN)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int):
+        super().__init__()
+        self.w12 = nn.Linear(in_features, 2 * hidden_features)
+        self.w3 = nn.Linear(hidden_features, out_features)
+        for linear in (self.w12, self.w3):
+            init.xavier_uniform_(linear.weight)
+            init.constant_(linear.bias, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(a) * b)
+
+
 class Gate(nn.Module):
     """Gated fusion of the residual stream and the cross-attention output (starts as 0.5/0.5)."""
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, norm: str = "layer"):
         super().__init__()
         self.gate = nn.Linear(2 * d_model, 2 * d_model)
         init.constant_(self.gate.bias, prior_logit(0.5))
         init.constant_(self.gate.weight, 0)
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = make_norm(norm, d_model)
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         gate1, gate2 = torch.sigmoid(self.gate(torch.cat([x1, x2], dim=-1))).chunk(2, dim=-1)
@@ -183,35 +220,54 @@ class Gate(nn.Module):
 
 
 class TransformerDecoderLayer(nn.Module):
-    """Self-attention, deformable cross-attention through a gate, FFN (post-norm)."""
+    """Self-attention, deformable cross-attention through a gate, FFN (post-norm).
+
+    D-FINE: LayerNorm, gate, ReLU/SiLU MLP FFN. DEIMv2: norm="rms", ffn="swiglu" (hidden
+    dim_feedforward // 2) and, without the gateway, a plain residual add + norm2."""
 
     def __init__(self, d_model=256, n_head=8, dim_feedforward=1024, dropout=0.0, activation_name="relu",
-                 n_levels=4, n_points=4, cross_attn_method="default", layer_scale=None):
+                 n_levels=4, n_points=4, cross_attn_method="default", layer_scale=None, norm="layer", ffn="mlp",
+                 use_gateway=True):
         super().__init__()
+        if ffn not in ("mlp", "swiglu"):
+            raise ValueError(f"ffn must be 'mlp' or 'swiglu', got {ffn!r}")
         if layer_scale is not None:
             dim_feedforward, d_model = round(layer_scale * dim_feedforward), round(layer_scale * d_model)
         self.self_attn = nn.MultiheadAttention(d_model, n_head, dropout=dropout, batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
+        self.norm1 = make_norm(norm, d_model)
         self.cross_attn = MSDeformableAttention(d_model, n_head, n_levels, n_points, method=cross_attn_method)
         self.dropout2 = nn.Dropout(dropout)
-        self.gateway = Gate(d_model)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.activation = activation(activation_name)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.use_gateway = use_gateway
+        if use_gateway:
+            self.gateway = Gate(d_model, norm)
+        else:
+            self.norm2 = make_norm(norm, d_model)
+        if ffn == "swiglu":
+            self.swish_ffn = SwiGLUFFN(d_model, dim_feedforward // 2, d_model)
+        else:
+            self.linear1 = nn.Linear(d_model, dim_feedforward)
+            self.activation = activation(activation_name)
+            self.dropout3 = nn.Dropout(dropout)
+            self.linear2 = nn.Linear(dim_feedforward, d_model)
+            init.xavier_uniform_(self.linear1.weight)
+            init.xavier_uniform_(self.linear2.weight)
         self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(d_model)
-        init.xavier_uniform_(self.linear1.weight)
-        init.xavier_uniform_(self.linear2.weight)
+        self.norm3 = make_norm(norm, d_model)
 
     def forward(self, target, reference_boxes, values, spatial_shapes, attn_mask=None, query_pos_embed=None):
         q = k = target + query_pos_embed
         attended, _ = self.self_attn(q, k, value=target, attn_mask=attn_mask)
         target = self.norm1(target + self.dropout1(attended))
         sampled = self.cross_attn(target + query_pos_embed, reference_boxes, values, spatial_shapes)
-        target = self.gateway(target, self.dropout2(sampled))
-        ffn = self.linear2(self.dropout3(self.activation(self.linear1(target))))
+        if self.use_gateway:
+            target = self.gateway(target, self.dropout2(sampled))
+        else:
+            target = self.norm2(target + self.dropout2(sampled))
+        if hasattr(self, "swish_ffn"):
+            ffn = self.swish_ffn(target)
+        else:
+            ffn = self.linear2(self.dropout3(self.activation(self.linear1(target))))
         # clamp to the fp16 range before the norm, as the reference does for mixed precision
         return self.norm3((target + self.dropout4(ffn)).clamp(min=-65504, max=65504))
 
@@ -221,8 +277,11 @@ class TransformerDecoder(nn.Module):
     previous one (residual logits), boxes are their integral around layer 0's box."""
 
     def __init__(self, hidden_dim, decoder_layer, decoder_layer_wide, num_layers, num_head, reg_max,
-                 reg_scale, up, eval_idx=-1, layer_scale=2, act="relu"):
+                 reg_scale, up, eval_idx=-1, layer_scale=2, act="relu", fixed_query_pos=False):
         super().__init__()
+        # fixed_query_pos (DEIMv2): the position embedding of the initial boxes serves every layer;
+        # D-FINE re-embeds each layer's refined boxes
+        self.fixed_query_pos = fixed_query_pos
         self.hidden_dim, self.num_layers, self.num_head = hidden_dim, num_layers, num_head
         self.layer_scale = layer_scale
         self.eval_idx = eval_idx if eval_idx >= 0 else num_layers + eval_idx
@@ -248,9 +307,12 @@ class TransformerDecoder(nn.Module):
         out_boxes, out_logits, out_corners, out_refs = [], [], [], []
         pre_scores = None
         ref_points_detach = F.sigmoid(ref_points_unact)
+        if self.fixed_query_pos:
+            query_pos_embed = query_pos_head(ref_points_detach).clamp(min=-10, max=10)
         for i, layer in enumerate(self.layers):
             ref_points_input = ref_points_detach.unsqueeze(2)
-            query_pos_embed = query_pos_head(ref_points_detach).clamp(min=-10, max=10)
+            if not self.fixed_query_pos:
+                query_pos_embed = query_pos_head(ref_points_detach).clamp(min=-10, max=10)
             if i > self.eval_idx and self.layer_scale > 1:  # wide training-only layers
                 query_pos_embed = F.interpolate(query_pos_embed, scale_factor=self.layer_scale)
                 values = self.split_values(memory, spatial_shapes, query_pos_embed.shape[-1])

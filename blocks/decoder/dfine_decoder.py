@@ -38,6 +38,12 @@ CROSS_ATTN_METHODS = ("default", "discrete")
     "kwargs": {"num_classes": 3, "hidden_dim": 32, "num_queries": 10, "num_points": [2, 2, 2], "nhead": 4,
                "num_layers": 2, "dim_feedforward": 64, "num_denoising": 6, "reg_max": 8}})
 class DFINEDecoder(nn.Module):
+    # the choices DEIMv2Decoder changes (D-FINE's here): decoder-layer norm / FFN / gateway, head sharing,
+    # and DEIMv2's query head (no enc_output, a 3-layer query_pos_head embedding the initial boxes once)
+    _layer_norm, _ffn, _use_gateway = "layer", "mlp", True
+    _share_bbox_head = _share_score_head = False
+    _deimv2_query_head = False
+
     def __init__(self, in_channels: list[int], num_classes: int = 80, hidden_dim: int = 256, num_queries: int = 300,
                  feat_strides=(8, 16, 32), num_levels: int = 3, num_points=(3, 6, 3), nhead: int = 8,
                  num_layers: int = 6, dim_feedforward: int = 1024, dropout: float = 0.0, activation: str = "relu",
@@ -71,12 +77,15 @@ class DFINEDecoder(nn.Module):
         # constants of the weighting function, stored as frozen parameters like the reference (same keys)
         self.up = nn.Parameter(torch.tensor([0.5]), requires_grad=False)
         self.reg_scale = nn.Parameter(torch.tensor([reg_scale]), requires_grad=False)
+        layer_options = {"cross_attn_method": cross_attn_method, "norm": self._layer_norm, "ffn": self._ffn,
+                         "use_gateway": self._use_gateway}
         layer = TransformerDecoderLayer(hidden_dim, nhead, dim_feedforward, dropout, activation, num_levels,
-                                        num_points, cross_attn_method=cross_attn_method)
+                                        num_points, **layer_options)
         wide_layer = TransformerDecoderLayer(hidden_dim, nhead, dim_feedforward, dropout, activation, num_levels,
-                                             num_points, cross_attn_method=cross_attn_method, layer_scale=layer_scale)
+                                             num_points, layer_scale=layer_scale, **layer_options)
         self.decoder = TransformerDecoder(hidden_dim, layer, wide_layer, num_layers, nhead, reg_max, self.reg_scale,
-                                          self.up, eval_idx, layer_scale, act=activation)
+                                          self.up, eval_idx, layer_scale, act=activation,
+                                          fixed_query_pos=self._deimv2_query_head)
 
         self.num_denoising, self.label_noise_ratio = num_denoising, label_noise_ratio
         self.box_noise_scale = box_noise_scale
@@ -87,19 +96,23 @@ class DFINEDecoder(nn.Module):
         self.learn_query_content = learn_query_content
         if learn_query_content:
             self.tgt_embed = nn.Embedding(num_queries, hidden_dim)
-        self.query_pos_head = MLP(4, 2 * hidden_dim, hidden_dim, 2, act=mlp_act)
-
-        self.enc_output = nn.Sequential(OrderedDict([("proj", nn.Linear(hidden_dim, hidden_dim)),
-                                                     ("norm", nn.LayerNorm(hidden_dim))]))
+        if self._deimv2_query_head:
+            self.query_pos_head = MLP(4, hidden_dim, hidden_dim, 3, act=mlp_act)
+        else:
+            self.query_pos_head = MLP(4, 2 * hidden_dim, hidden_dim, 2, act=mlp_act)
+            self.enc_output = nn.Sequential(OrderedDict([("proj", nn.Linear(hidden_dim, hidden_dim)),
+                                                         ("norm", nn.LayerNorm(hidden_dim))]))
         self.enc_score_head = nn.Linear(hidden_dim, 1 if query_select_method == "agnostic" else num_classes)
         self.enc_bbox_head = MLP(hidden_dim, hidden_dim, 4, 3, act=mlp_act)
 
         num_narrow, num_wide = self.eval_idx + 1, num_layers - self.eval_idx - 1
-        self.dec_score_head = nn.ModuleList([nn.Linear(hidden_dim, num_classes) for _ in range(num_narrow)]
-                                            + [nn.Linear(scaled_dim, num_classes) for _ in range(num_wide)])
+        self.dec_score_head = nn.ModuleList(
+            _heads(lambda: nn.Linear(hidden_dim, num_classes), num_narrow, self._share_score_head)
+            + [nn.Linear(scaled_dim, num_classes) for _ in range(num_wide)])
         self.pre_bbox_head = MLP(hidden_dim, hidden_dim, 4, 3, act=mlp_act)
         self.dec_bbox_head = nn.ModuleList(
-            [MLP(hidden_dim, hidden_dim, 4 * (reg_max + 1), 3, act=mlp_act) for _ in range(num_narrow)]
+            _heads(lambda: MLP(hidden_dim, hidden_dim, 4 * (reg_max + 1), 3, act=mlp_act), num_narrow,
+                   self._share_bbox_head)
             + [MLP(scaled_dim, scaled_dim, 4 * (reg_max + 1), 3, act=mlp_act) for _ in range(num_wide)])
         self.integral = Integral(reg_max)
 
@@ -130,11 +143,12 @@ class DFINEDecoder(nn.Module):
             init.constant_(head.layers[-1].bias, 0)
         for head in self.dec_score_head:
             init.constant_(head.bias, bias)
-        init.xavier_uniform_(self.enc_output[0].weight)
+        if not self._deimv2_query_head:
+            init.xavier_uniform_(self.enc_output[0].weight)
         if self.learn_query_content:
             init.xavier_uniform_(self.tgt_embed.weight)
-        init.xavier_uniform_(self.query_pos_head.layers[0].weight)
-        init.xavier_uniform_(self.query_pos_head.layers[1].weight)
+        for linear in self.query_pos_head.layers:
+            init.xavier_uniform_(linear.weight)
         for projection, c_in in zip(self.input_proj, feat_channels):
             if c_in != self.hidden_dim:
                 init.xavier_uniform_(projection[0].weight)
@@ -187,7 +201,7 @@ class DFINEDecoder(nn.Module):
         anchors = anchors.expand(memory.shape[0], -1, -1)
         memory = valid_mask.to(memory.dtype) * memory
 
-        output_memory = self.enc_output(memory)
+        output_memory = memory if self._deimv2_query_head else self.enc_output(memory)
         enc_logits = self.enc_score_head(output_memory)
         topk_memory, topk_logits, topk_anchors = self._select_topk(output_memory, enc_logits, anchors, num_queries)
         topk_boxes_unact = self.enc_bbox_head(topk_memory) + topk_anchors
@@ -263,6 +277,13 @@ class DFINEDecoder(nn.Module):
                                             for i, head in enumerate(self.dec_bbox_head)])
         self.register_buffer("project", weighting_function(self.reg_max, self.up, self.reg_scale, exact=True),
                              persistent=False)
+
+
+def _heads(make, count: int, shared: bool) -> list[nn.Module]:
+    """`count` heads: independent ones, or one module repeated (its parameters counted once, as DEIMv2)."""
+    if shared:
+        return [make()] * count
+    return [make() for _ in range(count)]
 
 
 def _layer_outputs(logits, boxes, corners, refs, teacher_corners, teacher_logits) -> list[dict]:
