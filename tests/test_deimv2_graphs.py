@@ -155,3 +155,15 @@ def test_vit_weights_load_from_a_local_file_only(tmp_path):
     assert torch.equal(loaded.dinov3._model.blocks[1].mlp.fc2.weight, source.dinov3._model.blocks[1].mlp.fc2.weight)
     with pytest.raises(CheckpointError):
         DINOv3STAs(name="vit_tiny", embed_dim=32, num_heads=2, depth=2, weights_path=str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "dinov3_vits16plus"])
+def test_vit_backbone_flops_equal_calflops(name):
+    """RoPE, scaled_dot_product_attention, layer scale and the masked key bias are counted as calflops counts them."""
+    from analyze.profile import count_flops
+    from tests.test_info import calflops_count
+    torch.manual_seed(0)
+    kwargs = {"embed_dim": 32, "num_heads": 2} if name == "vit_tiny" else {}
+    backbone = DINOv3STAs(name=name, interaction_indexes=[0, 1], depth=2, conv_inplane=4, hidden_dim=16,
+                          **kwargs).eval()
+    assert count_flops(backbone, torch.zeros(1, 3, 64, 64)).flops == calflops_count(backbone, (1, 3, 64, 64))
