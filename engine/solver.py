@@ -71,6 +71,12 @@ def _to_device(targets: list[dict], device) -> list[dict]:
     return [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
 
 
+@torch.no_grad()
+def _restore(tensors, saved) -> None:
+    for tensor, value in zip(tensors, saved):
+        tensor.copy_(value)
+
+
 def _finite(value) -> bool:
     return bool(torch.isfinite(value).all()) if isinstance(value, torch.Tensor) else math.isfinite(value)
 
@@ -368,12 +374,13 @@ class Solver:
                   **{f"test_yolo_{k}": v for k, v in stats.get("yolo", {}).items()},
                   "best_ap": self.best["ap"], "best_epoch": self.best["epoch"], "seconds": round(seconds, 2),
                   "bad_steps": self.bad_total}
-        self.save("last.pth", stats)
         if improved:
             self.save("best_stg2.pth" if self.in_stage2(epoch) else "best_stg1.pth", stats)
         freq = int(self.cfg.get("checkpoint_freq", 0) or 0)
         if freq and (epoch + 1) % freq == 0:
             self.save(f"checkpoint{epoch:04d}.pth", stats)
+        # last: the resume point is written only once the files that resuming reads (best_stg1) are whole
+        self.save("last.pth", stats)
         self.logger.epoch_line(record)
         self.logger.scalars({name: value for name, value in zip(STAT_NAMES, stats["stats"])}, epoch, "Test")
         if dist.is_main():
@@ -417,6 +424,8 @@ class Solver:
 
     def train_step(self, images, targets, epoch: int, index: int) -> dict | None:
         """One optimizer step; None when the step was skipped for a non-finite loss or gradient."""
+        # a skipped step must leave no trace, but its forward already moved the BatchNorm statistics
+        buffers = [b.detach().clone() for b in self.raw_model.buffers()]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             outputs = self.model(images, targets=targets)
         with torch.autocast(self.device.type, enabled=False):  # losses in fp32
@@ -425,6 +434,7 @@ class Solver:
         loss = sum(loss_dict.values())
         bad = not _finite(loss) or not _finite(outputs["pred_boxes"])
         if dist.any_flag(bad):
+            _restore(self.raw_model.buffers(), buffers)
             self.skip_step(epoch, index, images, targets, loss_dict, "loss or predicted boxes")
             return None
         self.scaler.scale(loss).backward()
@@ -435,6 +445,7 @@ class Solver:
         parameters = [p for p in [*self.model.parameters(), *extra] if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm > 0 else float("inf"))
         if not _finite(norm) and not self.scaler.is_enabled():  # fp16's scaler skips such steps itself
+            _restore(self.raw_model.buffers(), buffers)
             self.skip_step(epoch, index, images, targets, loss_dict, "gradients")
             return None
         self.scaler.step(self.optimizer)
