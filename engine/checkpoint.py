@@ -52,8 +52,9 @@ def load(path: str | Path) -> dict:
         refused = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
         raise CheckpointError(f"cannot read checkpoint {path}: refused to unpickle Python objects other than "
                               f"tensors, which could run code ({refused or 'not a plain weights file'})",
-                              hint=f"only if you trust where the file came from, rewrite it as plain tensors once: "
-                                   f"`python -m engine.checkpoint {path} OUT.pth --trust`, then pass OUT.pth") from None
+                              hint="only if you trust where the file came from: `python -m engine.checkpoint SRC OUT "
+                                   f"--trust` rewrites it once as plain tensors (here SRC is {path}); then pass OUT"
+                              ) from None
     except Exception as err:  # noqa: BLE001 (any unreadable file is reported the same way)
         raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}",
                               hint="the file is torn or not a torch checkpoint; use another (e.g. last.pth)") from None

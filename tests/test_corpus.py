@@ -48,7 +48,8 @@ class Case:
     see: str
     do: str
     names: tuple = ()          # more fragments the message must hold (row, ids, field)
-    stops: bool = True         # False: the input is repaired or accepted, with the message as a warning
+    stops: bool = True         # False: the input trains (repaired with a warning, or accepted as it is)
+    warns: bool = False        # with stops=False: `see` is a warning the command prints
 
 
 GRAPH_HINT = "fix the YAML at that line"
@@ -88,7 +89,7 @@ CASES = [
     Case("include_cycle", "graph", "__include__ cycle:", "remove one of the includes",
          ("include_cycle_a.yml -> ", "include_cycle_b.yml -> ")),
     # ------------------------------------------------------------------ datasets (python train.py -c CONFIG)
-    Case("category_out_of_range", "dataset", "unknown_category", "fix the annotation file or the image folder",
+    Case("category_out_of_range", "dataset", "unknown_category x1: annotation of a category missing from `categories`", "fix the annotation file or the image folder",
          ("image_id=1", "ann_id=1", "category_id=7")),
     Case("one_based_ids", "dataset", "category ids 1..3 train as labels 0..2", "nothing: ids map to labels and back",
          stops=False),
@@ -96,23 +97,24 @@ CASES = [
          stops=False),
     Case("string_ids", "dataset", "category ids 'circle', 'square', 'triangle' keep the file's order",
          "nothing: ids map to labels and back", stops=False),
-    Case("box_outside_image", "dataset", "box_clamped", "nothing: the box is clamped to the image",
-         ("image_id=1", "ann_id=1", "bbox=[60.0, 60.0, 50.0, 50.0] in 96x96"), stops=False),
-    Case("zero_area_box", "dataset", "box_degenerate", "nothing: the box is dropped; fix it in the annotation file",
-         ("image_id=1", "ann_id=1", "bbox=[10.0, 10.0, 0.0, 8.0]"), stops=False),
-    Case("nan_box", "dataset", "box_nan", "nothing: the box is dropped; fix it in the annotation file",
-         ("image_id=1", "ann_id=1", "bbox=[nan,"), stops=False),
-    Case("missing_image", "dataset", "image_missing", "fix the annotation file or the image folder",
+    Case("box_outside_image", "dataset", "box_clamped x1: box reaches outside the image (clamped)", "nothing: the box is clamped to the image",
+         ("image_id=1", "ann_id=1", "bbox=[60.0, 60.0, 50.0, 50.0] in 96x96"), stops=False, warns=True),
+    Case("zero_area_box", "dataset", "box_degenerate x1: box with zero or negative width/height (dropped)", "nothing: the box is dropped; fix it in the annotation file",
+         ("image_id=1", "ann_id=1", "bbox=[10.0, 10.0, 0.0, 8.0]"), stops=False, warns=True),
+    Case("nan_box", "dataset", "box_nan x1: box with NaN/inf coordinates (dropped)", "nothing: the box is dropped; fix it in the annotation file",
+         ("image_id=1", "ann_id=1", "bbox=[nan,"), stops=False, warns=True),
+    Case("missing_image", "dataset", "image_missing x1: image file not found", "fix the annotation file or the image folder",
          ("image_id=1", "file=000001.jpg")),
     Case("corrupt_jpeg", "dataset", "image cannot be decoded", "re-export or remove this image", ("000001.jpg",)),
     Case("grayscale_rgba_16bit", "dataset", "greyscale, RGBA and 16-bit images load as 8-bit RGB",
          "nothing: they are converted", stops=False),
     Case("exif_rotated", "dataset", "EXIF-rotated images load upright, as annotation tools show them",
          "nothing: the orientation is applied", stops=False),
-    Case("duplicate_image_ids", "dataset", "duplicate_image_id", "fix the annotation file or the image folder",
+    Case("duplicate_image_ids", "dataset", "duplicate_image_id x1: two images share an id", "fix the annotation file or the image folder",
          ("image_id=1", "file=000002.jpg", "also used by 000001.jpg")),
-    Case("annotation_of_missing_image", "dataset", "unknown_image", "nothing: the annotation is dropped",
-         ("image_id=999", "ann_id=1"), stops=False),
+    Case("annotation_of_missing_image", "dataset",
+         "unknown_image x1: annotation of an image missing from `images` (dropped)", "nothing: the annotation is dropped",
+         ("image_id=999", "ann_id=1"), stops=False, warns=True),
     Case("empty_annotations", "dataset", "every image is a negative", "nothing: negatives train", stops=False),
     Case("yolo_six_columns", "dataset", "expected 5 columns `class cx cy w h`, found 6",
          "convert segmentation polygons to boxes first", ("labels/000001.txt:2",)),
@@ -122,11 +124,12 @@ CASES = [
     Case("other_graph_checkpoint", "checkpoint", "does not fit this model",
          "-r resumes the same graph and class count; use -t to fine-tune", ("other_graph.pth",)),
     Case("other_class_count", "checkpoint", "skipped 7 tensors with a different shape (kept freshly initialised)",
-         "nothing: -t keeps every tensor that fits", ("score_head",), stops=False),
+         "nothing: -t keeps every tensor that fits", ("score_head",), stops=False, warns=True),
     Case("official_layout", "checkpoint", "converted from the official layout", "nothing: -t converts it",
-         ("loaded ",), stops=False),
+         ("loaded ",), stops=False, warns=True),
     Case("pickle_runs_code", "checkpoint", "refused to unpickle Python objects other than tensors",
-         "`python -m engine.checkpoint", ("evil.pth", "--trust`")),
+         "only if you trust where the file came from: `python -m engine.checkpoint SRC OUT --trust` rewrites it "
+         "once as plain tensors", ("evil.pth",)),
 ]
 BY_ID = {case.id: case for case in CASES}
 
@@ -510,3 +513,13 @@ def test_official_layout_checkpoint_is_converted_by_finetune(demo, tmp_path):
     code, text = run_cli(train.main, train_argv(tiny_config(demo, epochs=1, graph=WHOLE, criterion={"reg_max": 8}), tmp_path, "-t", path))
     check_message(BY_ID["official_layout"], code, text)
     assert f"loaded {len(source.state_dict())} tensors" in text
+
+
+# ---------------------------------------------------------------------------------------------- README
+def test_readme_troubleshooting_section_is_rendered_from_the_corpus():
+    from tests.corpus.make_troubleshooting import readme_section, render
+
+    assert len(CASES) == 40 and len(BY_ID) == 40
+    assert [sum(c.group == g for c in CASES) for g in ("graph", "dataset", "checkpoint")] == [20, 15, 5]
+    assert readme_section((REPO / "README.md").read_text()) == render(CASES), (
+        "README.md is out of date: run python tests/corpus/make_troubleshooting.py")
