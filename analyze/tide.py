@@ -178,7 +178,7 @@ def _mean_ap(cls: np.ndarray, score: np.ndarray, tp: np.ndarray, gt_count: dict[
         n_gt = gt_count.get(c, 0)
         if not members.any() and n_gt == 0:
             continue
-        if n_gt == 0:
+        if n_gt == 0 or not members.any():  # no boxes to find, or nothing found: AP 0
             aps.append(0.0)
             continue
         order = np.argsort(-score[members], kind="stable")
