@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from analyze.metrics import (  # noqa: F401  (the solver imports these from here)
-    confusion_matrix, format_per_class, per_class_table, plot_confusion_matrix, yolo_metrics)
+from analyze.metrics import per_class_table, yolo_metrics
 from engine import dist
 
 STAT_NAMES = ["AP50:95", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]

@@ -25,7 +25,8 @@ import torch
 from engine import checkpoint, dist
 from engine.config import get
 from engine.ema import ModelEMA
-from engine.evaluator import STAT_NAMES, CocoEvaluator, format_per_class
+from analyze.metrics import format_per_class
+from engine.evaluator import STAT_NAMES, CocoEvaluator
 from engine.logger import RunLogger, plot_batch
 from engine.optim import LRSchedule, build_optimizer, scale_lr
 from models.errors import CheckpointError, ConfigError, DetrZooError
@@ -537,7 +538,8 @@ class Solver:
         """`--test-only`: COCO AP, per-class table, YOLO metrics, TIDE errors, confusion matrix, speed, size."""
         from analyze.tide import evaluate as tide_errors
         from analyze.tide import plot as plot_tide
-        from engine.evaluator import confusion_matrix, measure_speed, model_stats, plot_confusion_matrix
+        from analyze.metrics import confusion_matrix, plot_confusion_matrix
+        from engine.evaluator import measure_speed, model_stats
 
         stats = self.evaluate(verbose=dist.is_main())
         if not dist.is_main():

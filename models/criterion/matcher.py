@@ -12,7 +12,6 @@ Also here: the fixed indices of the denoising groups, and D-FINE's union of matc
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
