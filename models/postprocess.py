@@ -3,6 +3,8 @@
 With sigmoid scores (focal-style training) every (query, class) pair is a candidate and the best
 `num_top_queries` pairs are kept, so one query may report several classes (as in RT-DETR/D-FINE).
 With softmax scores the last logit is "no object" and each query keeps its best real class.
+Boxes are clipped to the image (`clamp_boxes`): a box that a decoder pushed past the border is
+never reported outside it.
 """
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ from models.box_ops import box_cxcywh_to_xyxy
 
 
 class PostProcessor(nn.Module):
-    def __init__(self, num_classes: int = 80, num_top_queries: int = 300, use_focal_loss: bool = True):
+    def __init__(self, num_classes: int = 80, num_top_queries: int = 300, use_focal_loss: bool = True,
+                 clamp_boxes: bool = True):
         super().__init__()
+        self.clamp_boxes = clamp_boxes
         self.num_classes = int(num_classes)
         self.num_top_queries = int(num_top_queries)
         self.use_focal_loss = use_focal_loss
@@ -29,7 +33,10 @@ class PostProcessor(nn.Module):
         """orig_target_sizes [B, 2] as (w, h). Returns [{'labels', 'boxes' (xyxy px), 'scores'}] per
         image, sorted by score; after `deploy()` a (labels, boxes, scores) tuple of batched tensors."""
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-        boxes = box_cxcywh_to_xyxy(boxes) * orig_target_sizes.repeat(1, 2).unsqueeze(1).to(boxes.dtype)
+        image_size = orig_target_sizes.repeat(1, 2).unsqueeze(1).to(boxes.dtype)
+        boxes = box_cxcywh_to_xyxy(boxes) * image_size
+        if self.clamp_boxes:
+            boxes = torch.minimum(boxes.clamp(min=0), image_size)
 
         if self.use_focal_loss:
             num_classes = logits.shape[-1]

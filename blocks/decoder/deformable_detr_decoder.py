@@ -162,7 +162,9 @@ class DeformableDETRDecoder(nn.Module):
         boxes_unact = enc_boxes_unact.gather(1, index.unsqueeze(-1).expand(-1, -1, 4)).detach()
         query_pos, target = self.pos_trans_norm(self.pos_trans(
             proposal_position_embedding(boxes_unact, self.hidden_dim))).split(self.hidden_dim, dim=2)
-        return target, query_pos, boxes_unact.sigmoid(), {"pred_logits": enc_logits, "pred_boxes": enc_boxes_unact.sigmoid()}
+        # every proposal is matched class-agnostically on the channel that ranks them
+        enc_outputs = {"pred_logits": enc_logits[..., :1], "pred_boxes": enc_boxes_unact.sigmoid()}
+        return target, query_pos, boxes_unact.sigmoid(), enc_outputs
 
     def forward(self, feats: list[Tensor], targets=None) -> dict:
         feats = [feats] if isinstance(feats, Tensor) else feats
