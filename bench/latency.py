@@ -1,6 +1,6 @@
 """CPU forward latency of graphs: PyTorch eval form, PyTorch deploy form, onnxruntime (batch 1).
 
-    python bench/latency.py                              # D-FINE/DEIM N, S; DEIMv2 Atto-S; RT-DETRv4-S at their eval size
+    python bench/latency.py                              # the default graphs (see DEFAULT_GRAPHS) at their eval size
     python bench/latency.py graphs/dfine/dfine-m.yaml --imgsz 320 --repeats 20 --threads 2
     python bench/latency.py --no-onnx                    # PyTorch columns only (no onnxruntime needed)
     python bench/latency.py graphs/deim/deim-n.yaml --rows   # also each row's share of FLOPs and time
@@ -37,7 +37,9 @@ DEFAULT_GRAPHS = ["graphs/dfine/dfine-n.yaml", "graphs/dfine/dfine-s.yaml",
                   "graphs/deim/deim-n.yaml", "graphs/deim/deim-s.yaml",
                   "graphs/deimv2/deimv2-atto.yaml", "graphs/deimv2/deimv2-femto.yaml",
                   "graphs/deimv2/deimv2-pico.yaml", "graphs/deimv2/deimv2-n.yaml", "graphs/deimv2/deimv2-s.yaml",
-                  "graphs/rtdetrv4/rtdetrv4-s.yaml"]
+                  "graphs/rtdetrv4/rtdetrv4-s.yaml",
+                  "graphs/rtdetrv2/rtdetrv2-r18.yaml", "graphs/deim/deim-rtdetrv2-r18.yaml",
+                  "graphs/deformable-detr/deformable-detr-r50.yaml"]
 
 
 def matmul_peak_gflops(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
@@ -172,8 +174,11 @@ def main(argv=None):
             with_onnx = False
     load_before = os.getloadavg()[0]
     peak_before = matmul_peak_gflops(args.threads)
-    rows = [measure(path, args.imgsz, args.threads, args.repeats, args.warmup, with_onnx, args.rows)
-            for path in args.graphs]
+    rows = []
+    for path in args.graphs:  # the table waits for the closing peak measurement; progress goes to stderr
+        rows.append(measure(path, args.imgsz, args.threads, args.repeats, args.warmup, with_onnx, args.rows))
+        print(f"{path}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[-1].items() if k.endswith("_ms")),
+              file=sys.stderr, flush=True)
     peak = max(peak_before, matmul_peak_gflops(args.threads))
     # the load average says how much other work shared the cores (2-thread runs suffer most from it)
     print(f"CPU, {args.threads} threads, batch 1, median and p90 of {args.repeats} (ms); "
