@@ -133,7 +133,8 @@ def match_queries(s_logits, s_boxes, t_logits, t_boxes, method: str = "hungarian
     """ONE image's matching: (student query indices, teacher query indices).
 
     hungarian: one-to-one on cost_class * mean |p_s - p_t| + cost_bbox * L1(cxcywh) - cost_giou * GIoU;
-    iou: every student query takes the teacher query its box overlaps most (many-to-one);
+    iou: every student query takes the teacher query of highest GIoU with its box (many-to-one;
+         GIoU also ranks boxes that do not overlap);
     index: query i to query i (needs equal query counts)."""
     if method == "index":
         count = min(s_logits.shape[0], t_logits.shape[0])
