@@ -125,8 +125,8 @@ class DeformableEncoder(nn.Module):
         # every pixel's centre, in [0, 1], as its reference on every level
         centres = []
         for h, w in spatial_shapes:
-            ys = torch.linspace(0.5, h - 0.5, h, dtype=src.dtype, device=src.device) / h
-            xs = torch.linspace(0.5, w - 0.5, w, dtype=src.dtype, device=src.device) / w
+            ys = (torch.arange(h, dtype=src.dtype, device=src.device) + 0.5) / h
+            xs = (torch.arange(w, dtype=src.dtype, device=src.device) + 0.5) / w
             grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
             centres.append(torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), -1))
         reference_points = torch.cat(centres, 0)[None, :, None].expand(src.shape[0], -1, len(spatial_shapes), -1)
