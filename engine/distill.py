@@ -349,6 +349,10 @@ class DistillSolver(Solver):
         self.teacher_corners.clear()
         s_core, t_core = decoder_core(self.raw_model), decoder_core(self.teacher)
         self.use_ld = s_core is not None and t_core is not None and self.logit_weights["ld"] > 0
+        if self.logit_weights["ld"] > 0 and not self.use_ld and dist.is_main():
+            side = "student" if s_core is None else "teacher"
+            print(f"note: corner distillation (distill.logit.weights.ld) is off: the {side}'s decoder has no "
+                  f"D-FINE corner distributions; the other logit terms still apply")
         if self.use_ld and s_core.reg_max != t_core.reg_max:
             raise ConfigError(f"corner distillation needs the same reg_max: student {s_core.reg_max}, teacher "
                               f"{t_core.reg_max}", where=f"{where}.weights.ld",
