@@ -59,3 +59,36 @@ def test_deformable_conv_is_counted_like_a_conv():
     outputs = 6 * 8 * 8
     # torchvision passes a zero bias when none is given, so the bias adds are counted too
     assert count_flops(Deformable(), torch.randn(1, 4, 8, 8)).flops == 2 * outputs * 4 * 9 + outputs
+
+
+def test_dfine_decoder_flops_equal_calflops():
+    """The decoder mixes linears, einsum-free deformable sampling, softmax and norms: its count must
+    equal calflops' (the official zoos' counter) on the same module and input."""
+    import sys
+    import types
+
+    import pytest
+    import torch
+
+    from analyze.profile import count_flops
+    from blocks.registry import get
+
+    sys.modules.setdefault("calflops.flops_counter_hf", types.SimpleNamespace(calculate_flops_hf=None))
+    calflops = pytest.importorskip("calflops.flops_counter")
+    spec = get("DFINEDecoder")
+    shapes = [(1, c, h, w) for _, c, h, w in spec.example["shapes"]]
+    decoder = spec.cls([s[1] for s in shapes], *spec.example.get("args", []), **spec.example.get("kwargs", {})).eval()
+    feats = [torch.randn(*s) for s in shapes]
+
+    class Positional(torch.nn.Module):  # calflops moves each argument to the device, so no list argument
+        def __init__(self):
+            super().__init__()
+            self.decoder = decoder
+
+        def forward(self, *levels):
+            return self.decoder(list(levels))
+
+    expected, _, _ = calflops.calculate_flops(model=Positional(), args=feats, output_as_string=False,
+                                              print_results=False, print_detailed=False)
+    assert count_flops(decoder, feats).flops == expected
+    assert block_figures("DFINEDecoder", shapes=shapes)["flops"] == expected
