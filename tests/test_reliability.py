@@ -182,18 +182,24 @@ def test_non_finite_input_loss_or_gradient_skips_the_step_and_the_next_one_train
     assert solver.bad_in_row == 0 and not weights_equal(parameters_of(solver), before)
 
 
-def test_fp16_overflow_under_amp_is_skipped_by_the_grad_scaler(step_solver):
+def test_fp16_overflow_under_amp_is_recovered_by_the_grad_scaler(step_solver):
     solver, images, targets = step_solver
-    # CPU autocast runs float16 here; the trainer picks bf16 on CPU, so fp16 is forced as on older GPUs
+    # CPU autocast runs float16 here; the trainer picks bf16 on CPU, so fp16 is forced as on older GPUs.
+    # A loss scale of 2^24 overflows the fp16 gradients: the scaler must skip and halve until they fit.
     solver.use_amp, solver.amp_dtype = True, torch.float16
-    solver.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
-    poison_gradient(solver, float("inf"))                           # what an fp16 overflow leaves behind
+    solver.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24)
     before = parameters_of(solver)
-    terms = solver.train_step(images, targets, 0, 0)
-    assert terms is not None and solver.bad_total == 0               # the scaler's business, not the guard's
-    assert weights_equal(parameters_of(solver), before) and solver.scaler.get_scale() == 2.0 ** 15
-    solver.train_step(images, targets, 0, 1)
-    assert not weights_equal(parameters_of(solver), before) and solver.scaler.get_scale() == 2.0 ** 15
+    scales = []
+    for index in range(16):
+        assert solver.train_step(images, targets, 0, index) is not None
+        scales.append(solver.scaler.get_scale())
+        if not weights_equal(parameters_of(solver), before):
+            break
+    assert scales[0] == 2.0 ** 23                                     # the first step overflowed and was skipped
+    assert not weights_equal(parameters_of(solver), before)          # ... and training recovered
+    assert scales == [2.0 ** (23 - i) for i in range(len(scales) - 1)] + [scales[-2]] and len(scales) > 1
+    assert solver.bad_total == 0                                      # the scaler's business, not the guard's
+    assert all(torch.isfinite(v).all() for v in parameters_of(solver).values())
 
 
 def test_a_run_with_only_negatives_trains(demo, tmp_path):
