@@ -130,3 +130,11 @@ def test_postprocess_clips_boxes_to_the_image():
     assert torch.allclose(result["boxes"], torch.tensor([[90.0, 15.0, 100.0, 35.0]]))
     raw, = PostProcessor(num_classes=1, clamp_boxes=False)(outputs, torch.tensor([[100, 50]]))
     assert torch.allclose(raw["boxes"], torch.tensor([[90.0, 15.0, 110.0, 35.0]]))
+
+
+def test_flop_count_equals_calflops():
+    from analyze.profile import count_flops, deployed_copy
+    from tests.test_info import calflops_count
+
+    model = deployed_copy(build_model(spec(two_stage=True, with_box_refine=True), check=False))
+    assert count_flops(model, torch.zeros(1, 3, 128, 128)).flops == calflops_count(model, (1, 3, 128, 128))

@@ -162,3 +162,12 @@ def test_deploy_drops_layers_after_eval_idx_with_equal_output():
         after = model.deploy()(images)
     assert len(model.layers[2].decoder.layers) == 2 and len(model.layers[2].dec_bbox_head) == 2
     torch.testing.assert_close(after["pred_boxes"], before["pred_boxes"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", RECORDED)
+def test_flop_count_equals_calflops(name):
+    from analyze.profile import count_flops, deployed_copy
+    from tests.test_info import calflops_count
+
+    model = deployed_copy(build_model(tiny(name), check=False))
+    assert count_flops(model, torch.zeros(1, 3, 128, 128)).flops == calflops_count(model, (1, 3, 128, 128))

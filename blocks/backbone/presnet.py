@@ -106,12 +106,11 @@ def _out_channels(c_in, kwargs):
 @register("backbone", channels=_out_channels,
           example={"args": [18], "kwargs": {"return_idx": [1, 2, 3]}, "shape": (1, 3, 64, 64)})
 class PResNet(nn.Module):
-    """freeze_at >= 0 stops training the stem and the first `freeze_at` stages (their parameters still
-    count); freeze_norm turns every BN into a FrozenBatchNorm2d (buffers, not parameters)."""
-
     def __init__(self, c1: int = 3, depth: int = 50, variant: str = "d", num_stages: int = 4,
                  return_idx=(0, 1, 2, 3), act="relu", freeze_at: int = -1, freeze_norm: bool = True,
                  pretrained: str | None = None):
+        """freeze_at >= 0 stops training the stem and the first `freeze_at` stages (their parameters still
+        count); freeze_norm turns every BN into a FrozenBatchNorm2d (buffers, not parameters)."""
         super().__init__()
         if depth not in BLOCKS_PER_STAGE:
             raise ValueError(f"depth must be one of {list(BLOCKS_PER_STAGE)}, got {depth}")

@@ -108,16 +108,15 @@ def proposal_position_embedding(proposals_unact: Tensor, dim: int, temperature: 
     "kwargs": {"num_classes": 3, "hidden_dim": 32, "num_queries": 10, "num_levels": 2, "nhead": 4, "num_layers": 2,
                "dim_feedforward": 64, "num_points": 2}})
 class DeformableDETRDecoder(nn.Module):
-    """in_channels: DeformableEncoder's maps (all hidden_dim), finest first.
-    with_box_refine: each layer refines the previous layer's box, with its own heads.
-    two_stage: queries are the encoder's best proposals (scored by an extra class head, class 0 as in
-    the reference) instead of learned embeddings; its proposal boxes are the first references.
-    num_top_proposals: two-stage proposals kept (the reference's two_stage_num_proposals, = num_queries)."""
-
     def __init__(self, in_channels: list[int], num_classes: int = 91, hidden_dim: int = 256, num_queries: int = 300,
                  num_levels: int = 4, nhead: int = 8, num_layers: int = 6, dim_feedforward: int = 1024,
                  dropout: float = 0.1, act="relu", num_points: int = 4, with_box_refine: bool = False,
                  two_stage: bool = False, aux_loss: bool = True):
+        """in_channels: DeformableEncoder's maps (all hidden_dim), finest first.
+        with_box_refine: each layer refines the previous layer's box, with its own heads.
+        two_stage: queries are the encoder's best proposals (scored by an extra class head, class 0 as in
+        the reference) instead of learned embeddings; its proposal boxes are the first references.
+        num_top_proposals: two-stage proposals kept (the reference's two_stage_num_proposals, = num_queries)."""
         super().__init__()
         channels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
         if len(channels) != num_levels or any(c != hidden_dim for c in channels):

@@ -96,19 +96,6 @@ class RefiningDecoder(nn.Module):
     "kwargs": {"num_classes": 3, "hidden_dim": 32, "num_queries": 10, "num_points": [2, 2, 2], "nhead": 4,
                "num_layers": 2, "dim_feedforward": 64, "num_denoising": 6}})
 class RTDETRv2Decoder(nn.Module):
-    """Arguments follow the official RTDETRTransformerv2, with DEIM's additions.
-
-    in_channels        channels of the input maps (official `feat_channels`), finest first; each gets a
-                       1x1 conv + BN projection, extra levels (num_levels > inputs) stride-2 3x3 convs
-    num_points         sampling points per head, one count per level (or one for all)
-    eval_idx           the layer whose output is the prediction; later layers only train (dropped by fuse)
-    cross_attn_method  "default" (bilinear) or "discrete" (nearest cell, offsets frozen)
-    query_select_method "default" (best class score), "one2many" (best (token, class) pairs) or
-                       "agnostic" (one objectness score)
-    mlp_act, query_pos_method  DEIM: the box/query MLPs' activation; "as_reg" makes the query position
-                       head a 3-layer hidden_dim MLP like the box heads ("default": 2 layers, 2 x hidden_dim)
-    """
-
     def __init__(self, in_channels: list[int], num_classes: int = 80, hidden_dim: int = 256, num_queries: int = 300,
                  feat_strides=(8, 16, 32), num_levels: int = 3, num_points=4, nhead: int = 8, num_layers: int = 6,
                  dim_feedforward: int = 1024, dropout: float = 0.0, activation: str = "relu", num_denoising: int = 100,
@@ -116,6 +103,18 @@ class RTDETRv2Decoder(nn.Module):
                  eval_spatial_size=None, eval_idx: int = -1, eps: float = 1e-2, aux_loss: bool = True,
                  cross_attn_method: str = "default", query_select_method: str = "default", mlp_act: str = "relu",
                  query_pos_method: str = "default"):
+        """Arguments follow the official RTDETRTransformerv2, with DEIM's additions.
+
+        in_channels        channels of the input maps (official `feat_channels`), finest first; each gets a
+                           1x1 conv + BN projection, extra levels (num_levels > inputs) stride-2 3x3 convs
+        num_points         sampling points per head, one count per level (or one for all)
+        eval_idx           the layer whose output is the prediction; later layers only train (dropped by fuse)
+        cross_attn_method  "default" (bilinear) or "discrete" (nearest cell, offsets frozen)
+        query_select_method "default" (best class score), "one2many" (best (token, class) pairs) or
+                           "agnostic" (one objectness score)
+        mlp_act, query_pos_method  DEIM: the box/query MLPs' activation; "as_reg" makes the query position
+                           head a 3-layer hidden_dim MLP like the box heads ("default": 2 layers, 2 x hidden_dim)
+        """
         super().__init__()
         feat_channels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
         feat_strides = list(feat_strides)

@@ -81,12 +81,11 @@ def _outputs(c_in, kwargs):
     "kwargs": {"hidden_dim": 32, "num_levels": 3, "nhead": 4, "num_layers": 2, "dim_feedforward": 64,
                "num_points": 2, "norm_groups": 8}})
 class DeformableEncoder(nn.Module):
-    """in_channels: the backbone maps, finest first; num_levels >= their count (extra levels are
-    made from the coarsest input); norm_groups: GroupNorm groups of the input projections."""
-
     def __init__(self, in_channels: list[int], hidden_dim: int = 256, num_levels: int = 4, nhead: int = 8,
                  num_layers: int = 6, dim_feedforward: int = 1024, dropout: float = 0.1, act="relu",
                  num_points: int = 4, norm_groups: int = 32, pe_temperature: float = 10000.0):
+        """in_channels: the backbone maps, finest first; num_levels >= their count (extra levels are
+        made from the coarsest input); norm_groups: GroupNorm groups of the input projections."""
         super().__init__()
         in_channels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
         if len(in_channels) > num_levels:
