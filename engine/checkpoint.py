@@ -29,10 +29,14 @@ def save_atomic(state: dict, path: str | Path) -> None:
     """Write to a temp file in the same folder, then rename: a crash never leaves a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed while saving
+        stale.unlink(missing_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as f:
             torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -75,7 +79,7 @@ def model_weights(state: dict, prefer_ema: bool = True) -> tuple[dict, str]:
                           hint="pass a checkpoint written by train.py or an official DEIM/D-FINE release")
 
 
-def _strip_module_prefix(sd: dict) -> dict:
+def strip_module_prefix(sd: dict) -> dict:
     return {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
@@ -89,6 +93,18 @@ def convert_if_official(sd: dict, model: nn.Module) -> tuple[dict, str | None]:
         return sd, None
     converted, report = convert.convert_official(sd, model)
     return converted, report
+
+
+def describe_mismatch(model: nn.Module, sd: dict) -> str | None:
+    """None when `sd` fits `model` exactly; else the first differences, by tensor name."""
+    own = model.state_dict()
+    shapes = [f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
+              for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    parts = ([f"{len(shapes)} tensors of another shape, e.g. {shapes[0]}"] if shapes else []) + \
+            ([f"{len(missing)} model tensors missing, e.g. {missing[0]}"] if missing else []) + \
+            ([f"{len(unexpected)} unexpected tensors, e.g. {unexpected[0]}"] if unexpected else [])
+    return "; ".join(parts) or None
 
 
 def load_matching(model: nn.Module, sd: dict) -> dict:
@@ -112,7 +128,7 @@ def load_for_finetune(model: nn.Module, path: str | Path) -> dict:
     """`-t`: weights only (EMA preferred), official layouts converted, mismatched shapes skipped."""
     state = load(path)
     sd, source = model_weights(state)
-    sd = _strip_module_prefix(sd)
+    sd = strip_module_prefix(sd)
     sd, conversion = convert_if_official(sd, model)
     report = load_matching(model, sd)
     report.update(source=source, conversion=conversion)

@@ -269,23 +269,27 @@ class Solver:
             checkpoint.save_atomic(self.state_dict(stats), self.output_dir / name)
 
     def _load_weights(self, state: dict, path) -> None:
-        try:
-            self.raw_model.load_state_dict(state["model"])
-            if self.ema is not None:
-                self.ema.load_state_dict(state["ema"] if "ema" in state else {"module": state["model"]})
-        except (RuntimeError, KeyError) as err:
-            raise CheckpointError(f"{path} does not fit this model: {str(err).splitlines()[0]}", where=str(path),
-                                  hint="-r resumes the same graph and class count; use -t to fine-tune from other weights"
-                                  ) from None
+        mismatch = checkpoint.describe_mismatch(self.raw_model, state["model"])
+        if mismatch:
+            raise CheckpointError(f"{path} does not fit this model: {mismatch}", where=str(path),
+                                  hint="-r resumes the same graph and class count; use -t to fine-tune from other weights")
+        self.raw_model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"] if "ema" in state else {"module": state["model"]})
 
     def load_resume(self, path) -> None:
         state = checkpoint.load(path)
+        if self.test_only:  # the weights training evaluated (EMA first); official releases convert
+            weights, _ = checkpoint.model_weights(state)
+            weights, conversion = checkpoint.convert_if_official(checkpoint.strip_module_prefix(weights), self.raw_model)
+            if conversion and dist.is_main():
+                print(f"converted from the official layout: {conversion}")
+            self._load_weights({"model": weights}, path)
+            return
         if "model" not in state:
             raise CheckpointError(f"{path} has no `model` weights to resume", where=str(path),
                                   hint="use -t for weights-only checkpoints (official releases)")
         self._load_weights(state, path)
-        if self.test_only:
-            return
         for key, target in (("optimizer", self.optimizer), ("scaler", self.scaler)):
             if key in state:
                 target.load_state_dict(state[key])

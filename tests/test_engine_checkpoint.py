@@ -67,3 +67,27 @@ def test_new_runs_get_a_suffix_instead_of_overwriting(tmp_path):
     (tmp_path / "demo2").mkdir()
     (tmp_path / "demo2" / "log.txt").write_text("x")
     assert unique_dir(run) == tmp_path / "demo3"
+
+
+def test_mismatch_is_described_by_tensor_name():
+    import torch
+    from torch import nn
+
+    from engine.checkpoint import describe_mismatch
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    assert describe_mismatch(model, model.state_dict()) is None
+    other = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 5)).state_dict()
+    other["extra"] = torch.zeros(1)
+    del other["0.bias"]
+    message = describe_mismatch(model, other)
+    assert "1.weight: checkpoint [5, 3] vs model [2, 3]" in message
+    assert "1 model tensors missing, e.g. 0.bias" in message and "1 unexpected tensors, e.g. extra" in message
+
+
+def test_stale_temp_files_of_a_killed_save_are_removed(tmp_path):
+    from engine.checkpoint import load, save_atomic
+
+    (tmp_path / ".last.pth.abc123.tmp").write_bytes(b"torn")
+    save_atomic({"epoch": 1}, tmp_path / "last.pth")
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"] and load(tmp_path / "last.pth")["epoch"] == 1
