@@ -143,8 +143,13 @@ class Resize:
 class ConvertPILImage:
     """PIL image -> float tensor [3, H, W], in [0, 1] when `scale`."""
 
+    DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
     def __init__(self, dtype: str = "float32", scale: bool = True):
-        self.dtype, self.scale = getattr(torch, dtype), scale
+        if dtype not in self.DTYPES:
+            raise ConfigError(f"ConvertPILImage dtype {dtype!r} is not supported", where="transforms: ConvertPILImage",
+                              hint=f"use one of {', '.join(self.DTYPES)}")
+        self.dtype, self.scale = self.DTYPES[dtype], scale
 
     def __call__(self, image, target):
         tensor = F.pil_to_tensor(image).to(self.dtype)
