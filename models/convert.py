@@ -172,6 +172,12 @@ def convert_official(state_dict: dict, model: nn.Module, strict: bool = False) -
             report.mismatched.append((key, tuple(value.shape), target, tuple(own[target].shape)))
             continue
         converted[target] = value
+    # a tied tensor of ours (heads shared across decoder layers) takes the value of its converted twin:
+    # HF's save_pretrained stores only one name of each tied group
+    converted_by_storage = {own[t].data_ptr(): v for t, v in converted.items() if own[t].numel()}
+    for target, value in own.items():
+        if target not in converted and value.numel() and value.data_ptr() in converted_by_storage:
+            converted[target] = converted_by_storage[own[target].data_ptr()]
     for target, value in own.items():
         if target not in converted and not any(target == m[2] for m in report.mismatched):
             if target.endswith(_BN_COUNTER):
@@ -213,6 +219,18 @@ def official_state_dict(checkpoint: dict) -> dict:
                           hint="pass an official D-FINE/DEIM release (.pth) or a raw state dict")
 
 
+def _load_safetensors(path: str) -> dict:
+    """A HF `model.safetensors` (tensors only, nothing executable)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError("reading .safetensors needs the safetensors package", where=path,
+                              hint="pip install safetensors, or pass the pytorch_model.bin of the same release") from None
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint not found: {path}", hint="check the path")
+    return load_file(path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m models.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,7 +245,7 @@ def main(argv=None):
     from engine.checkpoint import load, save_atomic
     from models import build_model
 
-    state = official_state_dict(load(args.source))
+    state = _load_safetensors(args.source) if args.source.endswith(".safetensors") else official_state_dict(load(args.source))
     if not (is_official_layout(state) or is_hf_layout(state)):
         raise CheckpointError(f"{args.source} is not in the official layout (no backbone./encoder./decoder. keys, "
                               f"nor HF Deformable DETR's model.encoder.)",

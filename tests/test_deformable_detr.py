@@ -81,6 +81,17 @@ def test_checkpoints_of_older_transformers_convert_too():
     assert report.mapped == len(model.state_dict())
 
 
+def test_tied_heads_saved_once_still_convert():
+    # HF's save_pretrained keeps one name per tied tensor: class_embed.0 / bbox_embed.0 only
+    model = build_model(spec(), check=False)
+    saved = {k: v for k, v in deterministic_fill(to_official_layout(model)).items()
+             if not re.match(r"(class|bbox)_embed\.[1-9]", k)}
+    converted, report = convert_official(saved, model, strict=True)
+    model.load_state_dict(converted)
+    heads = model.layers[2].class_embed
+    assert heads[1] is heads[0] and torch.equal(heads[0].weight, saved["class_embed.0.weight"])
+
+
 @pytest.mark.parametrize("options", [{"with_box_refine": True}, {"with_box_refine": True, "two_stage": True}])
 def test_equal_to_live_hf_model(options):
     transformers = pytest.importorskip("transformers")

@@ -165,7 +165,7 @@ class DeformableDETRDecoder(nn.Module):
         enc_outputs = {"pred_logits": enc_logits[..., :1], "pred_boxes": enc_boxes_unact.sigmoid()}
         return target, query_pos, boxes_unact.sigmoid(), enc_outputs
 
-    def forward(self, feats: list[Tensor], targets=None) -> dict:
+    def forward(self, feats: list[Tensor]) -> dict:
         feats = [feats] if isinstance(feats, Tensor) else feats
         spatial_shapes = [tuple(f.shape[2:]) for f in feats]
         memory = torch.cat([f.flatten(2).transpose(1, 2) for f in feats], 1)
