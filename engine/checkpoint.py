@@ -84,12 +84,13 @@ def strip_module_prefix(sd: dict) -> dict:
 
 
 def convert_if_official(sd: dict, model: nn.Module) -> tuple[dict, str | None]:
-    """Official-layout weights (backbone./encoder./decoder. keys) go through models.convert."""
+    """Official-layout weights (backbone./encoder./decoder. keys, or HF Deformable DETR's) go through
+    models.convert."""
     try:
         from models import convert
     except ImportError:
         return sd, None
-    if not convert.is_official_layout(sd):
+    if not (convert.is_official_layout(sd) or convert.is_hf_layout(sd)):
         return sd, None
     converted, report = convert.convert_official(sd, model)
     return converted, report
