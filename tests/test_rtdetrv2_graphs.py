@@ -171,3 +171,25 @@ def test_flop_count_equals_calflops(name):
 
     model = deployed_copy(build_model(tiny(name), check=False))
     assert count_flops(model, torch.zeros(1, 3, 128, 128)).flops == calflops_count(model, (1, 3, 128, 128))
+
+
+@pytest.mark.parametrize("options", [{"cross_attn_method": "discrete"}, {"query_select_method": "agnostic"},
+                                     {"query_select_method": "one2many"}, {"learn_query_content": True},
+                                     {"num_levels": 4, "num_points": [2, 2, 2, 2]}])
+def test_decoder_options_train_and_eval(options):
+    from blocks.decoder.rtdetrv2_decoder import RTDETRv2Decoder
+
+    torch.manual_seed(0)
+    decoder = RTDETRv2Decoder([16, 32, 32], num_classes=3, hidden_dim=32, num_queries=10, nhead=4, num_layers=2,
+                              dim_feedforward=64, num_denoising=6, **{"num_points": [2, 2, 2], **options})
+    feats = [torch.rand(2, 16, 16, 16), torch.rand(2, 32, 8, 8), torch.rand(2, 32, 4, 4)]
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}] * 2
+    out = decoder.train()(feats, targets)
+    sum(o.sum() for o in (out["pred_logits"], out["pred_boxes"], out["enc_aux_outputs"][0]["pred_logits"])).backward()
+    assert out["enc_meta"]["class_agnostic"] == (options.get("query_select_method") == "agnostic")
+    assert out["enc_aux_outputs"][0]["pred_logits"].shape[-1] == (1 if out["enc_meta"]["class_agnostic"] else 3)
+    offsets = decoder.decoder.layers[0].cross_attn.sampling_offsets.weight
+    assert offsets.requires_grad == (options.get("cross_attn_method") != "discrete")
+    assert len(decoder.input_proj) == options.get("num_levels", 3)
+    with torch.no_grad():
+        assert decoder.eval()(feats)["pred_boxes"].shape == (2, 10, 4)
