@@ -81,3 +81,14 @@ def contrastive_denoising_group(targets: list[dict], num_classes: int, num_queri
     attn_mask[:total, :total] = group_id[:, None] != group_id[None, :]
     dn_meta = {"dn_positive_idx": positive_idx, "dn_num_group": num_group, "dn_num_split": [total, num_queries]}
     return content, inverse_sigmoid(boxes), attn_mask, dn_meta
+
+
+def denoising_queries(decoder, targets, num_queries: int):
+    """A DETR decoder's denoising groups in training (its num_denoising, label_noise_ratio,
+    box_noise_scale, denoising_class_embed); four Nones in eval, without targets, or when off."""
+    if not (decoder.training and decoder.num_denoising > 0 and targets is not None):
+        return None, None, None, None
+    return contrastive_denoising_group(
+        targets, decoder.num_classes, num_queries, decoder.denoising_class_embed,
+        num_denoising=decoder.num_denoising, label_noise_ratio=decoder.label_noise_ratio,
+        box_noise_scale=decoder.box_noise_scale)

@@ -116,9 +116,10 @@ def test_anchors_are_cached_for_eval_size_and_made_for_any_other_size():
 
 
 def test_anchors_outside_the_border_margin_are_masked():
-    model = small_decoder()
+    from blocks.decoder._deformable_attention import generate_anchors
+
     # a 1 x 64 map: x centres 0.5/64 = 0.0078 and 63.5/64 = 0.992 lie within eps=0.01 of the border
-    anchors, valid = model._generate_anchors([[1, 64]])
+    anchors, valid = generate_anchors([[1, 64]], eps=small_decoder().eps)
     assert valid.shape == (1, 64, 1)
     assert not valid[0, 0, 0] and not valid[0, -1, 0] and valid[0, 1:-1, 0].all()
     assert torch.isinf(anchors[0, 0]).all() and torch.isfinite(anchors[0, 1:-1]).all()

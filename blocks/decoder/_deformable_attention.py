@@ -72,3 +72,19 @@ def generate_anchors(spatial_shapes, eps: float = 1e-2, grid_size: float = 0.05,
     valid_mask = ((anchors > eps) * (anchors < 1 - eps)).all(-1, keepdim=True)
     anchors = torch.log(anchors / (1 - anchors))
     return torch.where(valid_mask, anchors, torch.inf), valid_mask
+
+
+def initial_queries(topk_memory, topk_boxes_unact, num_queries: int, tgt_embed=None, dn_content=None,
+                    dn_boxes_unact=None):
+    """The decoder's first queries from two-stage selection: content from the selected tokens (or a
+    learned embedding), reference boxes from their predicted boxes, both detached, with the denoising
+    queries in front when there are any."""
+    if tgt_embed is not None:
+        content = tgt_embed.weight[:num_queries].unsqueeze(0).tile([topk_memory.shape[0], 1, 1])
+    else:
+        content = topk_memory.detach()
+    boxes_unact = topk_boxes_unact.detach()
+    if dn_boxes_unact is not None:
+        boxes_unact = torch.cat([dn_boxes_unact, boxes_unact], dim=1)
+        content = torch.cat([dn_content, content], dim=1)
+    return content, boxes_unact

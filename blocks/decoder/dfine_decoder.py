@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
+from blocks.decoder._deformable_attention import generate_anchors, initial_queries
 from blocks.decoder._dfine_parts import (MLP, Integral, TransformerDecoder, TransformerDecoderLayer,
                                          prior_logit, weighting_function)
 from blocks.registry import register
-from models.denoising import contrastive_denoising_group
+from models.denoising import denoising_queries
 
 # Official DFINETransformer state-dict key -> ours (None: not stored, recomputed from the input size).
 # Every other key is identical, so `decoder.<key>` in an official checkpoint is `layers.<row>.<key>` here.
@@ -117,7 +118,7 @@ class DFINEDecoder(nn.Module):
         self.integral = Integral(reg_max)
 
         if self.eval_spatial_size:
-            anchors, valid_mask = self._generate_anchors(self._eval_shapes())
+            anchors, valid_mask = generate_anchors(self._eval_shapes(), eps)
             self.register_buffer("anchors", anchors, persistent=False)
             self.register_buffer("valid_mask", valid_mask, persistent=False)
         self._reset_parameters(feat_channels)
@@ -157,19 +158,6 @@ class DFINEDecoder(nn.Module):
         height, width = self.eval_spatial_size
         return [[int(height / s), int(width / s)] for s in self.feat_strides]
 
-    def _generate_anchors(self, spatial_shapes, grid_size: float = 0.05, device=None):
-        """Anchor logits [1, L, 4] (cell centres, size 0.05 * 2^level) and the mask of those inside
-        (eps, 1 - eps); anchors outside get +inf so their tokens can never win the top-k."""
-        anchors = []
-        for level, (h, w) in enumerate(spatial_shapes):
-            grid_y, grid_x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-            centres = (torch.stack([grid_x, grid_y], dim=-1) + 0.5) / torch.tensor([w, h], dtype=torch.float32)
-            sizes = torch.ones_like(centres) * grid_size * (2.0 ** level)
-            anchors.append(torch.cat([centres, sizes], dim=-1).reshape(1, h * w, 4))
-        anchors = torch.cat(anchors, dim=1).to(device)
-        valid_mask = ((anchors > self.eps) * (anchors < 1 - self.eps)).all(-1, keepdim=True)
-        anchors = torch.log(anchors / (1 - anchors))
-        return torch.where(valid_mask, anchors, torch.inf), valid_mask
 
     def _encoder_input(self, feats: list[Tensor]):
         projected = [proj(feat) for proj, feat in zip(self.input_proj, feats)]
@@ -197,7 +185,7 @@ class DFINEDecoder(nn.Module):
         if not self.training and self.eval_spatial_size and spatial_shapes == self._eval_shapes():
             anchors, valid_mask = self.anchors, self.valid_mask
         else:
-            anchors, valid_mask = self._generate_anchors(spatial_shapes, device=memory.device)
+            anchors, valid_mask = generate_anchors(spatial_shapes, self.eps, device=memory.device)
         anchors = anchors.expand(memory.shape[0], -1, -1)
         memory = valid_mask.to(memory.dtype) * memory
 
@@ -207,14 +195,9 @@ class DFINEDecoder(nn.Module):
         topk_boxes_unact = self.enc_bbox_head(topk_memory) + topk_anchors
         enc_boxes, enc_logits_list = ([F.sigmoid(topk_boxes_unact)], [topk_logits]) if self.training else ([], [])
 
-        if self.learn_query_content:
-            content = self.tgt_embed.weight[:num_queries].unsqueeze(0).tile([memory.shape[0], 1, 1])
-        else:
-            content = topk_memory.detach()
-        boxes_unact = topk_boxes_unact.detach()
-        if dn_boxes_unact is not None:
-            boxes_unact = torch.cat([dn_boxes_unact, boxes_unact], dim=1)
-            content = torch.cat([dn_content, content], dim=1)
+        content, boxes_unact = initial_queries(topk_memory, topk_boxes_unact, num_queries,
+                                               self.tgt_embed if self.learn_query_content else None,
+                                               dn_content, dn_boxes_unact)
         return content, boxes_unact, enc_boxes, enc_logits_list
 
     def forward(self, feats: list[Tensor], targets: list[dict] | None = None) -> dict:
@@ -225,12 +208,7 @@ class DFINEDecoder(nn.Module):
         memory, spatial_shapes = self._encoder_input(feats)
         num_queries = min(self.num_queries, memory.shape[1])
 
-        dn_content = dn_boxes_unact = attn_mask = dn_meta = None
-        if self.training and self.num_denoising > 0 and targets is not None:
-            dn_content, dn_boxes_unact, attn_mask, dn_meta = contrastive_denoising_group(
-                targets, self.num_classes, num_queries, self.denoising_class_embed,
-                num_denoising=self.num_denoising, label_noise_ratio=self.label_noise_ratio,
-                box_noise_scale=self.box_noise_scale)
+        dn_content, dn_boxes_unact, attn_mask, dn_meta = denoising_queries(self, targets, num_queries)
 
         content, boxes_unact, enc_boxes, enc_logits = self._decoder_input(memory, spatial_shapes, num_queries,
                                                                           dn_content, dn_boxes_unact)

@@ -16,11 +16,11 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from blocks.common import activation
-from blocks.decoder._deformable_attention import ProjectedDeformableAttention, generate_anchors
+from blocks.decoder._deformable_attention import ProjectedDeformableAttention, generate_anchors, initial_queries
 from blocks.decoder._dfine_parts import MLP, prior_logit
 from blocks.registry import register
 from models.box_ops import inverse_sigmoid
-from models.denoising import contrastive_denoising_group
+from models.denoising import denoising_queries
 
 QUERY_SELECT_METHODS = ("default", "one2many", "agnostic")
 CROSS_ATTN_METHODS = ("default", "discrete")
@@ -232,14 +232,9 @@ class RTDETRv2Decoder(nn.Module):
         topk_memory, topk_logits, topk_boxes_unact = self._select_topk(output_memory, enc_logits, enc_boxes_unact,
                                                                        num_queries)
         enc_boxes, enc_logits = ([F.sigmoid(topk_boxes_unact)], [topk_logits]) if self.training else ([], [])
-        if self.learn_query_content:
-            content = self.tgt_embed.weight[:num_queries].unsqueeze(0).tile([memory.shape[0], 1, 1])
-        else:
-            content = topk_memory.detach()
-        boxes_unact = topk_boxes_unact.detach()
-        if dn_boxes_unact is not None:
-            boxes_unact = torch.cat([dn_boxes_unact, boxes_unact], dim=1)
-            content = torch.cat([dn_content, content], dim=1)
+        content, boxes_unact = initial_queries(topk_memory, topk_boxes_unact, num_queries,
+                                               self.tgt_embed if self.learn_query_content else None,
+                                               dn_content, dn_boxes_unact)
         return content, boxes_unact, enc_boxes, enc_logits
 
     def forward(self, feats: list[Tensor], targets: list[dict] | None = None) -> dict:
@@ -250,12 +245,7 @@ class RTDETRv2Decoder(nn.Module):
         memory, spatial_shapes = self._encoder_input(feats)
         num_queries = min(self.num_queries, memory.shape[1])
 
-        dn_content = dn_boxes_unact = attn_mask = dn_meta = None
-        if self.training and self.num_denoising > 0 and targets is not None:
-            dn_content, dn_boxes_unact, attn_mask, dn_meta = contrastive_denoising_group(
-                targets, self.num_classes, num_queries, self.denoising_class_embed,
-                num_denoising=self.num_denoising, label_noise_ratio=self.label_noise_ratio,
-                box_noise_scale=self.box_noise_scale)
+        dn_content, dn_boxes_unact, attn_mask, dn_meta = denoising_queries(self, targets, num_queries)
 
         content, boxes_unact, enc_boxes, enc_logits = self._decoder_input(memory, spatial_shapes, num_queries,
                                                                           dn_content, dn_boxes_unact)
