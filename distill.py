@@ -14,22 +14,15 @@ from models.errors import ConfigError, cli_main
 
 
 def parse_args(argv=None):
+    from train import add_run_arguments
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-sc", "--student-config", required=True, help="student run config with a `distill:` section")
     parser.add_argument("-tc", "--teacher-config", help="teacher run config (its graph)")
     parser.add_argument("-tw", "--teacher-weights", help="teacher checkpoint (ours or an official release)")
     parser.add_argument("-tu", "--teacher-update", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override teacher config values")
-    parser.add_argument("-r", "--resume", help="resume a distillation run (student, adapters, optimizer, epoch...)")
-    parser.add_argument("-t", "--tuning", help="start the student from weights (ours or an official release)")
-    parser.add_argument("-d", "--device", help="cpu, cuda, cuda:N (default: cuda when available)")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--use-amp", action="store_true", help="mixed precision (bf16 where supported, else fp16)")
-    parser.add_argument("-u", "--update", nargs="+", default=[], metavar="KEY=VALUE", help="override student config values")
-    parser.add_argument("--output-dir")
-    parser.add_argument("--summary-dir")
-    parser.add_argument("--auto-resume", action="store_true", help="continue from OUTPUT_DIR/last.pth when it exists")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -38,9 +31,9 @@ def main(argv=None):
     from engine import dist
     from engine.config import load_config
     from engine.distill import DistillSolver
+    from train import check_weight_flags
 
-    if args.resume and args.tuning:
-        raise ConfigError("-r and -t cannot be combined", hint="-r continues a run; -t starts a new one from weights")
+    check_weight_flags(args)
     if bool(args.teacher_config) != bool(args.teacher_weights):
         raise ConfigError("-tc and -tw go together", where="-tc/-tw", hint="the teacher's config and its weights")
     cfg = load_config(args.student_config, args.update)

@@ -11,20 +11,29 @@ import argparse
 from models.errors import ConfigError, cli_main
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="run config (.yml)")
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every training entry point shares (train.py, distill.py)."""
     parser.add_argument("-r", "--resume", help="resume training (model, EMA, optimizer, epoch...) or --test-only weights")
     parser.add_argument("-t", "--tuning", help="fine-tune from weights (ours or an official release)")
     parser.add_argument("-d", "--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--use-amp", action="store_true", help="mixed precision (bf16 where supported, else fp16)")
-    parser.add_argument("--test-only", action="store_true", help="evaluate -r weights on the val set")
     parser.add_argument("-u", "--update", nargs="+", default=[], metavar="KEY=VALUE", help="override config values")
     parser.add_argument("--output-dir")
     parser.add_argument("--summary-dir")
     parser.add_argument("--auto-resume", action="store_true", help="continue from OUTPUT_DIR/last.pth when it exists")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def check_weight_flags(args) -> None:
+    check_weight_flags(args)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help="run config (.yml)")
+    parser.add_argument("--test-only", action="store_true", help="evaluate -r weights on the val set")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -34,8 +43,7 @@ def main(argv=None):
     from engine.config import load_config
     from engine.solver import Solver
 
-    if args.resume and args.tuning:
-        raise ConfigError("-r and -t cannot be combined", hint="-r continues a run; -t starts a new one from weights")
+    check_weight_flags(args)
     if args.test_only and not args.resume:
         raise ConfigError("--test-only needs the weights to evaluate", hint="add -r path/to/best_stg2.pth")
     cfg = load_config(args.config, args.update)
