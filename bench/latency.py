@@ -11,8 +11,8 @@ network plus post-processor, whose top-k adds well under a millisecond) run by o
 same thread count. The three run in turn within each repeat, so a load change on a shared machine
 hits them alike. Median and 90th percentile in ms; GFLOP/s = the deploy model's FLOPs (counted as
 `python -m analyze.info` counts them) over the median time, and "% peak" relates that to this
-machine's fp32 matmul rate with the same threads, measured in the same run (best of before and
-after the graphs). Figures depend on the machine; they are printed, never asserted."""
+machine's fp32 matmul rate with the same threads, measured in the same run (the better of torch.mm
+and onnxruntime's MatMul, best of before and after the graphs). Figures depend on the machine; they are printed, never asserted."""
 from __future__ import annotations
 
 import argparse
@@ -42,17 +42,35 @@ DEFAULT_GRAPHS = ["graphs/dfine/dfine-n.yaml", "graphs/dfine/dfine-s.yaml",
                   "graphs/deformable-detr/deformable-detr-r50.yaml"]
 
 
-def matmul_peak_gflops(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
-    """Best fp32 GFLOP/s of a square matmul (2 n^3 FLOPs) over repeated runs."""
-    torch.set_num_threads(threads)
-    a, b = torch.rand(size, size), torch.rand(size, size)
+def best_gflops(run, flops: float, seconds: float) -> float:
+    run()
     best, end = 0.0, time.perf_counter() + seconds
-    torch.mm(a, b)
     while time.perf_counter() < end:
         start = time.perf_counter()
-        torch.mm(a, b)
-        best = max(best, 2 * size ** 3 / (time.perf_counter() - start) / 1e9)
+        run()
+        best = max(best, flops / (time.perf_counter() - start) / 1e9)
     return best
+
+
+def matmul_peak_gflops(threads: int, with_onnx: bool, size: int = 1024, seconds: float = 1.0) -> dict[str, float]:
+    """Best fp32 GFLOP/s of a square matmul (2 n^3 FLOPs) by torch.mm and by onnxruntime's MatMul:
+    the two BLAS libraries differ by up to 2x on one CPU, so the machine's peak is the better one."""
+    torch.set_num_threads(threads)
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    peaks = {"torch": best_gflops(lambda: torch.mm(a, b), 2 * size ** 3, seconds)}
+    if with_onnx:
+        import onnxruntime
+        from onnx import TensorProto, helper
+
+        tensors = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [size, size]) for name in "ABC"]
+        graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "matmul", tensors[:2], tensors[2:])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feed = {"A": a.numpy(), "B": b.numpy()}
+        peaks["onnxruntime"] = best_gflops(lambda: session.run(None, feed), 2 * size ** 3, seconds)
+    return peaks
 
 
 def percentile(times: list[float], q: float) -> float:
@@ -173,17 +191,18 @@ def main(argv=None):
             print('onnxruntime is not installed (pip install -e ".[export]"): timing PyTorch only')
             with_onnx = False
     load_before = os.getloadavg()[0]
-    peak_before = matmul_peak_gflops(args.threads)
+    peaks_before = matmul_peak_gflops(args.threads, with_onnx)
     rows = []
     for path in args.graphs:  # the table waits for the closing peak measurement; progress goes to stderr
         rows.append(measure(path, args.imgsz, args.threads, args.repeats, args.warmup, with_onnx, args.rows))
         print(f"{path}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[-1].items() if k.endswith("_ms")),
               file=sys.stderr, flush=True)
-    peak = max(peak_before, matmul_peak_gflops(args.threads))
+    peaks = {name: max(rate, peaks_before[name]) for name, rate in matmul_peak_gflops(args.threads, with_onnx).items()}
+    peak = max(peaks.values())
     # the load average says how much other work shared the cores (2-thread runs suffer most from it)
-    print(f"CPU, {args.threads} threads, batch 1, median and p90 of {args.repeats} (ms); "
-          f"fp32 matmul peak {peak:.1f} GFLOP/s (before {peak_before:.1f}); "
-          f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print(f"CPU, {args.threads} threads, batch 1, median and p90 of {args.repeats} (ms); fp32 matmul peak "
+          f"{peak:.1f} GFLOP/s ({', '.join(f'{name} {rate:.1f}' for name, rate in peaks.items())}; best of before "
+          f"and after); load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     names = ("eval", "deploy", "onnxrt") if with_onnx else ("eval", "deploy")
     print(header(names))
     for row in rows:
