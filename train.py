@@ -26,7 +26,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_weight_flags(args) -> None:
-    check_weight_flags(args)
+    if args.resume and args.tuning:
+        raise ConfigError("-r and -t cannot be combined", hint="-r continues a run; -t starts a new one from weights")
 
 
 def parse_args(argv=None):
