@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -15,22 +16,19 @@ from engine import checkpoint  # noqa: E402
 from engine.onnx_runtime import OnnxDetector  # noqa: E402
 from models import build_model  # noqa: E402
 from models.postprocess import PostProcessor  # noqa: E402
-from tests.engine_helpers import TINY_GRAPH, write_config  # noqa: E402
+from tests.engine_helpers import REPO, TINY_GRAPH, write_config  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
 
 NAMES = ["circle", "square", "triangle"]
 
 
-def tiny_model(seed: int = 0):
-    """TINY_GRAPH with every weight nudged and the score heads' prior bias (-4.6) cleared, so scores
-    and boxes spread out (fresh box heads are zero: every box would sit on its anchor)."""
-    torch.manual_seed(seed)
-    model = build_model(TINY_GRAPH, check=False)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "score_head" in name and name.endswith("bias"):
-                p.zero_()
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+def tiny_model():
+    """TINY_GRAPH with its weights nudged (bench/export_check.py), so scores and boxes spread out."""
+    from export_check import nudge_weights
+
+    torch.manual_seed(0)
+    return nudge_weights(build_model(TINY_GRAPH, check=False))
 
 
 def tiny_detector() -> export.DeployModel:
@@ -153,13 +151,8 @@ def test_trt_is_skipped_with_the_reason_without_gpu_or_tensorrt(tiny_onnx, capsy
 
 
 def test_latency_bench_times_three_backends_and_uses_analyze_info_flops():
-    import sys
-
-    from analyze.info import model_info
-    from tests.engine_helpers import REPO
-
-    sys.path.insert(0, str(REPO / "bench"))
     import latency
+    from analyze.info import model_info
 
     row = latency.measure("graphs/examples/tiny_deim.yaml", 64, threads=1, repeats=2, warmup=1, with_onnx=True,
                           rows=True)
