@@ -17,7 +17,7 @@ from models.postprocess import PostProcessor
 from tests.official_weights import deterministic_fill, layout_hash, sample_images, to_official_layout
 
 GRAPH = Path(__file__).resolve().parents[1] / "graphs/deformable-detr/deformable-detr-r50.yaml"
-REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/official_models.json"
+REFERENCE = Path(__file__).resolve().parent / "data/official_models.json"  # the official zoos' figures
 HF_FULL_LAYOUT = (585, "0dc8319ac8aaefbb")     # DeformableDetrForObjectDetection(num_labels=91), transformers 5.23
 HF_TINY_LAYOUT = (369, "14f0ebe4c824dd43")
 NOT_IN_HF = ("num_points_scale",)  # our deformable attention's constant buffer; the converter fills it
@@ -43,8 +43,7 @@ def spec(**decoder) -> dict:
 
 
 def test_params_equal_hf_count():
-    expected = json.loads(REFERENCE.read_text())["models"]["deformable-detr-r50"]["params"] if REFERENCE.is_file() \
-        else 40_069_665
+    expected = json.loads(REFERENCE.read_text())["models"]["deformable-detr-r50"]["params"]
     model = build_model(GRAPH, check=False)
     assert count_params(model) == expected
     # frozen as the reference: BN statistics are buffers; the stem and layer1 do not train

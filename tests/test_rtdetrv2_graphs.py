@@ -1,7 +1,7 @@
 """RT-DETRv2 and DEIM-RT-DETRv2 graphs: official parameter counts, the official state-dict layout,
 eval outputs equal to the official implementation's, and a training step at a small size.
 
-Counts come from shared/reference/official_models.json. Layout hashes and output numbers were
+Counts come from tests/data/official_models.json. Layout hashes and output numbers were
 recorded by running lyuwenyu/RT-DETR (rtdetrv2_pytorch) and ShihuaHuang95/DEIM outside the repo,
 with tests/official_weights.py's fill and image."""
 import json
@@ -19,7 +19,7 @@ from models.criterion import build_criterion
 from tests.official_weights import deterministic_fill, layout_hash, sample_images, to_official_layout
 
 GRAPHS = Path(__file__).resolve().parents[1] / "graphs"
-REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/official_models.json"
+REFERENCE = Path(__file__).resolve().parent / "data/official_models.json"  # the official zoos' figures
 SIZES = ["r18", "r34", "r50m", "r50", "r101"]
 NAMES = [f"rtdetrv2-{s}" for s in SIZES] + [f"deim-rtdetrv2-{s}" for s in SIZES]
 TARGETS = [{"labels": torch.tensor([1, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.3, 0.1, 0.1]])},
@@ -43,8 +43,6 @@ def tiny(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def reference():
-    if not REFERENCE.is_file():
-        pytest.skip(f"{REFERENCE} not present")
     return json.loads(REFERENCE.read_text())["models"]
 
 
