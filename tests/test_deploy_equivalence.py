@@ -1,0 +1,47 @@
+"""deploy() keeps a detector's outputs: conv+BN folded, RepVGG branches merged, decoder layers past
+eval_idx and training-only heads dropped.
+
+Compared as sets of (logits, box) rows: query selection is a top-k over encoder scores, and with random
+weights many scores are near-tied, so float noise of ~1e-7 from folding reorders queries (the official
+models reorder against their own deploy() the same way). At 160 px these graphs have fewer encoder
+tokens than queries, so every token is selected and only the order can change."""
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from export_check import nudge_weights  # noqa: E402  (the export tests' nudge)
+
+GRAPHS = ["graphs/dfine/dfine-n.yaml", "graphs/deim/deim-n.yaml", "graphs/rtdetrv2/rtdetrv2-r18.yaml",
+          "graphs/deimv2/deimv2-atto.yaml"]
+
+
+def nudged(model: torch.nn.Module) -> torch.nn.Module:
+    """Weights and BN statistics moved off their initialisation, so folding has something to fold."""
+    nudge_weights(model)
+    generator = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=generator) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=generator) + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_deploy_gives_the_eval_outputs(graph):
+    model = nudged(build_model(graph, imgsz=160, check=False))
+    images = torch.rand(2, 3, 160, 160, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(images)
+        deployed = copy.deepcopy(model).deploy()(images)
+    rows = [torch.cat([out["pred_logits"], out["pred_boxes"]], -1) for out in (expected, deployed)]
+    assert rows[0].shape == rows[1].shape
+    for image in range(2):
+        distance = torch.cdist(rows[0][image], rows[1][image], p=float("inf"))
+        assert distance.min(1).values.max() < 1e-4  # every eval row is in the deployed output
+        assert distance.min(0).values.max() < 1e-4  # and every deployed row in the eval output
