@@ -81,15 +81,16 @@ def require(module: str):
         raise ConfigError(f"`{module}` is not installed", hint='pip install -e ".[export]"') from None
 
 
-def export_onnx(detector: DeployModel, path: str | Path, imgsz, opset: int = 17, dynamic_batch: bool = False,
-                simplify: bool = False, metadata: dict[str, str] | None = None) -> Path:
-    """Trace `detector` at batch 1 and write an ONNX file (batch dimension named when dynamic)."""
+def export_onnx(detector: nn.Module, path: str | Path, imgsz, opset: int = 17, dynamic_batch: bool = False,
+                simplify: bool = False, metadata: dict[str, str] | None = None, output_names=OUTPUT_NAMES) -> Path:
+    """Trace `detector` (called with images and orig_target_sizes) at batch 1 and write an ONNX
+    file (batch dimension named when dynamic)."""
     onnx = require("onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = imgsz
     example = (torch.rand(1, 3, height, width), torch.tensor([[width, height]], dtype=torch.int64))
-    axes = {name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES} if dynamic_batch else None
+    axes = {name: {0: "batch"} for name in (*INPUT_NAMES, *output_names)} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
         # the tracer warns where Python reads a shape (query count, anchor cache, top-k size): all of
         # them depend on H and W only, which the exported graph fixes
@@ -97,7 +98,7 @@ def export_onnx(detector: DeployModel, path: str | Path, imgsz, opset: int = 17,
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(detector, example, str(path), input_names=list(INPUT_NAMES),
-                          output_names=list(OUTPUT_NAMES), opset_version=opset, dynamic_axes=axes,
+                          output_names=list(output_names), opset_version=opset, dynamic_axes=axes,
                           do_constant_folding=True, dynamo=False)
     model = onnx.load(str(path))
     if simplify:
