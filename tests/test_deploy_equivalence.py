@@ -3,8 +3,9 @@ eval_idx and training-only heads dropped.
 
 Compared as sets of (logits, box) rows: query selection is a top-k over encoder scores, and with random
 weights many scores are near-tied, so float noise of ~1e-7 from folding reorders queries (the official
-models reorder against their own deploy() the same way). At 160 px these graphs have fewer encoder
-tokens than queries, so every token is selected and only the order can change."""
+models reorder against their own deploy() the same way). At 96 px these graphs have fewer encoder
+tokens than queries (at most 12x12 + 6x6 + 3x3 = 189 against 300), so every token is selected and
+only the order can change."""
 import copy
 import sys
 from pathlib import Path
@@ -34,8 +35,9 @@ def nudged(model: torch.nn.Module) -> torch.nn.Module:
 
 @pytest.mark.parametrize("graph", GRAPHS)
 def test_deploy_gives_the_eval_outputs(graph):
-    model = nudged(build_model(graph, imgsz=160, check=False))
-    images = torch.rand(2, 3, 160, 160, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    model = nudged(build_model(graph, imgsz=96, check=False))
+    images = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(images)
         deployed = copy.deepcopy(model).deploy()(images)

@@ -46,8 +46,9 @@ def section_span(readme: str) -> tuple[int, int] | None:
 
 
 def readme_section(readme: str) -> str:
+    """The section as rendered: without the blank line that separates it from a following section."""
     span = section_span(readme)
-    return readme[span[0]:span[1]] if span else ""
+    return readme[span[0]:span[1]].rstrip("\n") + "\n" if span else ""
 
 
 def main() -> None:
@@ -58,7 +59,8 @@ def main() -> None:
     readme = path.read_text()
     span = section_span(readme)
     if span:
-        readme = readme[:span[0]] + render(CASES) + readme[span[1]:]
+        following = readme[span[1]:]
+        readme = readme[:span[0]] + render(CASES) + ("\n" + following if following else "")
     else:
         readme = readme.rstrip("\n") + "\n\n" + render(CASES)
     path.write_text(readme)
