@@ -88,3 +88,34 @@ def initial_queries(topk_memory, topk_boxes_unact, num_queries: int, tgt_embed=N
         boxes_unact = torch.cat([dn_boxes_unact, boxes_unact], dim=1)
         content = torch.cat([dn_content, content], dim=1)
     return content, boxes_unact
+
+
+class TwoStageSelection:
+    """Query selection shared by the two-stage DETR decoders (D-FINE, DEIMv2, RT-DETRv2). The decoder
+    provides eval_spatial_size, feat_strides, eps, query_select_method, num_classes, and the `anchors` /
+    `valid_mask` buffers built for eval_spatial_size."""
+
+    def _eval_shapes(self) -> list[list[int]]:
+        height, width = self.eval_spatial_size
+        return [[int(height / s), int(width / s)] for s in self.feat_strides]
+
+    def _anchors(self, spatial_shapes, device):
+        """The cached anchors at the eval size in eval mode; anchors for this input otherwise."""
+        if not self.training and self.eval_spatial_size and spatial_shapes == self._eval_shapes():
+            return self.anchors, self.valid_mask
+        return generate_anchors(spatial_shapes, self.eps, device=device)
+
+    def _select_topk(self, memory, logits, other, topk: int):
+        """The top-k tokens by class score: their memory, logits (training only) and `other` rows."""
+        if self.query_select_method == "default":
+            _, index = torch.topk(logits.max(-1).values, topk, dim=-1)
+        elif self.query_select_method == "one2many":
+            _, index = torch.topk(logits.flatten(1), topk, dim=-1)
+            index = index // self.num_classes
+        else:
+            _, index = torch.topk(logits.squeeze(-1), topk, dim=-1)
+
+        def pick(x):
+            return x.gather(dim=1, index=index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+        return pick(memory), pick(logits) if self.training else None, pick(other)

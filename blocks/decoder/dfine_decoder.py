@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
-from blocks.decoder._deformable_attention import generate_anchors, initial_queries
+from blocks.decoder._deformable_attention import TwoStageSelection, generate_anchors, initial_queries
 from blocks.decoder._dfine_parts import (MLP, Integral, TransformerDecoder, TransformerDecoderLayer,
                                          prior_logit, weighting_function)
 from blocks.registry import register
@@ -38,7 +38,7 @@ CROSS_ATTN_METHODS = ("default", "discrete")
     "shapes": [(2, 16, 16, 16), (2, 32, 8, 8), (2, 32, 4, 4)],
     "kwargs": {"num_classes": 3, "hidden_dim": 32, "num_queries": 10, "num_points": [2, 2, 2], "nhead": 4,
                "num_layers": 2, "dim_feedforward": 64, "num_denoising": 6, "reg_max": 8}})
-class DFINEDecoder(nn.Module):
+class DFINEDecoder(TwoStageSelection, nn.Module):
     # the choices DEIMv2Decoder changes (D-FINE's here): decoder-layer norm / FFN / gateway, head sharing,
     # and DEIMv2's query head (no enc_output, a 3-layer query_pos_head embedding the initial boxes once)
     _layer_norm, _ffn, _use_gateway = "layer", "mlp", True
@@ -154,11 +154,6 @@ class DFINEDecoder(nn.Module):
             if c_in != self.hidden_dim:
                 init.xavier_uniform_(projection[0].weight)
 
-    def _eval_shapes(self) -> list[list[int]]:
-        height, width = self.eval_spatial_size
-        return [[int(height / s), int(width / s)] for s in self.feat_strides]
-
-
     def _encoder_input(self, feats: list[Tensor]):
         projected = [proj(feat) for proj, feat in zip(self.input_proj, feats)]
         for proj in self.input_proj[len(feats):]:
@@ -167,25 +162,8 @@ class DFINEDecoder(nn.Module):
         memory = torch.cat([p.flatten(2).permute(0, 2, 1) for p in projected], 1)
         return memory, spatial_shapes
 
-    def _select_topk(self, memory: Tensor, logits: Tensor, anchors: Tensor, topk: int):
-        if self.query_select_method == "default":
-            _, index = torch.topk(logits.max(-1).values, topk, dim=-1)
-        elif self.query_select_method == "one2many":
-            _, index = torch.topk(logits.flatten(1), topk, dim=-1)
-            index = index // self.num_classes
-        else:
-            _, index = torch.topk(logits.squeeze(-1), topk, dim=-1)
-
-        def pick(x):
-            return x.gather(dim=1, index=index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-        return pick(memory), pick(logits) if self.training else None, pick(anchors)
-
     def _decoder_input(self, memory: Tensor, spatial_shapes, num_queries: int, dn_content=None, dn_boxes_unact=None):
-        if not self.training and self.eval_spatial_size and spatial_shapes == self._eval_shapes():
-            anchors, valid_mask = self.anchors, self.valid_mask
-        else:
-            anchors, valid_mask = generate_anchors(spatial_shapes, self.eps, device=memory.device)
+        anchors, valid_mask = self._anchors(spatial_shapes, memory.device)
         anchors = anchors.expand(memory.shape[0], -1, -1)
         memory = valid_mask.to(memory.dtype) * memory
 

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from blocks.common import activation
-from blocks.decoder._deformable_attention import ProjectedDeformableAttention, generate_anchors, initial_queries
+from blocks.decoder._deformable_attention import (ProjectedDeformableAttention, TwoStageSelection, generate_anchors,
+                                                  initial_queries)
 from blocks.decoder._dfine_parts import MLP, prior_logit
 from blocks.registry import register
 from models.box_ops import inverse_sigmoid
@@ -95,7 +96,7 @@ class RefiningDecoder(nn.Module):
     "shapes": [(2, 16, 16, 16), (2, 32, 8, 8), (2, 32, 4, 4)],
     "kwargs": {"num_classes": 3, "hidden_dim": 32, "num_queries": 10, "num_points": [2, 2, 2], "nhead": 4,
                "num_layers": 2, "dim_feedforward": 64, "num_denoising": 6}})
-class RTDETRv2Decoder(nn.Module):
+class RTDETRv2Decoder(TwoStageSelection, nn.Module):
     def __init__(self, in_channels: list[int], num_classes: int = 80, hidden_dim: int = 256, num_queries: int = 300,
                  feat_strides=(8, 16, 32), num_levels: int = 3, num_points=4, nhead: int = 8, num_layers: int = 6,
                  dim_feedforward: int = 1024, dropout: float = 0.0, activation: str = "relu", num_denoising: int = 100,
@@ -194,10 +195,6 @@ class RTDETRv2Decoder(nn.Module):
         for projection in self.input_proj:
             init.xavier_uniform_(projection[0].weight)
 
-    def _eval_shapes(self) -> list[list[int]]:
-        height, width = self.eval_spatial_size
-        return [[int(height / s), int(width / s)] for s in self.feat_strides]
-
     def _encoder_input(self, feats: list[Tensor]):
         projected = [proj(feat) for proj, feat in zip(self.input_proj, feats)]
         for proj in self.input_proj[len(feats):]:
@@ -205,25 +202,8 @@ class RTDETRv2Decoder(nn.Module):
         spatial_shapes = [list(p.shape[2:]) for p in projected]
         return torch.cat([p.flatten(2).permute(0, 2, 1) for p in projected], 1), spatial_shapes
 
-    def _select_topk(self, memory: Tensor, logits: Tensor, boxes_unact: Tensor, topk: int):
-        if self.query_select_method == "default":
-            _, index = torch.topk(logits.max(-1).values, topk, dim=-1)
-        elif self.query_select_method == "one2many":
-            _, index = torch.topk(logits.flatten(1), topk, dim=-1)
-            index = index // self.num_classes
-        else:
-            _, index = torch.topk(logits.squeeze(-1), topk, dim=-1)
-
-        def pick(x):
-            return x.gather(dim=1, index=index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-        return pick(memory), pick(logits), pick(boxes_unact)
-
     def _decoder_input(self, memory: Tensor, spatial_shapes, num_queries: int, dn_content=None, dn_boxes_unact=None):
-        if not self.training and self.eval_spatial_size and spatial_shapes == self._eval_shapes():
-            anchors, valid_mask = self.anchors, self.valid_mask
-        else:
-            anchors, valid_mask = generate_anchors(spatial_shapes, self.eps, device=memory.device)
+        anchors, valid_mask = self._anchors(spatial_shapes, memory.device)
         memory = valid_mask.to(memory.dtype) * memory
         output_memory = self.enc_output(memory)
         enc_logits = self.enc_score_head(output_memory)
