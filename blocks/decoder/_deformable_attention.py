@@ -95,6 +95,20 @@ class TwoStageSelection:
     provides eval_spatial_size, feat_strides, eps, query_select_method, num_classes, and the `anchors` /
     `valid_mask` buffers built for eval_spatial_size."""
 
+    def _first_queries(self, feats, targets):
+        """Encoder tokens, the decoder's first queries (denoising groups in front when training), the
+        encoder's top-k outputs, the attention mask and the denoising meta. An input too small to hold
+        num_queries tokens gives one query per token."""
+        from models.denoising import denoising_queries
+
+        feats = [feats] if isinstance(feats, torch.Tensor) else feats
+        memory, spatial_shapes = self._encoder_input(feats)
+        num_queries = min(self.num_queries, memory.shape[1])
+        dn_content, dn_boxes_unact, attn_mask, dn_meta = denoising_queries(self, targets, num_queries)
+        content, boxes_unact, enc_boxes, enc_logits = self._decoder_input(memory, spatial_shapes, num_queries,
+                                                                          dn_content, dn_boxes_unact)
+        return memory, spatial_shapes, content, boxes_unact, enc_boxes, enc_logits, attn_mask, dn_meta
+
     def _eval_shapes(self) -> list[list[int]]:
         height, width = self.eval_spatial_size
         return [[int(height / s), int(width / s)] for s in self.feat_strides]

@@ -24,7 +24,6 @@ from blocks.decoder._deformable_attention import TwoStageSelection, generate_anc
 from blocks.decoder._dfine_parts import (MLP, Integral, TransformerDecoder, TransformerDecoderLayer,
                                          prior_logit, weighting_function)
 from blocks.registry import register
-from models.denoising import denoising_queries
 
 # Official DFINETransformer state-dict key -> ours (None: not stored, recomputed from the input size).
 # Every other key is identical, so `decoder.<key>` in an official checkpoint is `layers.<row>.<key>` here.
@@ -182,14 +181,8 @@ class DFINEDecoder(TwoStageSelection, nn.Module):
         """feats: the input maps, finest first; targets: training boxes (cxcywh, normalised) for denoising.
 
         An input too small to hold num_queries tokens gives one query per token instead of failing."""
-        feats = [feats] if isinstance(feats, Tensor) else feats
-        memory, spatial_shapes = self._encoder_input(feats)
-        num_queries = min(self.num_queries, memory.shape[1])
-
-        dn_content, dn_boxes_unact, attn_mask, dn_meta = denoising_queries(self, targets, num_queries)
-
-        content, boxes_unact, enc_boxes, enc_logits = self._decoder_input(memory, spatial_shapes, num_queries,
-                                                                          dn_content, dn_boxes_unact)
+        memory, spatial_shapes, content, boxes_unact, enc_boxes, enc_logits, attn_mask, dn_meta = \
+            self._first_queries(feats, targets)
         project = getattr(self, "project", None)
         if project is None:
             project = weighting_function(self.reg_max, self.up, self.reg_scale)

@@ -21,7 +21,6 @@ from blocks.decoder._deformable_attention import (ProjectedDeformableAttention, 
 from blocks.decoder._dfine_parts import MLP, prior_logit
 from blocks.registry import register
 from models.box_ops import inverse_sigmoid
-from models.denoising import denoising_queries
 
 QUERY_SELECT_METHODS = ("default", "one2many", "agnostic")
 CROSS_ATTN_METHODS = ("default", "discrete")
@@ -221,14 +220,8 @@ class RTDETRv2Decoder(TwoStageSelection, nn.Module):
         """feats: the input maps, finest first; targets: training boxes (cxcywh, normalised) for denoising.
 
         An input too small to hold num_queries tokens gives one query per token instead of failing."""
-        feats = [feats] if isinstance(feats, Tensor) else feats
-        memory, spatial_shapes = self._encoder_input(feats)
-        num_queries = min(self.num_queries, memory.shape[1])
-
-        dn_content, dn_boxes_unact, attn_mask, dn_meta = denoising_queries(self, targets, num_queries)
-
-        content, boxes_unact, enc_boxes, enc_logits = self._decoder_input(memory, spatial_shapes, num_queries,
-                                                                          dn_content, dn_boxes_unact)
+        memory, spatial_shapes, content, boxes_unact, enc_boxes, enc_logits, attn_mask, dn_meta = \
+            self._first_queries(feats, targets)
         out_boxes, out_logits = self.decoder(content, boxes_unact, memory, spatial_shapes, self.dec_bbox_head,
                                              self.dec_score_head, self.query_pos_head, attn_mask=attn_mask)
         if dn_meta is not None:  # a batch without boxes gives empty denoising groups
