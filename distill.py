@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 
-from models.errors import ConfigError, cli_main
+from core.errors import ConfigError, cli_main
+from engine.cli import add_run_arguments, check_weight_flags
 
 
 def parse_args(argv=None):
-    from train import add_run_arguments
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-sc", "--student-config", required=True, help="student run config with a `distill:` section")
     parser.add_argument("-tc", "--teacher-config", help="teacher run config (its graph)")
@@ -28,10 +27,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from engine import dist
+    from core import dist
     from engine.config import load_config
     from engine.distill import DistillSolver
-    from train import check_weight_flags
 
     check_weight_flags(args)
     if bool(args.teacher_config) != bool(args.teacher_weights):

@@ -17,121 +17,11 @@ from pathlib import Path
 
 import torch
 
-from models.errors import CheckpointError, ConfigError, cli_main
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
-
-
-def eval_preprocessing(cfg: dict, imgsz) -> dict:
-    """Resize size/letterbox and normalisation of the val pipeline (what the model was evaluated with)."""
-    from engine.config import get
-
-    options = {"imgsz": list(imgsz), "letterbox": False, "normalize": False}
-    for op in get(cfg, "val_dataloader.dataset.transforms.ops", []) or []:
-        if not isinstance(op, dict):
-            continue
-        if op.get("type") == "Resize":
-            options["imgsz"] = op.get("size", options["imgsz"])
-            options["letterbox"] = bool(op.get("letterbox", False))
-        if op.get("type") == "Normalize":
-            options["normalize"] = (op["mean"], op["std"]) if "mean" in op and "std" in op else True
-    return options
-
-
-def load_detector(cfg: dict, checkpoint_path: str, device: torch.device):
-    """Rebuild the model from the checkpoint's graph spec (falling back to the config's graph)."""
-    from engine import checkpoint
-    from models import build_model
-    from models.postprocess import PostProcessor
-
-    state = checkpoint.load(checkpoint_path)
-    meta = state.get("meta", {})
-    weights, _ = checkpoint.model_weights(state)
-    graph = meta.get("graph_spec") or cfg.get("graph")
-    if not graph:
-        raise ConfigError("no graph to build: the checkpoint stores none and the config has no `graph`", where="graph")
-    nc = meta.get("nc") or cfg.get("nc")
-    model = build_model(graph, nc=nc, scale=meta.get("scale") or cfg.get("scale"),
-                        imgsz=meta.get("imgsz") or cfg.get("imgsz"), check=False)
-    weights, conversion = checkpoint.convert_if_official(weights, model)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"{checkpoint_path} does not fit the graph: {str(err).splitlines()[0]}",
-                              hint="pass the config the checkpoint was trained with") from None
-    post_cfg = {k: v for k, v in (cfg.get("postprocessor") or {}).items() if k != "type"}
-    post_cfg["num_classes"] = model.nc
-    postprocessor = PostProcessor(**post_cfg)
-    return model.to(device).eval(), postprocessor.to(device).eval(), meta
-
-
-def collect_inputs(path: Path) -> tuple[list[Path], list[Path]]:
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
-    elif path.is_file():
-        files = [path]
-    else:
-        raise ConfigError(f"input not found: {path}", where="-i", hint="an image, a video or a folder of them")
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
-    if not images and not videos:
-        raise ConfigError(f"no images or videos in {path}", where="-i",
-                          hint=f"supported: {', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}")
-    return images, videos
-
-
-class Predictor:
-    """`postprocessor=None` means `model` already ends in the post-processor and returns the
-    (labels, boxes, scores) tuple, as an exported file run by `engine.onnx_runtime.OnnxDetector` does."""
-
-    def __init__(self, model, postprocessor, preprocessing: dict, device, conf: float, names: list[str]):
-        self.model, self.postprocessor, self.pre = model, postprocessor, preprocessing
-        self.device, self.conf, self.names = device, conf, names
-
-    def detect(self, images: torch.Tensor, sizes: torch.Tensor) -> dict:
-        """Detections of the first image: labels, boxes (xyxy, network-input pixels), scores."""
-        if self.postprocessor is None:
-            labels, boxes, scores = self.model(images, sizes)
-            return {"labels": labels[0], "boxes": boxes[0], "scores": scores[0]}
-        return self.postprocessor(self.model(images.to(self.device)), sizes.to(self.device))[0]
-
-    @torch.no_grad()
-    def __call__(self, pil_image) -> list[dict]:
-        from data.transforms import preprocess_image, restore_boxes
-
-        tensor, info = preprocess_image(pil_image, self.pre["imgsz"], self.pre["letterbox"], self.pre["normalize"])
-        height, width = tensor.shape[1:]
-        result = self.detect(tensor[None], torch.tensor([[width, height]]))
-        keep = result["scores"] >= self.conf
-        boxes = restore_boxes(result["boxes"][keep].float().cpu(), info["scale"], info["pad"], info["orig_size"])
-        return [{"label": int(label), "class": self.name(int(label)), "score": round(float(score), 4),
-                 "box": [round(v, 1) for v in box]}
-                for label, score, box in zip(result["labels"][keep].tolist(), result["scores"][keep].tolist(),
-                                             boxes.tolist())]
-
-    def name(self, label: int) -> str:
-        return self.names[label] if label < len(self.names) else str(label)
-
-
-def draw(pil_image, detections: list[dict]):
-    from PIL import ImageDraw
-
-    from engine.logger import PALETTE
-
-    image = pil_image.convert("RGB")
-    pen = ImageDraw.Draw(image)
-    width = max(1, round(max(image.size) / 400))
-    for det in detections:
-        color = PALETTE[det["label"] % len(PALETTE)]
-        x0, y0, x1, y1 = det["box"]
-        pen.rectangle([x0, y0, x1, y1], outline=color, width=width)
-        text = f"{det['class']} {det['score']:.2f}"
-        left, top, right, bottom = pen.textbbox((x0, y0), text)
-        pen.rectangle([x0, y0 - (bottom - top) - 2, x0 + (right - left) + 2, y0], fill=color)
-        pen.text((x0 + 1, y0 - (bottom - top) - 2), text, fill=(255, 255, 255))
-    return image
-
+from core.drawing import draw_detections
+from core.errors import ConfigError, cli_main
+from data.pipeline import eval_preprocessing
+from engine.inference import Predictor, collect_inputs
+from models.factory import load_detector
 
 def predict_video(predictor: Predictor, path: Path, out_dir: Path) -> list[dict]:
     import cv2
@@ -153,7 +43,7 @@ def predict_video(predictor: Predictor, path: Path, out_dir: Path) -> list[dict]
             break
         image = Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
         detections = predictor(image)
-        writer.write(cv2.cvtColor(np.asarray(draw(image, detections)), cv2.COLOR_RGB2BGR))
+        writer.write(cv2.cvtColor(np.asarray(draw_detections(image, detections)), cv2.COLOR_RGB2BGR))
         frames.append({"frame": index, "detections": detections})
         index += 1
     capture.release()
@@ -223,7 +113,7 @@ def main(argv=None):
                               hint="or run an exported file: --backend onnx -m model.onnx")
         cfg = load_config(args.config, args.update)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, postprocessor, meta = load_detector(cfg, args.resume, device)
+        model, postprocessor, meta = load_detector(args.resume, cfg, device)
         names = class_names(args.classes, list(meta.get("names") or []), model.nc)
         predictor = Predictor(model, postprocessor, eval_preprocessing(cfg, model.imgsz), device, args.conf, names)
     images, videos = collect_inputs(Path(args.input))
@@ -233,7 +123,7 @@ def main(argv=None):
     for path in images:
         with Image.open(path) as image:
             detections = predictor(image)
-            draw(image, detections).save(out_dir / f"{path.stem}.jpg", quality=95)
+            draw_detections(image, detections).save(out_dir / f"{path.stem}.jpg", quality=95)
         print(format_table(path.name, detections))
         results[path.name] = detections
     for path in videos:

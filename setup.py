@@ -10,7 +10,7 @@ setup(
     version="0.1.0",
     description="Graph-YAML zoo of real-time DETR detectors (D-FINE, DEIM, DEIMv2, RT-DETRv2, RT-DETRv4)",
     python_requires=">=3.10",
-    packages=find_packages(include=["blocks*", "models*", "analyze*", "data*", "engine*"]),
+    packages=find_packages(include=["core*", "blocks*", "models*", "data*", "metrics*", "engine*", "analyze*"]),
     py_modules=["train", "distill", "predict", "export"],
     install_requires=[r for r in requirements if r],
     extras_require={"test": ["pytest", "hypothesis", "calflops", "tidecv", "onnx", "onnxruntime", "onnxslim"],

@@ -23,12 +23,14 @@ def open_detector(args):
     """(model in eval mode, checkpoint meta, output folder, iterator of (image path, input tensor))."""
     from PIL import Image
 
+    from data.pipeline import eval_preprocessing
     from data.transforms import preprocess_image
-    from predict import collect_inputs, eval_preprocessing, load_detector
+    from engine.inference import collect_inputs
+    from models.factory import load_detector
 
     device = torch.device(args.device)
     cfg = load_config(args.config)
-    model, _, meta = load_detector(cfg, args.resume, device)
+    model, _, meta = load_detector(args.resume, cfg, device)
     pre = eval_preprocessing(cfg, model.imgsz)
     images, _ = collect_inputs(Path(args.input))
     out_dir = Path(args.output)

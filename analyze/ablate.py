@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from models.errors import ConfigError, cli_main
+from core.errors import ConfigError, cli_main
 
 METRICS = ("AP50:95", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -55,9 +55,9 @@ def run_variant(graph: str, recipe: str, seed: int, out_dir: Path, epochs: int |
 
 def model_figures(graph: str, recipe: str, updates: list[str]) -> dict:
     """Params, deploy GFLOPs and CPU latency (batch 1, deploy form) at the recipe's input size."""
-    from analyze.profile import deployed_copy
+    from metrics.flops import deployed_copy
     from engine.config import load_config
-    from engine.evaluator import measure_speed, model_stats
+    from metrics.coco_eval import measure_speed, model_stats
     from models import build_model
     from models.postprocess import PostProcessor
 

@@ -7,7 +7,7 @@ import argparse
 import yaml
 
 from engine.config import load_config
-from models.errors import cli_main
+from core.errors import cli_main
 
 
 def flatten(cfg: dict, prefix: str = "") -> list[tuple[str, object]]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from data.coco import category_mapping
 from data.validate import validate_coco
-from models.errors import cli_main
+from core.errors import cli_main
 
 SMALL, MEDIUM = 32 ** 2, 96 ** 2  # COCO area ranges
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.errors import ConfigError, cli_main
+from core.errors import ConfigError, cli_main
 
 
 def _normalise(array: np.ndarray) -> np.ndarray:

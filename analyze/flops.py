@@ -13,9 +13,9 @@ import time
 import torch
 import yaml
 
-from analyze.profile import count_flops, count_params
+from metrics.flops import count_flops, count_params
 from blocks.registry import blocks, get
-from models.errors import DetrZooError, cli_main
+from core.errors import DetrZooError, cli_main
 
 
 def _parse_shape(text: str) -> tuple:

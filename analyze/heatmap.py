@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.box_ops import box_cxcywh_to_xyxy, box_iou
-from models.errors import ConfigError, cli_main
+from core.box_ops import box_cxcywh_to_xyxy, box_iou
+from core.errors import ConfigError, cli_main
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "eigencam", "layercam")
 TARGETS = ("class", "box", "all")
@@ -92,7 +92,7 @@ def render(image: torch.Tensor, grayscale: np.ndarray, detections: dict, names: 
     from PIL import Image
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    from predict import draw
+    from core.drawing import draw_detections
 
     rgb = image.permute(1, 2, 0).clamp(0, 1).numpy().astype(np.float32)
     blended = Image.fromarray(show_cam_on_image(rgb, grayscale, use_rgb=True))
@@ -101,7 +101,7 @@ def render(image: torch.Tensor, grayscale: np.ndarray, detections: dict, names: 
     shown = [{"label": int(label), "class": names[label] if label < len(names) else str(int(label)),
               "score": float(score), "box": box.tolist()}
              for label, score, box in zip(detections["labels"], detections["scores"], xyxy)]
-    return draw(blended, shown)
+    return draw_detections(blended, shown)
 
 
 def main(argv=None):

@@ -7,10 +7,39 @@ import json
 
 import torch
 
-from analyze.profile import count_flops, count_params, deployed_copy
+from core.errors import cli_main
+from metrics.flops import count_flops, count_params, deployed_copy
 from models import build_model
-from models.detector import format_layer_table
-from models.errors import cli_main
+
+
+def layer_table(model, profile=None) -> list[dict]:
+    """One dict per row of `model`: index, from, repeats, params, GFLOPs (from `profile`, else
+    counted at the model's eval size, batch 1), module, args."""
+    if profile is None:
+        profile = count_flops(model, torch.zeros(1, 3, *model.imgsz))
+    return [{"index": row.index, "from": row.from_repr, "repeats": row.repeats,
+             "params": count_params(layer), "gflops": profile.per_module.get(layer, 0.0) / 1e9,
+             "module": row.module, "args": row.args}
+            for row, layer in zip(model.rows, model.layers)]
+
+
+def _short(value, limit=60):
+    text = getattr(value, "block_name", None) or repr(value)
+    if hasattr(value, "func") and hasattr(value, "keywords"):
+        text = f"{value.block_name}({', '.join(f'{k}={v}' for k, v in value.keywords.items())})"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def format_layer_table(table: list[dict], imgsz) -> str:
+    lines = [f"{'':>4}{'from':>14}{'n':>4}{'params':>12}{'GFLOPs':>10}  {'module':<24}arguments"]
+    for r in table:
+        args = ", ".join(_short(a) for a in r["args"])
+        lines.append(f"{r['index']:>4}{str(r['from']):>14}{r['repeats']:>4}{r['params']:>12,}"
+                     f"{r['gflops']:>10.3f}  {r['module']:<24}[{args}]")
+    total_params = sum(r["params"] for r in table)
+    total_flops = sum(r["gflops"] for r in table)
+    lines.append(f"{'total':>22}{total_params:>12,}{total_flops:>10.3f}  at {imgsz[0]}x{imgsz[1]}, batch 1")
+    return "\n".join(lines)
 
 
 def model_info(graph, imgsz=None, scale=None, nc=None, per_layer=False) -> dict:
@@ -27,10 +56,7 @@ def model_info(graph, imgsz=None, scale=None, nc=None, per_layer=False) -> dict:
     info = {"graph": str(graph), "scale": model.scale, "imgsz": [height, width], "nc": model.nc,
             "params": count_params(model), "params_deploy": profile.params, "gflops": round(profile.gflops, 4), "flops": int(profile.flops)}
     if per_layer:
-        info["layers"] = [{"index": row.index, "from": row.from_repr, "repeats": row.repeats,
-                           "params": count_params(layer), "gflops": profile.per_module.get(layer, 0.0) / 1e9,
-                           "module": row.module, "args": row.args}
-                          for row, layer in zip(deployed.rows, deployed.layers)]
+        info["layers"] = layer_table(deployed, profile)
     return info
 
 

@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import export  # noqa: E402
+from engine import onnx_export as export  # noqa: E402
 from models import build_model  # noqa: E402
 from models.postprocess import PostProcessor  # noqa: E402
-from predict import eval_preprocessing  # noqa: E402
+from data.pipeline import eval_preprocessing  # noqa: E402
 
 DEFAULT_GRAPHS = ["graphs/dfine/dfine-n.yaml", "graphs/deim/deim-n.yaml", "graphs/deimv2/deimv2-atto.yaml",
                   "graphs/deimv2/deimv2-n.yaml", "graphs/rtdetrv2/rtdetrv2-r18.yaml"]

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyze.profile import count_flops  # noqa: E402
+from metrics.flops import count_flops  # noqa: E402
 from models import build_model  # noqa: E402
 from models.postprocess import PostProcessor  # noqa: E402
 
@@ -95,7 +95,7 @@ def interleaved_ms(runners: dict, repeats: int, warmup: int) -> dict[str, list[f
 
 def onnx_runner(deployed, imgsz, threads: int, folder: Path):
     """Export the deploy network plus post-processor and return a call of its onnxruntime session."""
-    import export
+    from engine import onnx_export as export
     from engine.onnx_runtime import OnnxDetector
 
     detector = export.DeployModel(copy.deepcopy(deployed), PostProcessor(deployed.nc))

@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from analyze.tide import evaluate  # noqa: E402
+from metrics.tide import evaluate  # noqa: E402
 from test_tide import make_case, reference_tide  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def main():
     print(f"{args.images} images, {len(gt['annotations'])} boxes, {len(results)} detections")
     start = time.perf_counter()
     ours = evaluate(gt, results)
-    print(f"detrzoo analyze.tide : {time.perf_counter() - start:6.2f} s  AP50 {ours.ap50:.2f}")
+    print(f"detrzoo metrics.tide : {time.perf_counter() - start:6.2f} s  AP50 {ours.ap50:.2f}")
     if not args.skip_reference:
         start = time.perf_counter()
         ap, _, _ = reference_tide(gt, results)

@@ -69,3 +69,14 @@ def build_inner(factory, c: int) -> nn.Module:
         raise ChannelError(f"nested block {name} changes the channels ({c} in)",
                            hint="a container's inner block must keep its input channels")
     return factory(*widths)
+
+
+def fuse_modules(model: nn.Module) -> nn.Module:
+    """Call `fuse()` on `model` and every submodule that defines it, innermost first.
+
+    `fuse()` is the blocks' one inference hook: fold BN into convs, re-parameterise multi-branch
+    blocks, drop training-only parts. Each block fuses only itself; its children are visited first."""
+    for module in reversed(list(model.modules())):
+        if callable(getattr(type(module), "fuse", None)):
+            module.fuse()
+    return model

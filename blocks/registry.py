@@ -15,12 +15,12 @@ Channel rules (``channels=``):
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from models.errors import DetrZooError
+from core.errors import DetrZooError
+from core.registry import Registry
 
 CATEGORIES = (
     "conv", "attention", "upsample", "downsample", "neck", "mamba", "transformer",
@@ -94,7 +94,11 @@ class BlockSpec:
         raise AssertionError(rule)
 
 
-_REGISTRY: dict[str, BlockSpec] = {}
+def _import_all_blocks():
+    import blocks  # noqa: F401  (importing the package imports every block file once)
+
+
+_REGISTRY = Registry("module", loader=_import_all_blocks, error=UnknownBlockError)
 
 
 def register(category: str, channels: ChannelRule = "same", example: dict | None = None,
@@ -117,32 +121,21 @@ def register(category: str, channels: ChannelRule = "same", example: dict | None
 
     def wrap(cls):
         key = name or cls.__name__
-        if key in _REGISTRY and _REGISTRY[key].cls is not cls:
-            raise ValueError(f"block name {key!r} registered twice: {_REGISTRY[key].cls} and {cls}")
-        _REGISTRY[key] = BlockSpec(key, cls, category, channels, c_in, example or {}, repeat_arg, extra)
+        _REGISTRY.put(key, BlockSpec(key, cls, category, channels, c_in, example or {}, repeat_arg, extra))
         return cls
 
     return wrap
 
 
 def get(name: str) -> BlockSpec:
-    _load_all()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        lowered = [k for k in _REGISTRY if k.lower() == name.lower()]
-        suggestions = list(dict.fromkeys(lowered + close))
-        hint = (f"did you mean {', '.join(suggestions)}?" if suggestions else
-                "run `python -m blocks list` to see every registered block")
-        raise UnknownBlockError(f"unknown module {name!r}", hint=hint) from None
+    if name in _REGISTRY:
+        return _REGISTRY.get(name)
+    hint = _REGISTRY.suggest(name)
+    if not hint.startswith("did you mean"):
+        hint = "run `python -m blocks list` to see every registered block"
+    return _REGISTRY.get(name, hint=hint)
 
 
 def blocks(category: str | None = None) -> list[BlockSpec]:
-    _load_all()
-    return sorted((s for s in _REGISTRY.values() if category in (None, s.category)),
+    return sorted((spec for _, spec in _REGISTRY.items() if category in (None, spec.category)),
                   key=lambda s: (s.category, s.name))
-
-
-def _load_all():
-    import blocks  # noqa: F401  (importing the package imports every block file once)

@@ -15,10 +15,11 @@ import torch.utils.data
 from data.coco import CocoDetection, check_num_classes
 from data.collate import BatchImageCollateFunction
 from data.config import apply_epochs, apply_imgsz, derive_epochs
-from data.errors import DataError
-from data.transforms import Compose, preprocess_image, restore_boxes
+from core.errors import DataError
+from data.pipeline import Compose
+from data.transforms import preprocess_image, restore_boxes
 from data.yolo import YoloDetection
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 __all__ = ["build_dataset", "build_dataloader", "set_epoch", "CocoDetection", "YoloDetection", "Compose",
            "BatchImageCollateFunction", "DataError", "check_num_classes", "derive_epochs", "apply_epochs",

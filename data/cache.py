@@ -12,7 +12,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-from data.errors import DataError
+from core.errors import DataError
 from data.validate import ORIENTATION_TAG
 
 

@@ -18,8 +18,9 @@ import torch.utils.data
 from pycocotools.coco import COCO
 
 from data.cache import RamCache, load_rgb
-from data.errors import DataError
-from data.transforms import Compose, clamp_xyxy, make_boxes
+from core.errors import DataError
+from data.pipeline import Compose
+from data.transforms import clamp_xyxy, make_boxes
 from data.validate import validate_coco
 
 COCO80_NAMES = {

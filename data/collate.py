@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from data.mix import copyblend, mixup
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 
 def generate_scales(base_size: int, base_size_repeat: int) -> list[int]:

@@ -4,7 +4,7 @@ Both fill values the config leaves out (or sets to null, `~`); values written ex
 """
 from __future__ import annotations
 
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 
 def derive_epochs(epochs: int, no_aug_epoch: int | None = None) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from data.errors import DataError
+from core.errors import DataError
 
 ERROR_KINDS = {
     "image_missing": "image file not found",

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from data.coco import CocoDetection
-from data.errors import DataError
+from core.errors import DataError
 from data.validate import read_image_size
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}

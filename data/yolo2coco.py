@@ -11,9 +11,9 @@ import os
 import shutil
 from pathlib import Path
 
-from data.errors import DataError
+from core.errors import DataError
 from data.yolo import load_data_yaml, yolo_to_coco
-from models.errors import cli_main
+from core.errors import cli_main
 
 
 def find_data_yaml(src: Path) -> Path:

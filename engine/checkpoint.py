@@ -12,75 +12,15 @@ source you trust is rewritten once as plain tensors: `python -m engine.checkpoin
 from __future__ import annotations
 
 import argparse
-import os
-import pickle
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from models.errors import CheckpointError, cli_main
-
-
-def save_atomic(state: dict, path: str | Path) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed while saving
-        stale.unlink(missing_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def load(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}", hint="check the path given to -r / -t")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
-            raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}",
-                                  hint="the file is torn or not a torch checkpoint; use another (e.g. last.pth)") from None
-        refused = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
-        raise CheckpointError(f"cannot read checkpoint {path}: refused to unpickle Python objects other than "
-                              f"tensors, which could run code ({refused or 'not a plain weights file'})",
-                              hint="only if you trust where the file came from: `python -m engine.checkpoint SRC OUT "
-                                   f"--trust` rewrites it once as plain tensors (here SRC is {path}); then pass OUT"
-                              ) from None
-    except Exception as err:  # noqa: BLE001 (any unreadable file is reported the same way)
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}",
-                              hint="the file is torn or not a torch checkpoint; use another (e.g. last.pth)") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
-    return state
-
-
-def model_weights(state: dict, prefer_ema: bool = True) -> tuple[dict, str]:
-    """The weights to use from a checkpoint (EMA first when present) and which ones they were."""
-    if prefer_ema and isinstance(state.get("ema"), dict) and "module" in state["ema"]:
-        return state["ema"]["module"], "ema"
-    if isinstance(state.get("model"), dict):
-        return state["model"], "model"
-    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        return state, "state_dict"
-    raise CheckpointError("checkpoint has neither `ema.module` nor `model` weights",
-                          hint="pass a checkpoint written by train.py or an official DEIM/D-FINE release")
-
-
-def strip_module_prefix(sd: dict) -> dict:
-    return {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
+from core.checkpoint_io import model_weights, read_checkpoint, save_atomic
+from core.errors import CheckpointError, cli_main
 
 
 def convert_if_official(sd: dict, model: nn.Module) -> tuple[dict, str | None]:
@@ -94,18 +34,6 @@ def convert_if_official(sd: dict, model: nn.Module) -> tuple[dict, str | None]:
         return sd, None
     converted, report = convert.convert_official(sd, model)
     return converted, report
-
-
-def describe_mismatch(model: nn.Module, sd: dict) -> str | None:
-    """None when `sd` fits `model` exactly; else the first differences, by tensor name."""
-    own = model.state_dict()
-    shapes = [f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
-              for k, v in sd.items() if k in own and own[k].shape != v.shape]
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    parts = ([f"{len(shapes)} tensors of another shape, e.g. {shapes[0]}"] if shapes else []) + \
-            ([f"{len(missing)} model tensors missing, e.g. {missing[0]}"] if missing else []) + \
-            ([f"{len(unexpected)} unexpected tensors, e.g. {unexpected[0]}"] if unexpected else [])
-    return "; ".join(parts) or None
 
 
 def load_matching(model: nn.Module, sd: dict) -> dict:
@@ -127,9 +55,7 @@ def load_matching(model: nn.Module, sd: dict) -> dict:
 
 def load_for_finetune(model: nn.Module, path: str | Path) -> dict:
     """`-t`: weights only (EMA preferred), official layouts converted, mismatched shapes skipped."""
-    state = load(path)
-    sd, source = model_weights(state)
-    sd = strip_module_prefix(sd)
+    sd, source = model_weights(read_checkpoint(path))
     sd, conversion = convert_if_official(sd, model)
     report = load_matching(model, sd)
     report.update(source=source, conversion=conversion)

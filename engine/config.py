@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from models.errors import ConfigError, DetrZooError
-from models.graph import load_yaml
+from core.errors import ConfigError, DetrZooError
+from core.yaml_io import load_yaml
 
 INCLUDE = "__include__"
 

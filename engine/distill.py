@@ -59,12 +59,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import checkpoint, dist
+from core.checkpoint_io import model_weights, read_checkpoint
+from core import dist
+from engine import checkpoint
 from engine.distill_losses import FEATURE_LOSSES, MATCHING, FeaturePair, logit_losses, match_queries
 from engine.optim import qualified_names
 from engine.solver import Solver
 from models.criterion.feature_distill import cosine_distillation_loss
-from models.errors import CheckpointError, ConfigError
+from core.errors import CheckpointError, ConfigError
 
 KINDS = ("logit", "feature", "all", "none")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -120,13 +122,13 @@ def adapted_weight(weight: float, share: float, rho: float, delta: float, defaul
 def build_teacher(config_path: str, weights_path: str, device, updates=()) -> nn.Module:
     """A frozen detector from its own run config and weights (ours, or official via models.convert)."""
     from engine.config import load_config
-    from predict import load_detector
+    from models.factory import load_detector
 
     cfg = load_config(config_path, updates)
     graph = cfg.get("graph")
     if isinstance(graph, str) and not Path(graph).is_file() and (Path(config_path).parent / graph).is_file():
         cfg["graph"] = str(Path(config_path).parent / graph)
-    model, _, _ = load_detector(cfg, weights_path, device)
+    model, _, _ = load_detector(weights_path, cfg, device)
     return freeze(model)
 
 
@@ -183,12 +185,7 @@ class ViTTeacher(nn.Module):
 
 
 def load_state(model: nn.Module, path: str) -> None:
-    state = checkpoint.load(path)
-    for key in ("model", "state_dict", "teacher", "module"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    state, _ = model_weights(read_checkpoint(path), prefer_ema=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path} does not fit the foundation model: {len(missing)} missing (e.g. "

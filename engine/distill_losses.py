@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from models.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from core.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
 FEATURE_LOSSES = ("mimic", "cwd", "mgd", "ickd", "sp")
 MATCHING = ("hungarian", "iou", "index")

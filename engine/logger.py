@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from engine import dist
+from core import dist
+from core.drawing import color
 
 
 class RunLogger:
@@ -67,13 +68,8 @@ def plot_batch(images: torch.Tensor, targets: list[dict], path: Path, names: lis
         labels = targets[i]["labels"].cpu().tolist()
         for (cx, cy, w, h), label in zip(boxes.tolist(), labels):
             x0, y0, x1, y1 = (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height
-            color = PALETTE[label % len(PALETTE)]
-            draw.rectangle([x0, y0, x1, y1], outline=color, width=1)
-            draw.text((x0 + 1, y0 + 1), names[label] if names and label < len(names) else str(label), fill=color)
+            fill = color(label)
+            draw.rectangle([x0, y0, x1, y1], outline=fill, width=1)
+            draw.text((x0 + 1, y0 + 1), names[label] if names and label < len(names) else str(label), fill=fill)
         canvas.paste(tile, ((i % columns) * width, (i // columns) * height))
     canvas.save(path)
-
-
-PALETTE = [(255, 56, 56), (72, 249, 10), (0, 194, 255), (255, 178, 29), (207, 210, 49), (146, 204, 23),
-           (61, 219, 134), (26, 147, 52), (0, 212, 187), (44, 153, 168), (52, 69, 147), (100, 115, 255),
-           (0, 24, 236), (132, 56, 255), (82, 0, 133), (203, 56, 255), (255, 149, 200), (255, 55, 199)]

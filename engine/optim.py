@@ -19,7 +19,7 @@ import re
 import torch
 from torch import nn
 
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 GROUP_KEYS = {"params", "lr", "weight_decay", "betas", "eps"}
 

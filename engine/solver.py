@@ -22,14 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import checkpoint, dist
+from core.checkpoint_io import model_weights, read_checkpoint, save_atomic, strip_module_prefix
+from core import dist
+from engine import checkpoint
 from engine.config import get
 from engine.ema import ModelEMA
-from analyze.metrics import format_per_class
-from engine.evaluator import STAT_NAMES, CocoEvaluator
+from metrics.detection import format_per_class
+from metrics.coco_eval import STAT_NAMES, CocoEvaluator
 from engine.logger import RunLogger, plot_batch
 from engine.optim import LRSchedule, build_optimizer, scale_lr
-from models.errors import CheckpointError, ConfigError, DetrZooError
+from models.factory import describe_mismatch
+from core.errors import CheckpointError, ConfigError, DetrZooError
 
 
 class TrainingDiverged(DetrZooError):
@@ -266,10 +269,10 @@ class Solver:
 
     def save(self, name: str, stats: dict | None = None) -> None:
         if dist.is_main():
-            checkpoint.save_atomic(self.state_dict(stats), self.output_dir / name)
+            save_atomic(self.state_dict(stats), self.output_dir / name)
 
     def _load_weights(self, state: dict, path) -> None:
-        mismatch = checkpoint.describe_mismatch(self.raw_model, state["model"])
+        mismatch = describe_mismatch(self.raw_model, state["model"])
         if mismatch:
             raise CheckpointError(f"{path} does not fit this model: {mismatch}", where=str(path),
                                   hint="-r resumes the same graph and class count; use -t to fine-tune from other weights")
@@ -278,10 +281,10 @@ class Solver:
             self.ema.load_state_dict(state["ema"] if "ema" in state else {"module": state["model"]})
 
     def load_resume(self, path) -> None:
-        state = checkpoint.load(path)
+        state = read_checkpoint(path)
         if self.test_only:  # the weights training evaluated (EMA first); official releases convert
-            weights, _ = checkpoint.model_weights(state)
-            weights, conversion = checkpoint.convert_if_official(checkpoint.strip_module_prefix(weights), self.raw_model)
+            weights, _ = model_weights(state)
+            weights, conversion = checkpoint.convert_if_official(strip_module_prefix(weights), self.raw_model)
             if conversion and dist.is_main():
                 print(f"converted from the official layout: {conversion}")
             self._load_weights({"model": weights}, path)
@@ -309,7 +312,7 @@ class Solver:
         path = self.output_dir / "best_stg1.pth"
         if not path.is_file():
             return
-        state = checkpoint.load(path)
+        state = read_checkpoint(path)
         self._load_weights(state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -488,7 +491,7 @@ class Solver:
         bad_terms = {k: v for k, v in terms.items() if not math.isfinite(v)}
         dump = self.output_dir / "debug" / f"nonfinite_epoch{epoch}_step{self.global_step}_rank{dist.rank()}.pth"
         dump.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.save_atomic({"epoch": epoch, "step": self.global_step, "image_ids": ids, "loss_terms": terms,
+        save_atomic({"epoch": epoch, "step": self.global_step, "image_ids": ids, "loss_terms": terms,
                                 "images": images.detach().cpu(), "targets": [
                                     {k: v.detach().cpu() for k, v in t.items() if isinstance(v, torch.Tensor)}
                                     for t in targets]}, dump)
@@ -540,10 +543,10 @@ class Solver:
 
     def test(self) -> dict:
         """`--test-only`: COCO AP, per-class table, YOLO metrics, TIDE errors, confusion matrix, speed, size."""
-        from analyze.tide import evaluate as tide_errors
-        from analyze.tide import plot as plot_tide
-        from analyze.metrics import confusion_matrix, plot_confusion_matrix
-        from engine.evaluator import measure_speed, model_stats
+        from metrics.tide import evaluate as tide_errors
+        from metrics.tide import plot as plot_tide
+        from metrics.detection import confusion_matrix, plot_confusion_matrix
+        from metrics.coco_eval import measure_speed, model_stats
 
         stats = self.evaluate(verbose=dist.is_main())
         if not dist.is_main():

@@ -6,13 +6,12 @@ from pathlib import Path
 
 
 def build_model(graph: str | Path | dict, nc: int | None = None, scale: str | None = None,
-                imgsz=None, verbose: bool = False, check: bool = True):
+                imgsz=None, check: bool = True):
     """Build a Detector from a graph YAML (or its loaded dict).
 
     nc      class count; overrides the graph's `nc` (the dataset's count usually goes here)
     scale   a key of the graph's `scales:`; default: the file-name suffix (deim-n.yaml -> n)
     imgsz   eval input size (int or [h, w]); default: the graph's `imgsz`, else 640
-    verbose print the layer table (params, GFLOPs per row)
     check   run one small forward that reports a failing row by its index
     """
     from models.detector import Detector
@@ -21,6 +20,4 @@ def build_model(graph: str | Path | dict, nc: int | None = None, scale: str | No
     model = Detector(parse(graph, nc=nc, scale=scale, imgsz=imgsz))
     if check:
         model.check()
-    if verbose:
-        model.print_table()
     return model

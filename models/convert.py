@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.errors import CheckpointError, cli_main
+from core.errors import CheckpointError, cli_main
 
 SECTIONS = ("backbone.", "encoder.", "decoder.")
 _FIXED_ROLES = {"HGNetv2": "backbone.", "HGStem": "backbone.stem.", "HybridEncoder": "encoder.",
@@ -207,30 +207,6 @@ def _describe(report: ConversionReport, limit: int = 8) -> str:
     return "; ".join(parts)
 
 
-def official_state_dict(checkpoint: dict) -> dict:
-    """The weights of an official checkpoint: EMA when present (as the official tools load them)."""
-    if isinstance(checkpoint.get("ema"), dict) and isinstance(checkpoint["ema"].get("module"), dict):
-        return checkpoint["ema"]["module"]
-    if isinstance(checkpoint.get("model"), dict):
-        return checkpoint["model"]
-    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        return checkpoint
-    raise CheckpointError("the checkpoint has neither `ema.module` nor `model` weights",
-                          hint="pass an official D-FINE/DEIM release (.pth) or a raw state dict")
-
-
-def _load_safetensors(path: str) -> dict:
-    """A HF `model.safetensors` (tensors only, nothing executable)."""
-    try:
-        from safetensors.torch import load_file
-    except ImportError:
-        raise CheckpointError("reading .safetensors needs the safetensors package", where=path,
-                              hint="pip install safetensors, or pass the pytorch_model.bin of the same release") from None
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint not found: {path}", hint="check the path")
-    return load_file(path)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m models.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -242,10 +218,10 @@ def main(argv=None):
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 
-    from engine.checkpoint import load, save_atomic
+    from core.checkpoint_io import model_weights, read_checkpoint, save_atomic
     from models import build_model
 
-    state = _load_safetensors(args.source) if args.source.endswith(".safetensors") else official_state_dict(load(args.source))
+    state, _ = model_weights(read_checkpoint(args.source))
     if not (is_official_layout(state) or is_hf_layout(state)):
         raise CheckpointError(f"{args.source} is not in the official layout (no backbone./encoder./decoder. keys, "
                               f"nor HF Deformable DETR's model.encoder.)",

@@ -9,19 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.errors import GraphError
+from blocks.common import fuse_modules
+from core.errors import GraphError
 from models.graph import Graph, Row
-
-
-def fuse_modules(model: nn.Module) -> nn.Module:
-    """Call `fuse()` on `model` and every submodule that defines it, innermost first.
-
-    `fuse()` is the blocks' one inference hook: fold BN into convs, re-parameterise multi-branch
-    blocks, drop training-only parts. Each block fuses only itself; its children are visited first."""
-    for module in reversed(list(model.modules())):
-        if callable(getattr(type(module), "fuse", None)):
-            module.fuse()
-    return model
 
 
 class Detector(nn.Module):
@@ -98,20 +88,6 @@ class Detector(nn.Module):
         self.deployed = True
         return self
 
-    def layer_table(self, imgsz=None) -> list[dict]:
-        """One dict per row: index, from, repeats, params, GFLOPs (at imgsz, batch 1), module, args."""
-        from analyze.profile import count_flops, count_params
-
-        height, width = imgsz or self.imgsz
-        profile = count_flops(self, torch.zeros(1, 3, height, width))
-        return [{"index": row.index, "from": row.from_repr, "repeats": row.repeats,
-                 "params": count_params(layer), "gflops": profile.per_module.get(layer, 0.0) / 1e9,
-                 "module": row.module, "args": row.args}
-                for row, layer in zip(self.rows, self.layers)]
-
-    def print_table(self, imgsz=None, file=None):
-        print(format_layer_table(self.layer_table(imgsz), self.imgsz if imgsz is None else imgsz), file=file)
-
 
 def _channels(out):
     if isinstance(out, torch.Tensor) and out.dim() == 4:
@@ -119,22 +95,3 @@ def _channels(out):
     if isinstance(out, (list, tuple)) and out and all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in out):
         return [t.shape[1] for t in out]
     return None
-
-
-def _short(value, limit=60):
-    text = getattr(value, "block_name", None) or repr(value)
-    if hasattr(value, "func") and hasattr(value, "keywords"):
-        text = f"{value.block_name}({', '.join(f'{k}={v}' for k, v in value.keywords.items())})"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def format_layer_table(table: list[dict], imgsz) -> str:
-    lines = [f"{'':>4}{'from':>14}{'n':>4}{'params':>12}{'GFLOPs':>10}  {'module':<24}arguments"]
-    for r in table:
-        args = ", ".join(_short(a) for a in r["args"])
-        lines.append(f"{r['index']:>4}{str(r['from']):>14}{r['repeats']:>4}{r['params']:>12,}"
-                     f"{r['gflops']:>10.3f}  {r['module']:<24}[{args}]")
-    total_params = sum(r["params"] for r in table)
-    total_flops = sum(r["gflops"] for r in table)
-    lines.append(f"{'total':>22}{total_params:>12,}{total_flops:>10.3f}  at {imgsz[0]}x{imgsz[1]}, batch 1")
-    return "\n".join(lines)

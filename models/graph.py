@@ -25,50 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import nn
 
 from blocks import registry
 from blocks.registry import BlockSpec, ChannelError, UnknownBlockError
-from models.errors import DetrZooError, GraphError
+from core.errors import DetrZooError, GraphError
+from core.yaml_io import load_yaml
 
 SECTIONS = ("backbone", "encoder", "decoder")
 MAX_REPEATS = 64
 DEFAULT_IMGSZ = (640, 640)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses duplicate keys instead of silently keeping the last one."""
-
-
-def _construct_mapping(loader, node, deep=False):
-    seen = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file safely; syntax errors and duplicate keys name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise GraphError(f"file not found: {path}", hint="check the path (relative to the current directory)")
-    try:
-        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        hint = ("keep one of the two (YAML would silently use the last)" if problem.startswith("duplicate key")
-                else "fix the YAML at that line (indentation, brackets, a missing colon)")
-        raise GraphError(f"YAML syntax error: {problem}", where=f"{path}{line}", hint=hint) from None
 
 
 @dataclass
@@ -109,7 +75,7 @@ def parse(graph: str | Path | dict, nc: int | None = None, scale: str | None = N
           imgsz: tuple[int, int] | int | None = None) -> Graph:
     """Read a graph (a path or an already-loaded dict) and build every row's module."""
     path = str(graph) if not isinstance(graph, dict) else "<dict>"
-    spec = load_yaml(graph) if not isinstance(graph, dict) else graph
+    spec = load_yaml(graph, error=GraphError) if not isinstance(graph, dict) else graph
     if not isinstance(spec, dict):
         raise GraphError("a graph file must be a mapping with backbone/encoder/decoder sections", where=path,
                          hint="see graphs/examples/tiny.yaml")

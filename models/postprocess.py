@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.box_ops import box_cxcywh_to_xyxy
+from core.box_ops import box_cxcywh_to_xyxy
 
 
 class PostProcessor(nn.Module):
@@ -61,3 +61,12 @@ class PostProcessor(nn.Module):
         self.eval()
         self.deploy_mode = True
         return self
+
+
+def build_postprocessor(cfg: dict | None, num_classes: int) -> PostProcessor:
+    """The run config's `postprocessor:` section (official `type: PostProcessor` accepted) for `num_classes`."""
+    from core.schema import check_call
+
+    kwargs = {k: v for k, v in (cfg or {}).items() if k != "type"}
+    kwargs["num_classes"] = num_classes
+    return PostProcessor(**check_call(PostProcessor, kwargs, "postprocessor"))

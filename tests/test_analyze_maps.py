@@ -5,7 +5,7 @@ import torch
 from analyze.featuremap import feature_maps, save_feature_figures
 from analyze.heatmap import METHODS, DetectionTarget, choose_detections, heatmap
 from models import build_model
-from models.errors import ConfigError
+from core.errors import ConfigError
 from tests.engine_helpers import TINY_GRAPH
 
 

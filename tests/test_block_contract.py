@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from analyze.profile import count_flops, count_params
+from metrics.flops import count_flops, count_params
 from blocks.registry import blocks, get
 from models.detector import fuse_modules
 

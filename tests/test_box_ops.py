@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.box_ops import box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou
+from core.box_ops import box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou
 
 coord = st.floats(min_value=-2.0, max_value=2.0, allow_nan=False, width=32)
 # any four coordinates: includes zero-size and inverted (x1 < x0) boxes

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import load_config
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

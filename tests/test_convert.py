@@ -13,7 +13,7 @@ import yaml
 
 from models import build_model
 from models.convert import convert_official, is_official_layout
-from models.errors import CheckpointError
+from core.errors import CheckpointError
 
 BACKBONE = [[-1, 1, "HGStem", [8, 8, True]],
             [-1, 1, "HGStage", [8, 16, 1, 2, False, False, 3, True]],

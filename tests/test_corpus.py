@@ -29,9 +29,10 @@ from PIL import Image
 import train
 from analyze import info
 from data import build_dataset
+from core.checkpoint_io import read_checkpoint
 from engine import checkpoint
 from models import build_model
-from models.errors import cli_main
+from core.errors import cli_main
 from tests.engine_helpers import REPO, TINY_GRAPH, drop_category, make_data, subprocess_env, tiny_config, write_config
 
 pytestmark = pytest.mark.corpus
@@ -424,7 +425,7 @@ def test_quirky_but_valid_dataset_trains_from_the_cli(demo, tmp_path):
     assert code == 0 and "Traceback" not in text, text
     for kind in ("box_clamped", "box_degenerate", "box_nan", "unknown_image"):
         assert kind in text
-    state = checkpoint.load(tmp_path / "out" / "last.pth")
+    state = read_checkpoint(tmp_path / "out" / "last.pth")
     assert state["meta"]["category_ids"] == [5, 17, 90] and state["epoch"] == 0
 
 
@@ -475,7 +476,7 @@ def test_pickle_that_runs_code_is_refused(saved_run, tmp_path):
     legacy = tmp_path / "legacy.pth"
     torch.save({"model": {"w": torch.ones(2)}, "args": LegacyArgs()}, legacy)
     code, text = run_cli(checkpoint.main, [legacy, tmp_path / "plain.pth", "--trust"])
-    assert code == 0 and torch.equal(checkpoint.load(tmp_path / "plain.pth")["model"]["w"], torch.ones(2))
+    assert code == 0 and torch.equal(read_checkpoint(tmp_path / "plain.pth")["model"]["w"], torch.ones(2))
 
 
 class RunsCode:
@@ -499,7 +500,7 @@ def test_finetune_from_another_class_count_trains_from_the_cli(demo, saved_run, 
         cfg[key]["dataset"]["ann_file"] = str(drop_category(demo, split, 3, tmp_path / f"{split}.json"))
     code, text = run_cli(train.main, train_argv(cfg, tmp_path, "-t", last))
     check_message(BY_ID["other_class_count"], code, text)
-    assert checkpoint.load(tmp_path / "out" / "last.pth")["meta"]["nc"] == 2
+    assert read_checkpoint(tmp_path / "out" / "last.pth")["meta"]["nc"] == 2
 
 
 def test_official_layout_checkpoint_is_converted_by_finetune(demo, tmp_path):

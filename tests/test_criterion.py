@@ -15,7 +15,7 @@ import torch
 
 from models.criterion import DFINECriterion, DEIMCriterion, TargetError, build_criterion
 from models.criterion.feature_distill import cosine_distillation_loss
-from models.errors import ConfigError, DetrZooError
+from core.errors import ConfigError, DetrZooError
 
 LOGITS = np.array([[2.0, -1.0], [-0.5, 0.5]])
 PRED = [[0.5, 0.5, 0.4, 0.4], [0.2, 0.2, 0.1, 0.1]]

@@ -8,7 +8,7 @@ from PIL import Image
 
 from data import DataError, build_dataset, check_num_classes
 from data.coco import COCO80_NAMES, CocoDetection
-from data.transforms import Compose
+from data.pipeline import Compose
 from data.validate import validate_coco
 
 TO_TENSOR = {"ops": [{"type": "ConvertPILImage"}, {"type": "ConvertBoxes", "fmt": "cxcywh", "normalize": True}]}

@@ -11,7 +11,8 @@ from data.collate import BatchImageCollateFunction, generate_scales
 from data.config import apply_epochs, apply_imgsz, derive_epochs
 from data.demo import make_demo
 from data.mosaic import Mosaic
-from data.transforms import Compose, make_boxes
+from data.pipeline import Compose
+from data.transforms import make_boxes
 
 
 class TinyDataset:
@@ -213,7 +214,7 @@ def test_imgsz_drives_every_size():
 
 
 def test_malformed_policy_epochs_are_config_errors():
-    from models.errors import ConfigError
+    from core.errors import ConfigError
 
     for epochs in (None, [1, 2]):
         with pytest.raises(ConfigError, match="policy.epoch"):

@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from data.mosaic import Mosaic
-from data.transforms import (Compose, ConvertBoxes, Resize, SanitizeBoundingBoxes, make_boxes, preprocess_image,
+from data.pipeline import Compose
+from data.transforms import (ConvertBoxes, Resize, SanitizeBoundingBoxes, make_boxes, preprocess_image,
                              restore_boxes, TRANSFORMS)
 
 FAST = settings(max_examples=25, deadline=None, derandomize=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from analyze.profile import count_params
+from metrics.flops import count_params
 from models import build_model
 from models.convert import convert_official, is_hf_layout
 from models.criterion import build_criterion
@@ -143,7 +143,7 @@ def test_postprocess_clips_boxes_to_the_image():
 
 
 def test_flop_count_equals_calflops():
-    from analyze.profile import count_flops, deployed_copy
+    from metrics.flops import count_flops, deployed_copy
     from tests.test_info import calflops_count
 
     model = deployed_copy(build_model(spec(two_stage=True, with_box_refine=True), check=False))

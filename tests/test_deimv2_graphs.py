@@ -13,7 +13,7 @@ import torch
 from blocks.backbone.dinov3_stas import DINOv3STAs
 from models import build_model
 from models.convert import convert_official
-from models.errors import CheckpointError
+from core.errors import CheckpointError
 from models.postprocess import PostProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_recorded_counts_equal_the_reference_file():
 
 
 def test_atto_eval_size_and_flops_follow_the_official_model():
-    from analyze.profile import count_flops, deployed_copy
+    from metrics.flops import count_flops, deployed_copy
     model = build_model(ROOT / "graphs/deimv2/deimv2-atto.yaml", check=False)
     assert model.imgsz == (320, 320)
     flops = count_flops(deployed_copy(model), torch.zeros(1, 3, 320, 320)).flops
@@ -158,7 +158,7 @@ def test_vit_weights_load_from_a_local_file_only(tmp_path):
 @pytest.mark.parametrize("name", ["vit_tiny", "dinov3_vits16plus"])
 def test_vit_backbone_flops_equal_calflops(name):
     """RoPE, scaled_dot_product_attention, layer scale and the masked key bias are counted as calflops counts them."""
-    from analyze.profile import count_flops
+    from metrics.flops import count_flops
     from tests.test_info import calflops_count
     torch.manual_seed(0)
     kwargs = {"embed_dim": 32, "num_heads": 2} if name == "vit_tiny" else {}

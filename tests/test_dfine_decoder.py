@@ -6,8 +6,8 @@ import torch
 
 from blocks.decoder.dfine_decoder import DFINEDecoder
 from models import build_model
-from models.box_ops import box_cxcywh_to_xyxy
-from models.denoising import contrastive_denoising_group
+from core.box_ops import box_cxcywh_to_xyxy
+from blocks.decoder._denoising import contrastive_denoising_group
 
 SMALL = dict(num_classes=3, hidden_dim=32, num_queries=10, feat_strides=[8, 16, 32], num_points=[2, 2, 2], nhead=4,
              num_layers=3, dim_feedforward=64, num_denoising=6, reg_max=8)

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from analyze.profile import count_params
+from metrics.flops import count_params
 from blocks.backbone._hgnetv2 import FrozenBatchNorm2d
 from blocks.backbone.hg_stage import HGStage
 from blocks.backbone.hg_stem import HGStem
 from blocks.backbone.hgnetv2 import HGNetv2
 from blocks.encoder.aifi import AIFI, sincos_pos_embed_2d
 from models import build_model
-from models.errors import CheckpointError, GraphError
+from core.errors import CheckpointError, GraphError
 
 GRAPHS = Path(__file__).resolve().parents[1] / "graphs"
 REFERENCE = Path(__file__).resolve().parent / "data/official_models.json"  # the official zoos' figures

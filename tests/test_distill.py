@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from core.checkpoint_io import read_checkpoint, save_atomic
 from engine import checkpoint
 from engine.config import load_config
 from engine.distill import DistillSolver, adapted_weight, epoch_window, logit_terms, schedule_factor
 from engine.distill_losses import (MGDGenerator, cwd_loss, ickd_loss, match_queries, mgd_loss, mimic_loss,
                                    sp_loss)
 from engine.solver import Solver
-from models.errors import ConfigError
+from core.errors import ConfigError
 from tests.engine_helpers import REPO, TINY_GRAPH, make_data, subprocess_env, tiny_config, write_config
 
 
@@ -255,7 +256,7 @@ def test_mismatched_classes_or_queries_are_config_errors(demo, teacher, tmp_path
     from models import build_model
 
     two_classes = build_model(TINY_GRAPH, nc=2, check=False)   # a teacher of another dataset
-    checkpoint.save_atomic({"model": two_classes.state_dict(), "meta": {"graph_spec": TINY_GRAPH, "nc": 2}},
+    save_atomic({"model": two_classes.state_dict(), "meta": {"graph_spec": TINY_GRAPH, "nc": 2}},
                            tmp_path / "t.pth")
     with pytest.raises(ConfigError, match="same classes"):
         DistillSolver(load_config(student_config(demo, tmp_path, {"kd_loss_type": "logit"})), device="cpu",
@@ -298,7 +299,7 @@ def test_distill_cli_then_resume_then_test_only(demo, teacher, tmp_path):
                  "loss_kd_mgd_1"):
         assert log[f"train_{name}"] > 0, name
     assert log["train_kd_factor"] == 1.0
-    state = checkpoint.load(out / "last.pth")
+    state = read_checkpoint(out / "last.pth")
     assert "pairs.0.adapter.0.weight" in state["distill"]["modules"]
     assert not any("teacher" in key for key in state)
     assert json.loads((out / "args.json").read_text())["teacher_weights"] == str(teacher[1])

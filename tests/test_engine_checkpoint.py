@@ -5,17 +5,18 @@ import numpy as np
 import pytest
 import torch
 
+from core.checkpoint_io import read_checkpoint, save_atomic
 from engine import checkpoint
 from engine.solver import unique_dir
-from models.errors import CheckpointError
+from core.errors import CheckpointError
 
 
 def test_atomic_save_replaces_whole_file_and_a_failed_save_keeps_the_old_one(tmp_path):
     path = tmp_path / "last.pth"
-    checkpoint.save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
+    save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
     with pytest.raises(Exception):
-        checkpoint.save_atomic({"epoch": 2, "bad": lambda: 0}, path)   # not picklable: fails mid-save
-    state = checkpoint.load(path)
+        save_atomic({"epoch": 2, "bad": lambda: 0}, path)   # not picklable: fails mid-save
+    state = read_checkpoint(path)
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]         # no temp file left behind
 
@@ -27,19 +28,19 @@ class Payload:
 def test_load_refuses_arbitrary_pickles_and_torn_files(tmp_path):
     torch.save({"obj": Payload()}, tmp_path / "evil.pth")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
-        checkpoint.load(tmp_path / "evil.pth")
+        read_checkpoint(tmp_path / "evil.pth")
     (tmp_path / "torn.pth").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(CheckpointError, match="torn or not a torch checkpoint"):
-        checkpoint.load(tmp_path / "torn.pth")
+        read_checkpoint(tmp_path / "torn.pth")
     with pytest.raises(CheckpointError, match="not found"):
-        checkpoint.load(tmp_path / "missing.pth")
+        read_checkpoint(tmp_path / "missing.pth")
 
 
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
-    checkpoint.save_atomic({"rng": checkpoint.rng_state()}, tmp_path / "r.pth")
+    save_atomic({"rng": checkpoint.rng_state()}, tmp_path / "r.pth")
     expected = (torch.rand(2), np.random.rand(), random.random())
     torch.manual_seed(123), np.random.seed(5), random.seed(9)
-    checkpoint.set_rng_state(checkpoint.load(tmp_path / "r.pth")["rng"])
+    checkpoint.set_rng_state(read_checkpoint(tmp_path / "r.pth")["rng"])
     got = (torch.rand(2), np.random.rand(), random.random())
     assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
 
@@ -48,7 +49,7 @@ def test_weights_only_loading_prefers_ema_and_lists_shape_mismatches(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
     other = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 5))
     ema = {k: v + 1 for k, v in other.state_dict().items()}
-    checkpoint.save_atomic({"model": other.state_dict(), "ema": {"module": ema}}, tmp_path / "c.pth")
+    save_atomic({"model": other.state_dict(), "ema": {"module": ema}}, tmp_path / "c.pth")
     report = checkpoint.load_for_finetune(model, tmp_path / "c.pth")
     assert report["source"] == "ema" and report["loaded"] == 2
     assert report["mismatched"] == [("1.weight", (5, 8), (3, 8)), ("1.bias", (5,), (3,))]
@@ -73,7 +74,7 @@ def test_mismatch_is_described_by_tensor_name():
     import torch
     from torch import nn
 
-    from engine.checkpoint import describe_mismatch
+    from models.factory import describe_mismatch
 
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     assert describe_mismatch(model, model.state_dict()) is None
@@ -86,7 +87,7 @@ def test_mismatch_is_described_by_tensor_name():
 
 
 def test_stale_temp_files_of_a_killed_save_are_removed(tmp_path):
-    from engine.checkpoint import load, save_atomic
+    from core.checkpoint_io import read_checkpoint as load, save_atomic
 
     (tmp_path / ".last.pth.abc123.tmp").write_bytes(b"torn")
     save_atomic({"epoch": 1}, tmp_path / "last.pth")

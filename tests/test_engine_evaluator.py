@@ -3,8 +3,8 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from analyze.metrics import confusion_matrix
-from engine.evaluator import CocoEvaluator
+from metrics.detection import confusion_matrix
+from metrics.coco_eval import CocoEvaluator
 
 # category ids 5 and 9 (not contiguous, like real exports); labels 0 and 1
 GT = {"images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],

@@ -7,7 +7,7 @@ import torch
 from engine.ema import ModelEMA
 from engine.optim import LRSchedule, build_optimizer, flat_cosine, param_groups, scale_lr
 from models import build_model
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 # The official DEIM-N groups (configs/deim_dfine/deim_hgnetv2_n_coco.yml).
 DEIM_N_GROUPS = [

@@ -11,7 +11,9 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import export  # noqa: E402 (after the skips: it needs onnx at export time)
+from engine import onnx_export  # noqa: E402
 import predict  # noqa: E402
+from core.checkpoint_io import save_atomic
 from engine import checkpoint  # noqa: E402
 from engine.onnx_runtime import OnnxDetector  # noqa: E402
 from models import build_model  # noqa: E402
@@ -31,14 +33,14 @@ def tiny_model():
     return nudge_weights(build_model(TINY_GRAPH, check=False))
 
 
-def tiny_detector() -> export.DeployModel:
-    return export.DeployModel(tiny_model(), PostProcessor(3, num_top_queries=30)).eval()
+def tiny_detector() -> onnx_export.DeployModel:
+    return onnx_export.DeployModel(tiny_model(), PostProcessor(3, num_top_queries=30)).eval()
 
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
     detector = tiny_detector()
-    path = export.export_onnx(detector, tmp_path_factory.mktemp("onnx") / "tiny.onnx", [64, 64], dynamic_batch=True)
+    path = onnx_export.export_onnx(detector, tmp_path_factory.mktemp("onnx") / "tiny.onnx", [64, 64], dynamic_batch=True)
     return detector, path
 
 
@@ -63,7 +65,7 @@ def test_onnx_equals_pytorch_at_batch_1_and_4_from_one_file(tiny_onnx):
 def test_simplified_fixed_batch_file_equals_pytorch_and_rejects_another_batch(tmp_path):
     pytest.importorskip("onnxslim")
     detector = tiny_detector()
-    path = export.export_onnx(detector, tmp_path / "fixed.onnx", [64, 64], simplify=True)
+    path = onnx_export.export_onnx(detector, tmp_path / "fixed.onnx", [64, 64], simplify=True)
     session = OnnxDetector(path)
     assert not session.dynamic_batch
     images, sizes = torch.rand(1, 3, 64, 64), torch.tensor([[320, 240]])
@@ -81,20 +83,20 @@ def test_compare_top_pairs_rank_swaps_and_reports_a_moved_box():
     reference = (torch.tensor([0, 1, 2]), torch.tensor([[0., 0, 10, 10], [5, 5, 20, 20], [1, 1, 2, 2]]),
                  torch.tensor([0.9, 0.5, 0.5]))
     swapped = tuple(t[[0, 2, 1]] for t in reference)                    # a near-tie changed rank: not a miss
-    assert export.compare_top(reference, swapped, top=3) == (0.0, 0.0)
+    assert onnx_export.compare_top(reference, swapped, top=3) == (0.0, 0.0)
     moved = (reference[0], reference[1] + torch.tensor([[0., 0, 0, 0.004], [0, 0, 0, 0], [0, 0, 0, 0]]),
              reference[2] - torch.tensor([0.0, 0.002, 0.0]))
-    score_diff, box_diff = export.compare_top(reference, moved, top=3)
+    score_diff, box_diff = onnx_export.compare_top(reference, moved, top=3)
     assert score_diff == pytest.approx(0.002, abs=1e-6) and box_diff == pytest.approx(0.004, abs=1e-6)  # float32
     relabelled = (torch.tensor([0, 1, 1]), *reference[1:])
-    assert export.compare_top(reference, relabelled, top=3) == (float("inf"), float("inf"))
+    assert onnx_export.compare_top(reference, relabelled, top=3) == (float("inf"), float("inf"))
 
 
 def tiny_checkpoint(tmp_path):
     """A checkpoint in train.py's layout, holding the (un-fused) weights of `tiny_detector`."""
     state = tiny_model().state_dict()
     meta = {"graph_spec": TINY_GRAPH, "nc": 3, "imgsz": [64, 64], "names": NAMES}
-    checkpoint.save_atomic({"model": state, "meta": meta}, tmp_path / "tiny.pth")
+    save_atomic({"model": state, "meta": meta}, tmp_path / "tiny.pth")
     return tmp_path / "tiny.pth"
 
 
@@ -144,7 +146,7 @@ def test_trt_is_skipped_with_the_reason_without_gpu_or_tensorrt(tiny_onnx, capsy
     if torch.cuda.is_available() and has_trt:
         pytest.skip("a GPU and TensorRT are present: the skip path does not apply")
     _, path = tiny_onnx
-    assert export.export_tensorrt(path, [64, 64], dynamic_batch=True) is None
+    assert onnx_export.export_tensorrt(path, [64, 64], dynamic_batch=True) is None
     printed = capsys.readouterr().out
     assert printed.startswith("--trt skipped:") and f"trtexec --onnx={path}" in printed
     assert not path.with_suffix(".engine").exists()

@@ -45,7 +45,7 @@ def test_deformable_conv_is_counted_like_a_conv():
     import torch
     import torchvision
 
-    from analyze.profile import count_flops
+    from metrics.flops import count_flops
 
     class Deformable(torch.nn.Module):
         def __init__(self):
@@ -70,7 +70,7 @@ def test_dfine_decoder_flops_equal_calflops():
     import pytest
     import torch
 
-    from analyze.profile import count_flops
+    from metrics.flops import count_flops
     from blocks.registry import get
 
     sys.modules.setdefault("calflops.flops_counter_hf", types.SimpleNamespace(calculate_flops_hf=None))

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from models import build_model
-from models.errors import GraphError
+from core.errors import GraphError
 
 BASE = """
 backbone:

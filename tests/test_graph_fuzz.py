@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from blocks import registry
 from models import build_model
-from models.errors import DetrZooError
+from core.errors import DetrZooError
 
 EXAMPLES = int(os.environ.get("DETRZOO_FUZZ_EXAMPLES", "1000"))
 settings.register_profile("graph-fuzz", max_examples=EXAMPLES, deadline=None,

@@ -23,7 +23,7 @@ def test_graph_builds_and_runs(graph):
 
 
 def test_encoder_rows_base_is_deim_n():
-    from analyze.profile import count_params
+    from metrics.flops import count_params
 
     rows = build_model(ROOT / "graphs/ablations/deim-n-encoder-rows.yaml", check=False)
     whole = build_model(ROOT / "graphs/deim/deim-n.yaml", check=False)

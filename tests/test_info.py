@@ -54,7 +54,7 @@ def calflops_count(model, shape) -> int:
 
 
 def test_counter_equals_calflops_on_tiny_graph():
-    from analyze.profile import count_flops, deployed_copy
+    from metrics.flops import count_flops, deployed_copy
     from models import build_model
     import torch
 

@@ -25,6 +25,7 @@ import torch
 import yaml
 
 import train
+from core.checkpoint_io import read_checkpoint
 from engine import checkpoint
 from engine.config import load_config
 from engine.solver import Solver
@@ -74,10 +75,10 @@ def test_sigkill_during_twenty_checkpoint_saves_never_leaves_a_torn_last_pth(dem
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(read_end)
-        state = checkpoint.load(last)                              # whole, whatever the moment
+        state = read_checkpoint(last)                              # whole, whatever the moment
         assert isinstance(state["epoch"], int) and weights_equal(state["model"], solver.raw_model.state_dict())
     resumed = quiet_solver(cfg_path, output_dir=str(solver.output_dir), resume=str(last))
-    assert resumed.epoch == checkpoint.load(last)["epoch"] and resumed.output_dir == solver.output_dir
+    assert resumed.epoch == read_checkpoint(last)["epoch"] and resumed.output_dir == solver.output_dir
 
 
 @pytest.mark.slow
@@ -94,12 +95,12 @@ def test_auto_resume_after_sigkill_equals_the_uninterrupted_run(demo, tmp_path):
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)                            # during epoch 1: epoch 0 is saved
     assert process.wait(60) == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
-    completed = checkpoint.load(out / "last.pth")["epoch"]
+    completed = read_checkpoint(out / "last.pth")["epoch"]
     assert completed < 3                                            # killed before the end
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         code = train.main(["-c", str(cfg_path), "-d", "cpu", "--output-dir", str(out), "--auto-resume"])
     assert code is not None and f"continuing at epoch {completed + 1}" in printed.getvalue()
-    a, b = checkpoint.load(tmp_path / "straight" / "last.pth"), checkpoint.load(out / "last.pth")
+    a, b = read_checkpoint(tmp_path / "straight" / "last.pth"), read_checkpoint(out / "last.pth")
     assert weights_equal(a["model"], b["model"]) and weights_equal(a["ema"]["module"], b["ema"]["module"])
     assert a["epoch"] == b["epoch"] == 3 and a["global_step"] == b["global_step"]
     assert a["stats"]["stats"] == b["stats"]["stats"]
@@ -252,7 +253,7 @@ SOURCES = sorted(p for p in REPO.rglob("*.py")
 ALLOWED = {
     ("engine/checkpoint.py", "resave_trusted", "torch.load"): "the explicit --trust path for a file the user vouches for",
     ("blocks/__init__.py", "", "importlib.import_module"): "imports the block files found in blocks/, never a config value",
-    ("export.py", "require", "__import__"): "optional exporters named in the code (onnx, onnxsim)",
+    ("engine/onnx_export.py", "require", "__import__"): "optional exporters named in the code (onnx, onnxslim)",
 }
 
 
@@ -315,7 +316,7 @@ def eval_loader(node, module):
 
 def test_graph_module_names_resolve_only_through_the_registry_or_torch_nn(tmp_path):
     from models import build_model
-    from models.errors import GraphError
+    from core.errors import GraphError
 
     for name in ("os.system", "builtins.eval", "__import__", "subprocess.Popen", "nn.functional.relu",
                  "torch.load", "nn.Module.__subclasses__", "nn.modules.conv"):

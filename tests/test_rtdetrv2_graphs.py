@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from analyze.profile import count_params
+from metrics.flops import count_params
 from blocks.backbone._hgnetv2 import FrozenBatchNorm2d
 from blocks.backbone.presnet import PResNet
 from models import build_model
@@ -164,7 +164,7 @@ def test_deploy_drops_layers_after_eval_idx_with_equal_output():
 
 @pytest.mark.parametrize("name", RECORDED)
 def test_flop_count_equals_calflops(name):
-    from analyze.profile import count_flops, deployed_copy
+    from metrics.flops import count_flops, deployed_copy
     from tests.test_info import calflops_count
 
     model = deployed_copy(build_model(tiny(name), check=False))

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from analyze.tide import MAIN_ERRORS, SPECIAL_ERRORS, evaluate, plot
+from metrics.tide import MAIN_ERRORS, SPECIAL_ERRORS, evaluate, plot
 
 CLASSES = [3, 17, 42]  # sparse ids, as real COCO exports have
 

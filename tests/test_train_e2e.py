@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from core.checkpoint_io import read_checkpoint
 from engine import checkpoint
 from engine.config import load_config
 from engine.solver import Solver, TrainingDiverged
@@ -58,7 +59,7 @@ def test_train_then_test_only_reproduces_logged_ap_and_predict_writes_output(dem
     assert stats["model"]["params"] > 0 and stats["model"]["gflops"] > 0
     # TIDE on the same predictions: its AP50 is TIDE's own 101-point AP at IoU 0.5, equal to the
     # standalone tool's on the saved files
-    from analyze.tide import evaluate as tide_errors
+    from metrics.tide import evaluate as tide_errors
     standalone = tide_errors(str(demo / "val/_annotations.coco.json"), str(test_dir / "predictions.json"))
     assert stats["tide"] == json.loads(json.dumps(standalone.as_dict()))
     assert (test_dir / "tide.png").stat().st_size > 0
@@ -95,8 +96,8 @@ def test_resume_equals_uninterrupted_run(demo, tmp_path):
     resumed = solver(cfg_path, output_dir=str(tmp_path / "split"), auto_resume=True)   # finds split/last.pth
     assert resumed.output_dir == tmp_path / "split" and resumed.epoch == 0   # continues in its own folder
     resumed.fit()
-    a = checkpoint.load(tmp_path / "straight/last.pth")
-    b = checkpoint.load(tmp_path / "split/last.pth")
+    a = read_checkpoint(tmp_path / "straight/last.pth")
+    b = read_checkpoint(tmp_path / "split/last.pth")
     assert weights_equal(a["model"], b["model"]) and weights_equal(a["ema"]["module"], b["ema"]["module"])
     assert a["stats"]["stats"] == b["stats"]["stats"]
     assert a["global_step"] == b["global_step"] == 8 and a["epoch"] == b["epoch"] == 1
@@ -114,7 +115,7 @@ def test_torchrun_two_gloo_processes_train_and_rank0_checkpoint_loads_alone(demo
          "-d", "cpu", "--output-dir", str(out)])
     assert not (tmp_path / "ddp2").exists()                             # both ranks used one folder
     logged = json.loads((out / "log.txt").read_text().splitlines()[-1])
-    state = checkpoint.load(out / "last.pth")
+    state = read_checkpoint(out / "last.pth")
     assert not any(k.startswith("module.") for k in state["model"])
     single = solver(cfg_path, output_dir=str(tmp_path / "single"), resume=str(out / "last.pth"), test_only=True)
     stats = single.evaluate()
@@ -154,7 +155,7 @@ def test_non_finite_loss_is_skipped_reported_and_training_continues(demo, tmp_pa
     assert "non-finite loss or predicted boxes at epoch 0 step 1" in printed and "'loss_bbox': nan" in printed
     dumps = list((tmp_path / "nan/debug").glob("nonfinite_*.pth"))
     assert len(dumps) == 1
-    dump = checkpoint.load(dumps[0])
+    dump = read_checkpoint(dumps[0])
     assert len(dump["image_ids"]) == 4 and f"image ids {dump['image_ids']}" in printed
     assert run_.bad_total == 1 and run_.global_step == 4
     after = run_.raw_model.state_dict()

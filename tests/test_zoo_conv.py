@@ -23,7 +23,7 @@ from blocks.upsample.carafe import CARAFE
 from blocks.upsample.dysample import DySample
 from blocks.upsample.wavelet_un_pool import WaveletUnPool
 from models import build_model
-from models.detector import fuse_modules
+from blocks.common import fuse_modules
 
 
 def _randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

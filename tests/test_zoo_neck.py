@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from models import build_model
-from models.errors import GraphError
+from core.errors import GraphError
 
 
 def container_graph(row):
@@ -51,7 +51,7 @@ def test_library_backbones_feed_index_rows_and_load_local_weights(tmp_path):
     import timm
     import torchvision
 
-    from models.errors import CheckpointError
+    from core.errors import CheckpointError
 
     graph = {"nc": 2, "imgsz": [64, 64], "backbone": [
         [-1, 1, "TorchvisionBackbone", ["resnet18"]], [0, 1, "Index", [2]],

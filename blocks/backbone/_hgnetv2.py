@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.errors import CheckpointError
+from core.checkpoint_io import model_weights, read_checkpoint
+from core.errors import CheckpointError
 
 # name: (stem [in, mid, out], stages [mid, out, num_blocks, downsample, light_block, kernel_size, num_layers])
 ARCHS = {
@@ -154,13 +155,7 @@ def load_pretrained(module: nn.Module, path: str | Path, prefix_pattern: str, bl
         raise CheckpointError(f"pretrained weights not found: {path}", where=block,
                               hint="pass the local path of the HGNetv2 checkpoint (e.g. PPHGNetV2_B0_stage1.pth); "
                                    "nothing is downloaded")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 (any unreadable file is a checkpoint problem)
-        raise CheckpointError(f"cannot read {path}: {err}", where=block,
-                              hint="the file must be a torch state dict saved with torch.save") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    state, _ = model_weights(read_checkpoint(path), prefer_ema=False)
     own = {k: v.shape for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
     groups = defaultdict(dict)
     pattern = re.compile(rf"^(?:backbone\.)?{prefix_pattern}")

@@ -10,7 +10,7 @@ from torch import nn
 from blocks.common import activation
 from blocks.conv._dcn_core import deform_sample
 from blocks.registry import register
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 
 class _ChannelsLastLayerNorm(nn.LayerNorm):

@@ -10,7 +10,7 @@ from torch import nn
 from blocks.common import activation
 from blocks.conv._dcn_core import deform_sample
 from blocks.registry import register
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 
 @register("conv", channels="arg0", example={"args": [32, 3, 1], "shape": (2, 16, 16, 16)})

@@ -7,7 +7,7 @@ from torch import nn
 
 from blocks.conv.conv import Conv
 from blocks.registry import register
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 
 @register("conv", channels="arg0", example={"args": [32, 3, 2], "shape": (2, 16, 16, 16)})

@@ -99,7 +99,7 @@ class TwoStageSelection:
         """Encoder tokens, the decoder's first queries (denoising groups in front when training), the
         encoder's top-k outputs, the attention mask and the denoising meta. An input too small to hold
         num_queries tokens gives one query per token."""
-        from models.denoising import denoising_queries
+        from blocks.decoder._denoising import denoising_queries
 
         feats = [feats] if isinstance(feats, torch.Tensor) else feats
         memory, spatial_shapes = self._encoder_input(feats)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from blocks.common import activation
-from models.box_ops import box_xyxy_to_cxcywh, inverse_sigmoid
+from core.box_ops import box_xyxy_to_cxcywh, inverse_sigmoid
 
 
 def prior_logit(prob: float) -> float:

@@ -20,7 +20,7 @@ from blocks.decoder._deformable_attention import ProjectedDeformableAttention, g
 from blocks.decoder._dfine_parts import MLP, prior_logit
 from blocks.encoder.deformable_encoder import FFN
 from blocks.registry import register
-from models.box_ops import inverse_sigmoid
+from core.box_ops import inverse_sigmoid
 
 
 class SelfAttention(nn.Module):

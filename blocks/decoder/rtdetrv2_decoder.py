@@ -20,7 +20,7 @@ from blocks.decoder._deformable_attention import (ProjectedDeformableAttention, 
                                                   initial_queries)
 from blocks.decoder._dfine_parts import MLP, prior_logit
 from blocks.registry import register
-from models.box_ops import inverse_sigmoid
+from core.box_ops import inverse_sigmoid
 
 QUERY_SELECT_METHODS = ("default", "one2many", "agnostic")
 CROSS_ATTN_METHODS = ("default", "discrete")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from blocks.registry import register
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 
 @register("downsample", channels="arg0", example={"args": [32], "shape": (2, 16, 16, 16)})

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blocks.registry import register
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 
 @register("upsample", channels="same", example={"args": [], "kwargs": {"compressed": 16}, "shape": (2, 16, 8, 8)})

@@ -7,7 +7,7 @@ from torch import nn
 
 from blocks.conv._haar import haar_inverse
 from blocks.registry import register
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 
 @register("upsample", channels=lambda c_in, kwargs: c_in // 4, example={"shape": (2, 64, 8, 8)})

@@ -15,7 +15,7 @@ from models.criterion.families import (DEIMCriterion, DEIMv2Criterion, DFINECrit
 from models.criterion.matcher import HungarianMatcher
 from models.criterion.set_criterion import DETRCriterion
 from models.criterion.targets import TargetError
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 CRITERIA: dict[str, type[nn.Module]] = {
     "DFINECriterion": DFINECriterion,

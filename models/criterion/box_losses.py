@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
+from core.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
 
 
 def matched_iou(src_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from models.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
+from core.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
 from models.criterion.targets import check_targets
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 Indices = list[tuple[torch.Tensor, torch.Tensor]]  # per image: (query indices, target indices)
 

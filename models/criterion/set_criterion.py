@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from models.box_ops import box_cxcywh_to_xyxy
+from core.box_ops import box_cxcywh_to_xyxy
 from models.criterion.box_losses import (decoupled_distillation_loss, edge_offset_targets,
                                          fine_grained_localization_loss, l1_and_giou_losses, matched_giou,
                                          matched_iou)
@@ -32,7 +32,7 @@ from models.criterion.classification import matchability_aware_loss, sigmoid_foc
 from models.criterion.feature_distill import cosine_distillation_loss
 from models.criterion.matcher import Indices, denoising_indices, union_indices
 from models.criterion.targets import check_targets
-from models.errors import ConfigError
+from core.errors import ConfigError
 
 CLASS_TERMS = ("focal", "vfl", "mal")
 BOX_TERMS = ("boxes", "local")  # the terms that use the union set

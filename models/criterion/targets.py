@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from models.errors import DetrZooError
+from core.errors import DetrZooError
 
 
 class TargetError(DetrZooError, ValueError):

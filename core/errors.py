@@ -39,3 +39,7 @@ def cli_main(main, debug_flag: str = "--debug"):
             raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class DataError(DetrZooError):
+    """A dataset that cannot be trained on correctly; `where` names the file (and line or ids)."""

@@ -102,7 +102,7 @@ def broadcast_object(obj):
 
 def split_batch(total_batch_size: int) -> int:
     """Per-process batch from `total_batch_size`; it must divide evenly over the processes."""
-    from models.errors import ConfigError
+    from core.errors import ConfigError
 
     world = world_size()
     if total_batch_size % world:

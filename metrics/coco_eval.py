@@ -1,5 +1,5 @@
 """Detection evaluation: COCO AP with pycocotools; per-class AP, YOLO-style P/R/F1 and the confusion
-matrix come from analyze.metrics.
+matrix come from metrics.detection.
 
 Predictions arrive as the post-processor's per-image `labels` (contiguous 0..nc-1), `boxes` (xyxy
 pixels of the original image) and `scores`; labels are mapped to the dataset's own category ids
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from analyze.metrics import per_class_table, yolo_metrics
-from engine import dist
+from metrics.detection import per_class_table, yolo_metrics
+from core import dist
 
 STAT_NAMES = ["AP50:95", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
@@ -119,7 +119,7 @@ def measure_speed(model, postprocessor, imgsz, device, runs: int = 20, warmup: i
 
 def model_stats(model, imgsz) -> dict:
     """Params, size in MB (fp32 weights) and GFLOPs of the deploy form at `imgsz`."""
-    from analyze.profile import count_flops, count_params, deployed_copy
+    from metrics.flops import count_flops, count_params, deployed_copy
 
     deployed = deployed_copy(model).cpu()
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2 ** 20

@@ -8,7 +8,7 @@ false positive scored 0) and FalseNeg (AP with every missed box removed). Defini
 the 101-point COCO AP follow the reference `tidecv`; this implementation works on box-only COCO files
 with any category ids and is vectorised per image.
 
-`python -m analyze.tide --gt ANN.json --pred RESULTS.json [--out DIR] [--json]`
+`python -m metrics.tide --gt ANN.json --pred RESULTS.json [--out DIR] [--json]`
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.errors import DetrZooError, cli_main
+from core.errors import DetrZooError, cli_main
 
 MAIN_ERRORS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 SPECIAL_ERRORS = ("FalsePos", "FalseNeg")
@@ -293,7 +293,7 @@ def plot(result: TideResult, path: str | Path, title: str = "TIDE"):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m analyze.tide", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m metrics.tide", description=__doc__.split("\n")[0])
     parser.add_argument("--gt", required=True, help="COCO annotation JSON")
     parser.add_argument("--pred", required=True, help="COCO results JSON (list of detections)")
     parser.add_argument("--out", help="folder for tide.json and tide.png")

@@ -232,6 +232,6 @@ def deployed_copy(model: nn.Module) -> nn.Module:
     if hasattr(clone, "deploy"):
         clone.deploy()
     else:
-        from models.detector import fuse_modules
+        from blocks.common import fuse_modules
         fuse_modules(clone)
     return clone

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analyze.tide import box_iou_xywh
+from metrics.tide import box_iou_xywh
 
 
 def _mean_valid(values: np.ndarray) -> float:

@@ -1,0 +1,94 @@
+"""A dataset's transform pipeline from its config: `ops` (`{type: Name, ...}` rows of
+`data.transforms.TRANSFORMS`, Mosaic included) under an augmentation `policy`.
+
+DEIM's `stop_epoch` policy: the policy ops are off before `epoch[0]` and from `epoch[-1]` on; Mosaic
+runs (with `mosaic_prob`) only in `[epoch[0], epoch[1])`, and a mosaic sample skips RandomZoomOut and
+RandomIoUCrop. A single-number `epoch` only stops the ops at that epoch.
+"""
+from __future__ import annotations
+
+import random
+
+import data.mosaic  # noqa: F401  (registers Mosaic)
+from core.errors import ConfigError
+from data.transforms import TRANSFORMS
+
+
+def build_op(spec, where: str):
+    """One transform from `{type: Name, **kwargs}` (or an already-built callable)."""
+    if callable(spec):
+        return type(spec).__name__, spec
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ConfigError(f"a transform must be a mapping with a `type`, got {spec!r}", where=where)
+    kwargs = {k: v for k, v in spec.items() if k != "type"}
+    name = spec["type"]
+    op = TRANSFORMS.get(name, where=f"{where}.type")
+    try:
+        return name, op(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"bad arguments for {name}: {err}", where=where) from None
+
+
+class Compose:
+    """Applies `ops` in order under an augmentation `policy` driven by the dataset's epoch."""
+
+    def __init__(self, ops=None, policy=None, mosaic_prob: float = -0.1, where: str = "transforms"):
+        built = [build_op(op, f"{where}.ops[{i}]") for i, op in enumerate(ops or [])]
+        self.names, self.ops = [n for n, _ in built], [op for _, op in built]
+        self.policy = dict(policy or {"name": "default"})
+        self.policy.setdefault("name", "stop_epoch")
+        if self.policy["name"] not in ("default", "stop_epoch"):
+            raise ConfigError(f"unknown policy {self.policy['name']!r}", where=f"{where}.policy.name",
+                              hint="use stop_epoch (or leave policy out)")
+        stages = self.policy.get("epoch")
+        if self.policy["name"] == "stop_epoch" and not (isinstance(stages, int) or (
+                isinstance(stages, (list, tuple)) and len(stages) == 3)):
+            raise ConfigError(f"policy stop_epoch needs `epoch`: [start, mosaic_end, stop] or one number, got {stages!r}",
+                              where=f"{where}.policy.epoch", hint="give it, or leave it ~ and set the run's `epochs` to derive it")
+        self.mosaic_prob = mosaic_prob
+
+    def active_ops(self, epoch: int, with_mosaic: bool) -> list[bool]:
+        """Which ops run for a sample at `epoch`, given the mosaic coin flip."""
+        if self.policy["name"] == "default":
+            return [True] * len(self.ops)
+        stages, policy_ops = self.policy["epoch"], set(self.policy.get("ops", []))
+        if isinstance(stages, (list, tuple)) and len(stages) == 3:
+            active = []
+            for name in self.names:
+                if name in policy_ops and not stages[0] <= epoch < stages[-1]:
+                    active.append(False)
+                elif name == "Mosaic":
+                    active.append(with_mosaic)
+                else:
+                    active.append(not (with_mosaic and name in ("RandomZoomOut", "RandomIoUCrop")))
+            return active
+        return [not (name in policy_ops and epoch >= stages) for name in self.names]
+
+    def mosaic_window(self, epoch: int) -> bool:
+        stages = self.policy.get("epoch")
+        return (self.policy["name"] == "stop_epoch" and isinstance(stages, (list, tuple)) and len(stages) == 3
+                and stages[0] <= epoch < stages[1])
+
+    def __call__(self, image, target, dataset=None):
+        epoch = dataset.epoch if dataset is not None else 0
+        with_mosaic = self.mosaic_window(epoch) and random.random() <= self.mosaic_prob
+        for name, op, active in zip(self.names, self.ops, self.active_ops(epoch, with_mosaic)):
+            if active:
+                image, target = op(image, target, dataset) if getattr(op, "uses_dataset", False) else op(image, target)
+        return image, target
+
+
+def eval_preprocessing(cfg: dict, imgsz) -> dict:
+    """Resize size/letterbox and normalisation of the val pipeline (what the model was evaluated with)."""
+    options = {"imgsz": list(imgsz), "letterbox": False, "normalize": False}
+    section = cfg.get("val_dataloader") or {}
+    transforms = (section.get("dataset") or {}).get("transforms") or section.get("transforms") or {}
+    for op in transforms.get("ops") or []:
+        if not isinstance(op, dict):
+            continue
+        if op.get("type") == "Resize":
+            options["imgsz"] = op.get("size", options["imgsz"])
+            options["letterbox"] = bool(op.get("letterbox", False))
+        if op.get("type") == "Normalize":
+            options["normalize"] = (op["mean"], op["std"]) if "mean" in op and "std" in op else True
+    return options

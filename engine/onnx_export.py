@@ -1,0 +1,205 @@
+"""ONNX export of a detector: the deploy-form network and the post-processor in one graph, and
+the check that onnxruntime gives PyTorch's detections. export.py is its command line; the
+benchmarks and tests call it directly.
+
+The export uses the TorchScript exporter (`dynamo=False`): the torch.export path needs the extra
+`onnxscript` package, emits opset 18 and fails converting down to 17, and takes ~20x longer.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+from data.pipeline import eval_preprocessing
+from data.transforms import as_size_hw, preprocess_image
+from engine.onnx_runtime import INPUT_NAMES, OUTPUT_NAMES, OnnxDetector
+from models.factory import build_detector, load_detector
+
+
+class DeployModel(nn.Module):
+    """Network and post-processor as one module: (images, orig_target_sizes) -> (labels, boxes, scores)."""
+
+    def __init__(self, model: nn.Module, postprocessor: nn.Module):
+        super().__init__()
+        self.model = model.deploy()
+        self.postprocessor = postprocessor.deploy()
+
+    def forward(self, images: torch.Tensor, orig_target_sizes: torch.Tensor):
+        return self.postprocessor(self.model(images), orig_target_sizes)
+
+
+def load_config_or_graph(path: str, updates=()) -> dict:
+    """A run config as is; a bare graph YAML (rows at the top level) becomes {'graph': path}."""
+    from engine.config import load_config
+    from core.yaml_io import load_yaml
+
+    raw = load_yaml(path)
+    if isinstance(raw, dict) and "graph" not in raw and ("backbone" in raw or "decoder" in raw):
+        return {"graph": str(path)}
+    return load_config(path, updates)
+
+
+def build_for_export(cfg: dict, checkpoint: str | None, imgsz=None):
+    """(DeployModel, preprocessing, class names): trained weights from `checkpoint`, or random ones."""
+    if checkpoint:
+        model, postprocessor, meta = load_detector(checkpoint, cfg, torch.device("cpu"))
+        names = list(meta.get("names") or [])
+    else:
+        torch.manual_seed(0)
+        model, _, postprocessor = build_detector({**cfg, "imgsz": imgsz or cfg.get("imgsz")}, with_criterion=False)
+        names = []
+    preprocessing = eval_preprocessing(cfg, model.imgsz)
+    preprocessing["imgsz"] = [int(v) for v in as_size_hw(imgsz or preprocessing["imgsz"])]
+    return DeployModel(model.cpu(), postprocessor.cpu()).eval(), preprocessing, names
+
+
+def require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ConfigError(f"`{module}` is not installed", hint='pip install -e ".[export]"') from None
+
+
+def export_onnx(detector: nn.Module, path: str | Path, imgsz, opset: int = 17, dynamic_batch: bool = False,
+                simplify: bool = False, metadata: dict[str, str] | None = None, output_names=OUTPUT_NAMES) -> Path:
+    """Trace `detector` (called with images and orig_target_sizes) at batch 1 and write an ONNX
+    file (batch dimension named when dynamic)."""
+    onnx = require("onnx")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = imgsz
+    example = (torch.rand(1, 3, height, width), torch.tensor([[width, height]], dtype=torch.int64))
+    axes = {name: {0: "batch"} for name in (*INPUT_NAMES, *output_names)} if dynamic_batch else None
+    with warnings.catch_warnings(), torch.no_grad():
+        # the tracer warns where Python reads a shape (query count, anchor cache, top-k size): all of
+        # them depend on H and W only, which the exported graph fixes
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        torch.onnx.export(detector, example, str(path), input_names=list(INPUT_NAMES),
+                          output_names=list(output_names), opset_version=opset, dynamic_axes=axes,
+                          do_constant_folding=True, dynamo=False)
+    model = onnx.load(str(path))
+    if simplify:
+        model = require("onnxslim").slim(model)
+    for key, value in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def check_images(paths, preprocessing: dict, count_random: int = 2, seed: int = 0) -> list[tuple[str, torch.Tensor]]:
+    """(name, preprocessed image [3,H,W]): uniform-noise images, then the real photos in `paths`
+    (default: the photo matplotlib ships, so the check needs no download)."""
+    from PIL import Image
+
+    height, width = preprocessing["imgsz"]
+    generator = torch.Generator().manual_seed(seed)
+    images = [(f"random-{i}", torch.rand(3, height, width, generator=generator)) for i in range(count_random)]
+    if not paths:
+        from matplotlib import cbook
+        paths = [cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)]
+    for path in map(Path, paths):
+        with Image.open(path) as image:
+            tensor, _ = preprocess_image(image, [height, width], preprocessing["letterbox"], preprocessing["normalize"])
+        images.append((path.name, tensor))
+    return images
+
+
+def compare_top(reference, candidate, top: int = 10) -> tuple[float, float]:
+    """Largest score and box difference over the `top` reference detections of one image.
+
+    Each reference detection is paired with the candidate detection of the same label and nearest box
+    among the candidate's first 2*top, so two near-equal scores that swap rank do not count as a miss."""
+    ref_labels, ref_boxes, ref_scores = reference
+    labels, boxes, scores = candidate
+    top = min(top, len(ref_scores))
+    pool = slice(0, 2 * top)
+    worst_score = worst_box = 0.0
+    for label, box, score in zip(ref_labels[:top], ref_boxes[:top], ref_scores[:top]):
+        same = labels[pool] == label
+        if not same.any():
+            return float("inf"), float("inf")
+        distance = (boxes[pool][same] - box).abs().amax(-1)
+        nearest = int(distance.argmin())
+        worst_box = max(worst_box, float(distance[nearest]))
+        worst_score = max(worst_score, float((scores[pool][same][nearest] - score).abs()))
+    return worst_score, worst_box
+
+
+def check_onnx(detector: DeployModel, path: str | Path, images, top: int = 10, tol: float = 1e-3) -> dict:
+    """Run each image through PyTorch and onnxruntime (one by one, and all at once when the file
+    has a dynamic batch) and compare the top detections. Boxes are compared in pixels."""
+    session = OnnxDetector(path)
+    rows, passed = [], True
+    height, width = images[0][1].shape[1:]
+    batch = torch.stack([tensor for _, tensor in images])
+    sizes = torch.tensor([[width, height]] * len(images), dtype=torch.int64)
+    with torch.no_grad():
+        reference = [detector(tensor[None], sizes[:1]) for _, tensor in images]
+    runs = [("batch 1", [session(tensor[None], sizes[:1]) for _, tensor in images])]
+    if session.dynamic_batch:
+        together = session(batch, sizes)
+        runs.append((f"batch {len(images)}", [tuple(out[i:i + 1] for out in together) for i in range(len(images))]))
+    for run_name, outputs in runs:
+        for (name, _), ref, out in zip(images, reference, outputs):
+            score_diff, box_diff = compare_top([t[0] for t in ref], [t[0] for t in out], top)
+            ok = score_diff <= tol and box_diff <= tol
+            passed &= ok
+            rows.append({"image": name, "run": run_name, "score_diff": score_diff, "box_diff_px": box_diff,
+                         "top_score": float(ref[2][0, 0]), "ok": ok})
+    return {"passed": passed, "rows": rows, "top": top, "tol": tol}
+
+
+def format_check(report: dict) -> str:
+    lines = [f"check: top {report['top']} detections, PyTorch vs onnxruntime (tolerance {report['tol']:g})",
+             f"  {'image':<22}{'run':<10}{'best score':>11}{'max |d score|':>15}{'max |d box| px':>16}"]
+    for row in report["rows"]:
+        lines.append(f"  {row['image']:<22}{row['run']:<10}{row['top_score']:>11.4f}{row['score_diff']:>15.2e}"
+                     f"{row['box_diff_px']:>16.2e}  {'ok' if row['ok'] else 'MISMATCH'}")
+    lines.append("check passed" if report["passed"] else
+                 "check FAILED (with untrained weights, exactly tied encoder scores make the query top-k "
+                 "order implementation-defined; bench/export_check.py nudges the weights and compares every query)")
+    return "\n".join(lines)
+
+
+def export_tensorrt(onnx_path: Path, imgsz, dynamic_batch: bool, fp16: bool = True, max_batch: int = 32) -> Path | None:
+    """Build a serialized TensorRT engine next to the ONNX file. Needs a CUDA GPU and `tensorrt`;
+    without them print why and the equivalent `trtexec` command, and return None."""
+    engine_path = onnx_path.with_suffix(".engine")
+    missing = [] if torch.cuda.is_available() else ["no CUDA GPU is visible"]
+    try:
+        import tensorrt as trt
+    except ImportError:
+        missing.append("the `tensorrt` package is not installed")
+    if missing:
+        print(f"--trt skipped: {' and '.join(missing)}. On a machine with both run:\n"
+              f"  trtexec --onnx={onnx_path} --saveEngine={engine_path}{' --fp16' if fp16 else ''}")
+        return None
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ConfigError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if dynamic_batch:
+        height, width = imgsz
+        profile = builder.create_optimization_profile()
+        profile.set_shape("images", (1, 3, height, width), (1, 3, height, width), (max_batch, 3, height, width))
+        profile.set_shape("orig_target_sizes", (1, 2), (1, 2), (max_batch, 2))
+        config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise ConfigError(f"TensorRT failed to build an engine from {onnx_path}", hint="see the TensorRT log above")
+    engine_path.write_bytes(bytes(engine))
+    return engine_path

@@ -1,0 +1,98 @@
+"""The one model factory: every caller (trainer, distillation teacher, predict, export, ablate, the
+analysis commands) builds its detector here.
+
+    build_detector(cfg)            -> Detector, criterion (None without `criterion:`), PostProcessor
+    load_detector(ckpt, cfg, dev)  -> Detector with the checkpoint's weights, PostProcessor, meta
+
+`cfg` is a run config (resolved or not): `graph` (a path or the graph itself), `scale`, `imgsz`, `nc`,
+`criterion`, `postprocessor`. A checkpoint written by train.py carries its graph, class count, size and
+category mapping in `meta`, so it rebuilds without the config's graph; official releases convert.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.checkpoint_io import model_weights, read_checkpoint
+from core.errors import CheckpointError, ConfigError
+from models import build_model
+from models.criterion import build_criterion
+from models.postprocess import build_postprocessor
+
+
+def build_detector(cfg: dict, nc: int | None = None, with_criterion: bool = True, check: bool = False):
+    """(model, criterion or None, postprocessor) from a run config; `nc` overrides the config's."""
+    graph = cfg.get("graph")
+    if not graph:
+        raise ConfigError("missing `graph` (the model's graph YAML, or the graph itself as a mapping)",
+                          where="graph", hint="e.g. graph: graphs/deim/deim-n.yaml")
+    nc = nc if nc is not None else cfg.get("nc")
+    model = build_model(graph, nc=nc, scale=cfg.get("scale"), imgsz=cfg.get("imgsz"), check=check)
+    criterion = None
+    if with_criterion and cfg.get("criterion"):
+        criterion = build_criterion({**cfg["criterion"], "num_classes": model.nc})
+    postprocessor = build_postprocessor(cfg.get("postprocessor"), model.nc)
+    return model, criterion, postprocessor
+
+
+def load_detector(checkpoint: str | Path, cfg: dict | None = None, device: torch.device | str = "cpu"):
+    """(model in eval mode with the checkpoint's weights (EMA first), postprocessor, meta).
+
+    The graph comes from the checkpoint's meta (what it was trained with), else from `cfg`."""
+    cfg = cfg or {}
+    state = read_checkpoint(checkpoint)
+    meta = state.get("meta") if isinstance(state.get("meta"), dict) else {}
+    weights, _ = model_weights(state)
+    graph = meta.get("graph_spec") or cfg.get("graph")
+    if not graph:
+        raise ConfigError(f"no graph to build: {checkpoint} stores none and the config has no `graph`",
+                          where="graph", hint="pass the run config the checkpoint was trained with (-c)")
+    model = build_model(graph, nc=meta.get("nc") or cfg.get("nc"), scale=meta.get("scale") or cfg.get("scale"),
+                        imgsz=meta.get("imgsz") or cfg.get("imgsz"), check=False)
+    load_weights(model, weights, checkpoint)
+    postprocessor = build_postprocessor(cfg.get("postprocessor"), model.nc)
+    device = torch.device(device)
+    return model.to(device).eval(), postprocessor.to(device).eval(), meta
+
+
+def load_weights(model: nn.Module, weights: dict, source) -> str | None:
+    """Load `weights` exactly (official layouts converted first); return the conversion report.
+    A checkpoint that does not fit names its first differing tensors."""
+    from models import convert
+
+    report = None
+    if convert.is_official_layout(weights) or convert.is_hf_layout(weights):
+        weights, report = convert.convert_official(weights, model)
+    mismatch = describe_mismatch(model, weights)
+    if mismatch:
+        raise CheckpointError(f"{source} does not fit this model: {mismatch}", where=str(source),
+                              hint="pass the config the checkpoint was trained with; to fine-tune other weights "
+                                   "use train.py -t")
+    _check_dtypes(model, weights, source)
+    model.load_state_dict(weights)
+    return report
+
+
+def describe_mismatch(model: nn.Module, weights: dict) -> str | None:
+    """None when `weights` fit `model` exactly; else the first differences, by tensor name."""
+    own = model.state_dict()
+    shapes = [f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
+              for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    parts = ([f"{len(shapes)} tensors of another shape, e.g. {shapes[0]}"] if shapes else []) + \
+            ([f"{len(missing)} model tensors missing, e.g. {missing[0]}"] if missing else []) + \
+            ([f"{len(unexpected)} unexpected tensors, e.g. {unexpected[0]}"] if unexpected else [])
+    return "; ".join(parts) or None
+
+
+def _check_dtypes(model: nn.Module, weights: dict, source) -> None:
+    """Integer or boolean tensors for float parameters are a broken file, not weights to cast."""
+    own = model.state_dict()
+    wrong = [f"{k} ({v.dtype})" for k, v in weights.items()
+             if k in own and own[k].is_floating_point() and not v.is_floating_point()]
+    if wrong:
+        raise CheckpointError(f"{source}: {len(wrong)} tensors hold integers where the model has floats, e.g. "
+                              f"{wrong[0]}", where=str(source),
+                              hint="the file is not a float checkpoint of this model; re-export it")
