@@ -12,7 +12,7 @@ from torch import nn
 
 from metrics.flops import count_flops, count_params
 from blocks.registry import blocks, get
-from models.detector import fuse_modules
+from blocks.common import fuse_modules
 
 ALL_BLOCKS = [spec.name for spec in blocks()]
 
