@@ -29,7 +29,7 @@ def main(argv=None):
     args = parse_args(argv)
     from core import dist
     from engine.config import load_config
-    from engine.distill import DistillSolver
+    from engine.solver import Solver
 
     check_weight_flags(args)
     if bool(args.teacher_config) != bool(args.teacher_weights):
@@ -38,7 +38,10 @@ def main(argv=None):
     options = {k: v for k, v in vars(args).items() if k not in ("student_config", "teacher_update", "update", "debug")}
     options["config"], options["update"], options["teacher_updates"] = args.student_config, args.update, args.teacher_update
     try:
-        solver = DistillSolver(cfg, **options)
+        if not isinstance(cfg.get("distill"), dict):
+            raise ConfigError("the student config has no `distill:` section", where=args.student_config,
+                              hint="add distill: {kd_loss_type: logit} (see engine/distill.py for every key)")
+        solver = Solver(cfg, **options)
         return solver.fit()
     finally:
         dist.cleanup()

@@ -55,17 +55,15 @@ def run_variant(graph: str, recipe: str, seed: int, out_dir: Path, epochs: int |
 
 def model_figures(graph: str, recipe: str, updates: list[str]) -> dict:
     """Params, deploy GFLOPs and CPU latency (batch 1, deploy form) at the recipe's input size."""
-    from metrics.flops import deployed_copy
     from engine.config import load_config
     from metrics.coco_eval import measure_speed, model_stats
-    from models import build_model
-    from models.postprocess import PostProcessor
+    from metrics.flops import deployed_copy
+    from models.factory import build_detector
 
     cfg = load_config(recipe, [*updates, f"graph={graph}"])
-    model = build_model(graph, nc=cfg.get("nc"), imgsz=cfg.get("imgsz"), check=False)
+    model, _, postprocessor = build_detector(cfg, with_criterion=False)
     figures = model_stats(model, model.imgsz)
-    speed = measure_speed(deployed_copy(model), PostProcessor(num_classes=model.nc).eval(), model.imgsz,
-                          torch.device("cpu"), runs=10)
+    speed = measure_speed(deployed_copy(model), postprocessor.eval(), model.imgsz, torch.device("cpu"), runs=10)
     return {"params": figures["params"], "gflops": figures["gflops"], "latency_ms": speed["forward_ms"],
             "imgsz": list(model.imgsz)}
 

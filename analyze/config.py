@@ -28,7 +28,7 @@ def main(argv=None):
     parser.add_argument("--yaml", action="store_true", help="print the merged config as YAML only")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    cfg, sources = load_config(args.config, args.update, with_sources=True, check=False)
+    cfg, sources = load_config(args.config, args.update, with_sources=True)
     if args.yaml:
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
         return

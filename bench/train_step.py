@@ -30,7 +30,7 @@ def bench_one(graph: str, size: int, batch: int, steps: int, warmup: int, device
     from engine.config import load_config
     from engine.solver import Solver, _to_device
 
-    recipe = load_config(REPO / "configs/recipes/deim.yml", check=False)
+    recipe = load_config(REPO / "configs/recipes/deim.yml")
     train_ops = recipe["train_dataloader"]["dataset"]["transforms"]["ops"]
     cfg = {"__include__": [str(REPO / "configs/recipes/deim.yml")], "graph": str(REPO / graph), "imgsz": [size, size],
            "epochs": 2, "progress_bar": False, "plot_train_batch_freq": 0,

@@ -1,4 +1,4 @@
-"""Checkpoint files: the one place they are read and written.
+"""Checkpoint files (and every other file a run writes): the one place they are read and written.
 
 Reading is safe: `torch.load(weights_only=True)` (plain tensors and Python values; a file that
 would unpickle other objects is refused, since unpickling can run code) or safetensors. Writing is
@@ -25,8 +25,9 @@ class DiskFullError(CheckpointError):
     """A checkpoint could not be written: no space left, or the folder is read-only."""
 
 
-def save_atomic(state: dict, path: str | Path) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a torn file."""
+def atomic_write(path: str | Path, write) -> None:
+    """Call `write(file)` on a temp file in the same folder, fsync, then rename over `path`: a crash,
+    Ctrl-C or a full disk leaves the old file or the new one, never a torn one."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +38,7 @@ def save_atomic(state: dict, path: str | Path) -> None:
         raise _write_error(path, err) from None
     try:
         with os.fdopen(handle, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(temp, path)
@@ -47,6 +48,15 @@ def save_atomic(state: dict, path: str | Path) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(state: dict, path: str | Path) -> None:
+    """torch.save through `atomic_write`."""
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _write_error(path: Path, err: OSError) -> CheckpointError:

@@ -12,18 +12,47 @@ import torch.distributed as dist
 from torch import nn
 
 
+def launched_world_size() -> int:
+    """The process count torchrun launched (1 for a plain `python train.py`), known before `init`."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def parse_device(device: str | None) -> torch.device:
+    """`device` as a torch.device that exists here (default: cuda when available, else cpu)."""
+    from core.errors import ConfigError
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}", where="-d / device", hint="use cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device type {parsed.type!r} is not supported", where="-d / device",
+                          hint="use cpu, cuda or cuda:N")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: no CUDA GPU is visible", where="-d / device",
+                              hint="use -d cpu, or check CUDA_VISIBLE_DEVICES and the driver")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) are visible "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1})", where="-d / device",
+                              hint="pick an index that exists")
+    return parsed
+
+
 def init(device: str | None = None) -> torch.device:
     """Join the process group if torchrun started us; return this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    wants_cuda = (device or "").startswith("cuda") or (device is None and torch.cuda.is_available())
+    parsed = parse_device(device)
+    world = launched_world_size()
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if wants_cuda else "gloo")
-    if wants_cuda:
+        dist.init_process_group("nccl" if parsed.type == "cuda" else "gloo")
+    if parsed.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        index = local if world > 1 else (torch.device(device).index or 0 if device else 0)
+        index = local if world > 1 else (parsed.index or 0)
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
-    return torch.device(device or "cpu")
+    return parsed
 
 
 def enabled() -> bool:
@@ -98,14 +127,3 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def split_batch(total_batch_size: int) -> int:
-    """Per-process batch from `total_batch_size`; it must divide evenly over the processes."""
-    from core.errors import ConfigError
-
-    world = world_size()
-    if total_batch_size % world:
-        raise ConfigError(f"total_batch_size {total_batch_size} does not split over {world} processes",
-                          where="train_dataloader.total_batch_size", hint=f"use a multiple of {world}")
-    return total_batch_size // world

@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import types
 import typing
 from typing import Any
 
@@ -42,10 +43,40 @@ def nearest(key: str, known) -> str:
     return f"known keys: {', '.join(known)}" if known else "this section takes no keys"
 
 
-def _type_name(annotation) -> str:
-    text = getattr(annotation, "__name__", None) if not typing.get_args(annotation) else None
-    text = text or str(annotation).replace("typing.", "")
-    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(text, text)
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping",
+          list: "a list", type(None): "null (~)"}
+
+
+def describe(annotation) -> str:
+    """A type annotation in words: `Annotated[int, Gt(0)] | None` -> 'an integer > 0, or null (~)'."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        base, *metadata = args
+        bounds = []
+        for item in metadata:
+            for constraint in getattr(item, "metadata", [item]):
+                for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+                    if getattr(constraint, attr, None) is not None:
+                        bounds.append(f"{sign} {getattr(constraint, attr)}")
+                for attr, word in (("min_length", "at least"), ("max_length", "at most")):
+                    if getattr(constraint, attr, None) is not None:
+                        bounds.append(f"{word} {getattr(constraint, attr)} items")
+        return describe(base) + (f" ({', '.join(bounds)})" if bounds else "")
+    if origin in (typing.Union, types.UnionType):
+        return ", or ".join(describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple) and args:
+        if origin is tuple and Ellipsis not in args:
+            return f"a list of {len(args)} ({', '.join(describe(a) for a in args)})"
+        return f"a list, each item {describe(args[0])}"
+    if origin is dict:
+        return "a mapping"
+    if annotation in _NAMES:
+        return _NAMES[annotation]
+    metadata = getattr(annotation, "__metadata__", None)  # pydantic's PositiveInt and friends
+    return describe(typing.Annotated[annotation.__origin__, *metadata]) if metadata else getattr(
+        annotation, "__name__", str(annotation))
 
 
 def _value(value) -> str:
@@ -53,22 +84,40 @@ def _value(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _field_path(model: type[BaseModel], loc) -> tuple[list[str], Any, type[BaseModel] | None]:
+    """(the config keys in pydantic's `loc`, the annotation of the last field, the section model
+    that holds the next key, if any). loc also names union members ('constrained-int'), not keys."""
+    keys, owner, annotation = [], model, None
+    for part in loc:
+        if isinstance(part, int):
+            keys[-1] = f"{keys[-1]}[{part}]" if keys else f"[{part}]"
+        elif owner is not None and part in owner.model_fields:
+            keys.append(part)
+            annotation = owner.model_fields[part].annotation
+            owner = next((a for a in (annotation, *typing.get_args(annotation))
+                          if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        else:
+            break
+    return keys, annotation, owner
+
+
 def _section_error(err: pydantic.ValidationError, model: type[BaseModel], where: str) -> ConfigError:
     first = err.errors()[0]
-    loc = [str(part) for part in first["loc"]]
-    key = ".".join([where, *loc]) if where else ".".join(loc)
+    loc = list(first["loc"])
     if first["type"] == "extra_forbidden":
-        owner = model
-        for part in loc[:-1]:  # the nested section that holds the unknown key
-            field = owner.model_fields.get(part) if isinstance(owner, type) and issubclass(owner, BaseModel) else None
-            annotation = field.annotation if field else None
-            owner = next((a for a in (annotation, *typing.get_args(annotation or int))
-                          if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        known = owner.model_fields if owner is not None else []
-        return ConfigError(f"unknown key {loc[-1]!r}", where=key, hint=nearest(loc[-1], known))
+        keys, _, holder = _field_path(model, loc[:-1])
+        key = ".".join(filter(None, [where, *keys, str(loc[-1])]))
+        return ConfigError(f"unknown key {loc[-1]!r}", where=key, hint=nearest(loc[-1], (holder or model).model_fields))
+    keys, annotation, holder = _field_path(model, loc)
+    key = ".".join(filter(None, [where, *keys]))
     if first["type"] == "missing":
-        return ConfigError(f"missing required key {loc[-1]!r}", where=key, hint="add it to the config")
-    return ConfigError(f"{first['msg'].lower()}, got {_value(first.get('input'))}", where=key,
+        return ConfigError(f"missing required key {keys[-1]!r}", where=key, hint="add it to the config")
+    if first["type"] == "value_error" or annotation is None or holder is not None:
+        problem = first["msg"].removeprefix("Value error, ")
+        problem = problem[0].lower() + problem[1:]
+    else:
+        problem = f"must be {describe(annotation)}"
+    return ConfigError(f"{problem}, got {_value(first.get('input'))}", where=key,
                        hint="fix the value in the config file (or the -u override)")
 
 
@@ -95,7 +144,7 @@ def _parameters(target) -> tuple[dict[str, inspect.Parameter], dict[str, Any], b
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     params = {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     try:
-        hints = typing.get_type_hints(function)
+        hints = typing.get_type_hints(function, include_extras=True)
     except Exception:  # noqa: BLE001 (a hint that does not resolve is simply not type-checked)
         hints = {}
     return params, hints, var_kw
@@ -120,7 +169,11 @@ def check_call(target, kwargs: dict, where: str, skip: tuple[str, ...] = ()) -> 
     params, hints, var_kw = _parameters(target)
     accepted = [k for k in params if k not in skip]
     checked = {}
+    forwarded = {}
     for key, value in kwargs.items():
+        if key not in params and var_kw and inspect.isclass(target) and target.__mro__[1] is not object:
+            forwarded[key] = value  # **kwargs reach the parent class: its signature declares them
+            continue
         if key not in params and not var_kw:
             raise ConfigError(f"unknown key {key!r} for {name}", where=f"{where}.{key}", hint=nearest(key, accepted))
         annotation = hints.get(key)
@@ -131,11 +184,13 @@ def check_call(target, kwargs: dict, where: str, skip: tuple[str, ...] = ()) -> 
         try:
             coerced = adapter.validate_python(value)
         except pydantic.ValidationError:
-            raise ConfigError(f"{name}.{key} must be {_type_name(annotation)}, got {_value(value)}",
+            raise ConfigError(f"{name}.{key} must be {describe(annotation)}, got {_value(value)}",
                               where=f"{where}.{key}", hint="fix the value in the config file (or the -u override)"
                               ) from None
         # keep the config's own containers (a list stays a list, not a pydantic copy of it)
         checked[key] = value if isinstance(value, (list, dict)) else coerced
+    if forwarded:
+        checked.update(check_call(target.__mro__[1], forwarded, where, skip=(*skip, *params)))
     missing = [k for k, p in params.items() if p.default is p.empty and k not in checked and k not in skip]
     if missing:
         raise ConfigError(f"{name} needs {', '.join(repr(k) for k in missing)}", where=where,

@@ -55,6 +55,23 @@ def category_mapping(categories: list[dict], remap_mscoco_category: bool = False
     return [c["id"] for c in categories], [str(c.get("name", c["id"])) for c in categories]
 
 
+def merge_categories(datasets, where: str = "datasets") -> tuple[list, list[str]]:
+    """(category_ids, names) covering every split: the union of their categories (sorted when the ids
+    are integers). The same id under two names stops the run with both lists."""
+    names: dict = {}
+    for dataset in datasets:
+        for category_id, name in zip(dataset.category_ids, dataset.names):
+            if names.setdefault(category_id, name) != name:
+                listing = "; ".join(f"{d.ann_file}: {dict(zip(d.category_ids, d.names))}" for d in datasets)
+                raise DataError(f"category {category_id!r} is {names[category_id]!r} in one split and {name!r} in "
+                                f"another ({listing})", where=where,
+                                hint="give every split the same categories (ids and names), or set `classes:`")
+    ids = list(names)
+    if all(isinstance(i, int) for i in ids):
+        ids.sort()
+    return ids, [names[i] for i in ids]
+
+
 def check_num_classes(dataset, num_classes: int | None, where: str = "num_classes") -> int:
     """The number of classes to train: the dataset's, or the user's when it matches."""
     if num_classes is None or num_classes == dataset.num_classes:
@@ -106,6 +123,23 @@ class CocoDetection(torch.utils.data.Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.category_ids)
+
+    def use_categories(self, category_ids: list, names: list[str], source: str = "the run") -> None:
+        """Label i is now `category_ids[i]` (one mapping shared by every split and the checkpoint).
+
+        Every category of this split must be in it under the same name."""
+        own = dict(zip(self.category_ids, self.names))
+        given = dict(zip(category_ids, names))
+        unknown = [f"{i}={n!r}" for i, n in own.items() if i not in given]
+        renamed = [f"{i}: {n!r} here, {given[i]!r} in {source}" for i, n in own.items() if i in given and given[i] != n]
+        if unknown or renamed:
+            raise DataError(f"this split's categories disagree with {source}: "
+                            + "; ".join(([f"not in {source}: {', '.join(unknown)}"] if unknown else []) + renamed),
+                            where=str(self.ann_file),
+                            hint=f"{source} has {given}; give every split the same categories")
+        self.category_ids, self.names = list(category_ids), [str(n) for n in names]
+        self.label_of = {cat: i for i, cat in enumerate(self.category_ids)}
+        self._boxes, self._labels = self._index_targets()
 
     def _index_targets(self):
         boxes, labels = [], []

@@ -13,15 +13,18 @@ import PIL.Image
 import torch
 import torchvision.transforms.v2 as T
 
-from data.transforms import PER_BOX_KEYS, image_size, make_boxes, register_transform
+from pydantic import PositiveInt
+
+from data.transforms import PER_BOX_KEYS, Probability, image_size, make_boxes, register_transform
 
 
 @register_transform
 class Mosaic:
     uses_dataset = True
 
-    def __init__(self, output_size: int = 320, max_size: int | None = None, rotation_range: float = 0,
-                 translation_range=(0.1, 0.1), scaling_range=(0.5, 1.5), probability: float = 1.0,
+    def __init__(self, output_size: PositiveInt = 320, max_size: PositiveInt | None = None, rotation_range: float = 0,
+                 translation_range: tuple[float, float] = (0.1, 0.1), scaling_range: tuple[float, float] = (0.5, 1.5),
+                 probability: Probability = 1.0,
                  fill_value: int = 114, use_cache: bool = True, max_cached_images: int = 50, random_pop: bool = True):
         self.resize = T.Resize(size=output_size, max_size=max_size)
         self.affine = T.RandomAffine(degrees=rotation_range, translate=translation_range, scale=scaling_range,

@@ -8,10 +8,51 @@ RandomIoUCrop. A single-number `epoch` only stops the ops at that epoch.
 from __future__ import annotations
 
 import random
+from typing import Literal
+
+from pydantic import confloat
 
 import data.mosaic  # noqa: F401  (registers Mosaic)
 from core.errors import ConfigError
+from core.schema import Section, check_call, validate_section
 from data.transforms import TRANSFORMS
+
+
+class PolicyConfig(Section):
+    """`transforms.policy`: which ops stop (and when); `epoch` is [start, mosaic_end, stop] or one
+    number, derived from the run's `epochs` when left unset."""
+    name: Literal["default", "stop_epoch"] = "stop_epoch"
+    epoch: int | list[int] | None = None
+    ops: list[str] = []
+
+
+class TransformsConfig(Section):
+    """A dataset's `transforms` (official `type: Compose` accepted)."""
+    type: Literal["Compose"] = "Compose"
+    ops: list[dict] = []
+    policy: PolicyConfig | None = None
+    mosaic_prob: confloat(ge=-1.0, le=1.0) = -0.1
+
+
+def check_transforms(section, where: str) -> dict | None:
+    """The validated `transforms` section; every op's keys checked against its constructor."""
+    if section is None:
+        return None
+    cfg = validate_section(TransformsConfig, section, where).model_dump(exclude_none=True)
+    for i, op in enumerate(cfg["ops"]):
+        op_where = f"{where}.ops[{i}]"
+        if "type" not in op:
+            raise ConfigError(f"a transform must be a mapping with a `type`, got {op!r}", where=op_where,
+                              hint="e.g. {type: RandomHorizontalFlip}")
+        kwargs = {k: v for k, v in op.items() if k != "type"}
+        cfg["ops"][i] = {"type": op["type"],
+                         **check_call(TRANSFORMS.get(op["type"], where=f"{op_where}.type"), kwargs, op_where)}
+    names = [op["type"] for op in cfg["ops"]]
+    for name in (cfg.get("policy") or {}).get("ops", []):
+        if name not in names:
+            raise ConfigError(f"policy op {name!r} is not among the ops ({', '.join(names) or 'none'})",
+                              where=f"{where}.policy.ops", hint="name ops by their `type`")
+    return cfg
 
 
 def build_op(spec, where: str):

@@ -12,6 +12,7 @@ torchvision BoundingBoxes (xyxy pixels until ConvertBoxes) and whose other per-b
 from __future__ import annotations
 
 import random
+from typing import Annotated, Literal
 
 import PIL.Image
 import torch
@@ -19,11 +20,15 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as F
 from torchvision import tv_tensors
 
+from pydantic import Field, PositiveInt
+
 from core.errors import ConfigError
 from core.registry import Registry
 
 TRANSFORMS = Registry("transform")  # data.mosaic adds Mosaic
 PER_BOX_KEYS = ("labels", "area", "iscrowd")
+MAX_IMGSZ = 8192  # a network input side above this is a typo (a detector at 8k px needs > 100 GB)
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -62,8 +67,9 @@ def select_boxes(target: dict, keep: torch.Tensor) -> dict:
 class RandomIoUCrop(T.RandomIoUCrop):
     """torchvision's SSD crop, applied with probability `p`; images without boxes pass unchanged."""
 
-    def __init__(self, min_scale=0.3, max_scale=1.0, min_aspect_ratio=0.5, max_aspect_ratio=2.0,
-                 sampler_options=None, trials=40, p=1.0):
+    def __init__(self, min_scale: float = 0.3, max_scale: float = 1.0, min_aspect_ratio: float = 0.5,
+                 max_aspect_ratio: float = 2.0, sampler_options: list[float] | None = None, trials: PositiveInt = 40,
+                 p: Probability = 1.0):
         super().__init__(min_scale, max_scale, min_aspect_ratio, max_aspect_ratio, sampler_options, trials)
         self.p = p
 
@@ -117,13 +123,18 @@ def as_size_hw(size) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+# a square side or [h, w] in pixels, as configs write image sizes
+ImageSize = Annotated[int, Field(gt=0, le=MAX_IMGSZ)] | Annotated[list[Annotated[int, Field(gt=0, le=MAX_IMGSZ)]],
+                                                                  Field(min_length=2, max_length=2)]
+
+
 @register_transform
 class Resize:
     """Resize to `size` ([h, w] or one int for a square): stretch, or `letterbox: true` to keep the
     aspect ratio and pad with `fill`. Records `scale` (sx, sy) and `pad` (left, top) in the target
     so evaluation can map boxes back when Resize is the only geometric op."""
 
-    def __init__(self, size=640, letterbox: bool = False, fill: int = 114):
+    def __init__(self, size: ImageSize = 640, letterbox: bool = False, fill: int = 114):
         self.size, self.letterbox, self.fill = as_size_hw(size), letterbox, fill
 
     def __call__(self, image, target):
@@ -140,7 +151,7 @@ class ConvertPILImage:
 
     DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-    def __init__(self, dtype: str = "float32", scale: bool = True):
+    def __init__(self, dtype: Literal["float32", "float16", "bfloat16"] = "float32", scale: bool = True):
         if dtype not in self.DTYPES:
             raise ConfigError(f"ConvertPILImage dtype {dtype!r} is not supported", where="transforms: ConvertPILImage",
                               hint=f"use one of {', '.join(self.DTYPES)}")
@@ -155,7 +166,7 @@ class ConvertPILImage:
 class Normalize:
     """Subtract mean and divide by std per channel (ImageNet statistics by default, for ViT backbones)."""
 
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
         self.mean, self.std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
 
     def __call__(self, image, target):
@@ -167,7 +178,7 @@ class ConvertBoxes:
     """xyxy pixel boxes -> `fmt` (cxcywh), divided by the image size when `normalize`. Sets `area`
     to the box area in input pixels (what CopyBlend's area threshold compares with)."""
 
-    def __init__(self, fmt: str = "cxcywh", normalize: bool = True):
+    def __init__(self, fmt: Literal["xyxy", "cxcywh", "xywh"] = "cxcywh", normalize: bool = True):
         self.fmt, self.normalize = fmt.lower(), normalize
 
     def __call__(self, image, target):

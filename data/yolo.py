@@ -120,9 +120,11 @@ def yolo_to_coco(data_yaml, split: str = "train", workers: int = 8) -> tuple[dic
 class YoloDetection(CocoDetection):
     """Train directly from a YOLO data.yaml (`dataset: {type: yolo, data_yaml: F, split: train}`)."""
 
-    def __init__(self, data_yaml, split: str = "train", transforms=None, **kwargs):
+    def __init__(self, data_yaml: str, split: str = "train", transforms=None, num_classes: int | None = None,
+                 ram_cache: bool = False, cache_imgsz: int = 640, verbose: bool = True):
         coco, _ = yolo_to_coco(data_yaml, split)
-        kwargs.setdefault("validate", False)  # every image header was just read
-        # file_names are absolute paths, which a folder join leaves as they are
+        # file_names are absolute paths, which a folder join leaves as they are; every image header
+        # was just read, so the images are not validated again
         super().__init__(img_folder="/", ann_file=f"{data_yaml}[{split}]", transforms=transforms,
-                         dataset_dict=coco, **kwargs)
+                         num_classes=num_classes, ram_cache=ram_cache, cache_imgsz=cache_imgsz, validate=False,
+                         dataset_dict=coco, verbose=verbose)

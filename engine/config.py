@@ -7,36 +7,21 @@ Every leaf remembers the file (or `-u`) it came from, so `python -m analyze.conf
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, confloat
+
 from core.errors import ConfigError, DetrZooError
+from core.schema import Section, check_call, validate_section
 from core.yaml_io import load_yaml
+from data.transforms import ImageSize
+from engine.vocabulary import translate, translate_key
 
 INCLUDE = "__include__"
-
-# Top-level keys of a run config; anything else is a typo or an old spelling.
-KNOWN_KEYS = {
-    "graph", "scale", "nc", "imgsz", "epochs", "output_dir", "summary_dir", "train_dataloader",
-    "val_dataloader", "criterion", "postprocessor", "optimizer", "lr_scheduler", "lr_warmup_scheduler",
-    "ema", "use_ema", "use_amp", "clip_max_norm", "checkpoint_freq", "print_freq", "eval_score_threshold",
-    "distill", "seed", "device", "sync_bn", "find_unused_parameters", "plot_train_batch_freq",
-    "max_bad_steps", "scale_lr_with_batch", "evaluator", "task", "yolo_metrics", "progress_bar",
-    "flat_epoch", "no_aug_epoch",  # top level as in the official configs; filled from `epochs` when unset
-}
-# Spellings users bring from the official DEIM/D-FINE configs, with where the value lives here.
-OLD_SPELLINGS = {
-    "epoches": "epochs",
-    "num_classes": "nc",
-    "lrsheduler": "lr_scheduler.type: FlatCosine",
-    "lr_gamma": "lr_scheduler.lr_gamma",
-    "warmup_iter": "lr_scheduler.warmup_iter",
-    "eval_spatial_size": "imgsz",
-}
 
 
 # YAML 1.1 reads `1e-4` (no dot) as a string; users write learning rates that way.
@@ -84,7 +69,7 @@ def _load_file(path: Path, stack: tuple[Path, ...], sources: dict) -> dict:
         raise ConfigError(f"__include__ cycle: {chain}", where=str(stack[-1]),
                           hint="remove one of the includes so no file includes itself through others")
     try:
-        spec = load_yaml(path)
+        spec = load_yaml(path, error=ConfigError)
     except DetrZooError as err:
         where = str(stack[-1]) + ": __include__" if stack else None
         raise ConfigError(err.message, hint=err.hint, where=err.where or where) from None
@@ -92,7 +77,7 @@ def _load_file(path: Path, stack: tuple[Path, ...], sources: dict) -> dict:
         return {}
     if not isinstance(spec, dict):
         raise ConfigError("a config file must be a mapping of keys to values", where=str(path))
-    spec = coerce_numbers(spec)
+    spec = translate(coerce_numbers(spec), str(path))
     includes = spec.pop(INCLUDE, None) or []
     if isinstance(includes, str):
         includes = [includes]
@@ -130,6 +115,13 @@ def parse_update(text: str) -> tuple[list[str], Any]:
 
 def apply_update(cfg: dict, text: str, sources: dict | None = None) -> None:
     keys, value = parse_update(text)
+    dotted, values = translate_key(".".join(keys), f"-u {text}")
+    if values is not None:
+        if value not in values:
+            raise ConfigError(f"{text}: value {value!r} has no counterpart here", where="-u",
+                              hint=f"use {dotted}={sorted(set(values.values()))[0]}")
+        value = values[value]
+    keys = dotted.split(".")
     node = cfg
     for depth, key in enumerate(keys[:-1]):
         child = node.get(key) if isinstance(node, dict) else None
@@ -142,20 +134,9 @@ def apply_update(cfg: dict, text: str, sources: dict | None = None) -> None:
     deep_merge(node, {keys[-1]: value}, sources, "-u " + text, ".".join(keys[:-1]) + "." if len(keys) > 1 else "")
 
 
-def check_keys(cfg: dict, where: str) -> None:
-    for key in cfg:
-        if key in KNOWN_KEYS:
-            continue
-        if key in OLD_SPELLINGS:
-            raise ConfigError(f"unknown key {key!r} (an official DEIM/D-FINE spelling)", where=f"{where}: {key}",
-                              hint=f"here it is `{OLD_SPELLINGS[key]}`")
-        close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
-        raise ConfigError(f"unknown key {key!r}", where=f"{where}: {key}",
-                          hint=f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(sorted(KNOWN_KEYS))}")
-
-
-def load_config(path: str | Path, updates: list[str] | tuple = (), with_sources: bool = False, check: bool = True):
-    """Compose a run config; return it (and, with `with_sources`, {dotted key: origin})."""
+def load_config(path: str | Path, updates: list[str] | tuple = (), with_sources: bool = False):
+    """Compose a run config (includes, then `-u` overrides, official keys translated); return it (and,
+    with `with_sources`, {dotted key: origin}). `resolve` validates it and fills what it derives."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}", hint="pass -c with a path to a .yml run config")
@@ -163,8 +144,6 @@ def load_config(path: str | Path, updates: list[str] | tuple = (), with_sources:
     cfg = _load_file(path, (), sources)
     for text in updates or ():
         apply_update(cfg, text, sources)
-    if check:
-        check_keys(cfg, str(path))
     return (cfg, sources) if with_sources else cfg
 
 
@@ -176,3 +155,225 @@ def get(cfg: dict, dotted: str, default=None):
             return default
         node = node[key]
     return node
+
+
+# ----------------------------------------------------------------------------------- resolution
+class RunConfig(Section):
+    """The top level of a run config. Sections are checked by the code that consumes them (listed)."""
+    graph: str | dict | None = None             # models.factory (a graph file, or the graph itself)
+    scale: str | None = None
+    nc: PositiveInt | None = None                # the dataset's class count wins; a different nc is reported
+    imgsz: ImageSize | None = None               # drives every Resize, Mosaic tile and multi-scale size
+    classes: list[str] | None = None             # the class list (label order); default: the datasets' categories
+    epochs: PositiveInt = 1
+    flat_epoch: NonNegativeInt | None = None     # derived from epochs when unset (official top-level keys)
+    no_aug_epoch: NonNegativeInt | None = None
+    output_dir: str = "outputs/run"
+    summary_dir: str | None = None
+    train_dataloader: dict | None = None         # data.loader.check_loader
+    val_dataloader: dict | None = None
+    criterion: dict | None = None                # models.criterion.check_criterion
+    postprocessor: dict | None = None            # models.postprocess.PostProcessor's arguments
+    optimizer: dict = {"type": "AdamW", "lr": 1e-4}  # engine.optim.OptimizerConfig
+    lr_scheduler: dict | None = None             # engine.optim.LRSchedulerConfig
+    lr_warmup_scheduler: dict | None = None      # engine.optim.WarmupConfig
+    scale_lr_with_batch: dict | None = None      # engine.optim.LRScaleConfig
+    use_ema: bool = True
+    ema: dict | None = None                      # engine.ema.EMAConfig
+    use_amp: bool = False
+    amp_dtype: Literal["float16", "bfloat16"] | None = None  # default: bf16 where supported, else fp16
+    clip_max_norm: NonNegativeFloat = 0.0
+    checkpoint_freq: NonNegativeInt = 0
+    print_freq: PositiveInt = 10
+    plot_train_batch_freq: NonNegativeInt = 12
+    eval_score_threshold: confloat(ge=0.0, le=1.0) = 0.0
+    distill: dict | None = None                  # engine.distill.check_distill
+    seed: int = 0
+    device: str | None = None
+    sync_bn: bool = False
+    find_unused_parameters: bool = False
+    max_bad_steps: PositiveInt = 10
+    progress_bar: bool = True
+
+
+def derive_epochs(epochs: int, no_aug_epoch: int | None = None) -> dict:
+    """The DEIM schedule for a run of `epochs` epochs in total (the official `epoches`).
+
+    The official tutorial's rules: the last `no_aug_epoch` epochs (12) train without augmentation,
+    n = epochs - no_aug_epoch; the LR stays flat until flat_epoch = 4 + n // 2; the policy is
+    [4, flat_epoch, n] (mosaic from 4 to flat_epoch, other augmentation until n); MixUp in
+    [4, flat_epoch); CopyBlend in [4, n); multi-scale stops at n; the matcher changes near 0.9 n.
+    E.g. 62 epochs -> n 50, flat 29, policy [4, 29, 50]. Short runs shrink the pieces
+    (no_aug = epochs // 5 below 60 epochs, start = n // 4 below n = 16)."""
+    no_aug = min(12, max(1, epochs // 5)) if no_aug_epoch is None else no_aug_epoch
+    if no_aug >= epochs:
+        raise ConfigError(f"no_aug_epoch {no_aug} leaves no augmented epoch of {epochs}", where="no_aug_epoch",
+                          hint="no_aug_epoch must be below epochs")
+    n = epochs - no_aug
+    start = min(4, n // 4)
+    flat = start + n // 2
+    return {"no_aug_epoch": no_aug, "flat_epoch": flat, "policy_epoch": [start, flat, n],
+            "mixup_epochs": [start, flat], "copyblend_epochs": [start, n], "stop_epoch": n,
+            "matcher_change_epoch": round(0.9 * n)}
+
+
+def _node(cfg: dict, dotted: str) -> dict | None:
+    for key in dotted.split("."):
+        cfg = cfg.get(key) if isinstance(cfg, dict) else None
+    return cfg if isinstance(cfg, dict) else None
+
+
+class _Filler:
+    """Sets values the config leaves unset (missing or null) and records the rule for each."""
+
+    def __init__(self, cfg: dict):
+        self.cfg, self.rules = cfg, {}
+
+    def fill(self, section: str, key: str, value, rule: str, force: bool = False) -> None:
+        node = self.cfg if not section else _node(self.cfg, section)
+        if node is not None and (force or node.get(key) is None):
+            node[key] = value
+            self.rules[f"{section}.{key}" if section else key] = rule
+
+
+def resolve(cfg: dict, world_size: int = 1, config_path: str | Path | None = None, training: bool = True,
+            explain: bool = False):
+    """A run config validated and completed; `cfg` itself is not changed.
+
+    Validates every section (unknown keys name the nearest known one, wrong types name the key and
+    the expected type), then derives: the graph path relative to the config file, the epoch
+    schedule from `epochs`, every size from `imgsz`, the per-process batch from `total_batch_size`
+    over `world_size`, and lrs scaled by `scale_lr_with_batch`. With `explain`, also returns
+    {dotted key: the rule that derived it}."""
+    from data import check_loader
+    from engine.distill import check_distill
+    from engine.ema import EMAConfig
+    from engine.optim import LRScaleConfig, LRSchedulerConfig, OptimizerConfig, WarmupConfig
+    from models.criterion import check_criterion
+    from models.postprocess import PostProcessor
+
+    out = validate_section(RunConfig, copy.deepcopy(cfg), "").model_dump()
+    # derive first: a value left null (~) means "derive it", which the sections' own checks would refuse
+    filler = _Filler(out)
+    _derive_graph_path(filler, config_path)
+    _derive_schedule(filler)
+    _derive_sizes(filler)
+    for split in ("train_dataloader", "val_dataloader"):
+        if out[split] is not None:
+            out[split] = check_loader(out[split], split.split("_")[0])
+        elif training or split == "val_dataloader":
+            raise ConfigError(f"missing `{split}` section", where=split,
+                              hint="include a dataset file (configs/data/) or write the section")
+    if out["criterion"] is not None:
+        out["criterion"] = check_criterion(out["criterion"])
+    elif training:
+        raise ConfigError("missing `criterion` section", where="criterion", hint="include a recipe (configs/recipes/)")
+    out["postprocessor"] = {k: v for k, v in (out["postprocessor"] or {}).items() if k != "type"}
+    check_call(PostProcessor, out["postprocessor"], "postprocessor", skip=("num_classes",))
+    out["optimizer"] = validate_section(OptimizerConfig, out["optimizer"], "optimizer").model_dump(exclude_none=True)
+    out["lr_scheduler"] = validate_section(LRSchedulerConfig, out["lr_scheduler"], "lr_scheduler").model_dump()
+    if out["lr_warmup_scheduler"] is not None:
+        out["lr_warmup_scheduler"] = validate_section(WarmupConfig, out["lr_warmup_scheduler"],
+                                                      "lr_warmup_scheduler").model_dump()
+    if out["scale_lr_with_batch"] is not None:
+        out["scale_lr_with_batch"] = validate_section(LRScaleConfig, out["scale_lr_with_batch"],
+                                                      "scale_lr_with_batch").model_dump()
+    out["ema"] = validate_section(EMAConfig, out["ema"], "ema").model_dump()
+    if out["distill"] is not None:
+        out["distill"] = check_distill(out["distill"])
+    _derive_batches(filler, world_size)
+    return (out, filler.rules) if explain else out
+
+
+def _derive_graph_path(filler: _Filler, config_path) -> None:
+    graph = filler.cfg["graph"]
+    if isinstance(graph, str) and config_path is not None and not Path(graph).is_file():
+        beside = Path(config_path).parent / graph
+        if beside.is_file():
+            filler.fill("", "graph", str(beside), "relative to the config file's folder", force=True)
+
+
+def _derive_schedule(filler: _Filler) -> None:
+    cfg = filler.cfg
+    epochs = cfg["epochs"]
+    collate = "train_dataloader.collate_fn"
+    policy = "train_dataloader.dataset.transforms.policy"
+    if epochs < 2:  # a single epoch has no schedule: augment throughout, no stage 2
+        filler.fill(policy, "epoch", 1, "epochs 1: the policy's ops run throughout")
+        node = _node(cfg, collate)
+        for key in ("stop_epoch", "mixup_epochs", "copyblend_epochs"):
+            if node is not None and key in node and node[key] is None:
+                del node[key]  # the collate's own defaults
+        return
+    derived = derive_epochs(epochs, cfg["no_aug_epoch"])
+    rule = f"from epochs {epochs} (engine.config.derive_epochs)"
+    filler.fill("", "no_aug_epoch", derived["no_aug_epoch"], rule)
+    filler.fill("", "flat_epoch", derived["flat_epoch"], rule)
+    filler.fill(policy, "epoch", derived["policy_epoch"], rule)
+    if _node(cfg, collate) is None and isinstance(cfg["train_dataloader"], dict):
+        cfg["train_dataloader"]["collate_fn"] = {}
+    for key in ("mixup_epochs", "copyblend_epochs", "stop_epoch"):
+        filler.fill(collate, key, derived[key], rule)
+    matcher = _node(cfg, "criterion.matcher")
+    if matcher is not None and "matcher_change_epoch" in matcher:
+        filler.fill("criterion.matcher", "matcher_change_epoch", derived["matcher_change_epoch"], rule)
+
+
+def _derive_sizes(filler: _Filler) -> None:
+    """The top-level `imgsz` drives every size: the train and eval Resize, the Mosaic tile (imgsz / 2,
+    as the official 320 for 640), the collate's multi-scale base size and the RAM-cache size.
+    Multi-scale draws squares, so a non-square imgsz turns it off."""
+    cfg = filler.cfg
+    if cfg["imgsz"] is None:
+        return
+    h, w = (cfg["imgsz"], cfg["imgsz"]) if isinstance(cfg["imgsz"], int) else cfg["imgsz"]
+    rule = f"from imgsz {[h, w]}"
+    for split in ("train_dataloader", "val_dataloader"):
+        transforms = _node(cfg, f"{split}.dataset.transforms") or {}
+        for i, op in enumerate(transforms.get("ops") or []):
+            where = f"{split}.dataset.transforms.ops[{i}]"
+            if not isinstance(op, dict):
+                continue  # the transforms check reports it
+            if op.get("type") == "Resize":
+                op["size"] = [h, w]
+                filler.rules[f"{where}.size"] = rule
+            elif op.get("type") == "Mosaic":
+                op["output_size"] = min(h, w) // 2
+                filler.rules[f"{where}.output_size"] = rule + " (half the side)"
+        if isinstance(cfg[split], dict) and cfg[split].get("ram_cache"):
+            filler.fill(split, "cache_imgsz", max(h, w), rule, force=True)
+    collate = _node(cfg, "train_dataloader.collate_fn")
+    if collate is not None:
+        filler.fill("train_dataloader.collate_fn", "base_size", h, rule, force=True)
+        if h != w and collate.get("base_size_repeat") is not None:
+            print(f"imgsz {h}x{w} is not square: multi-scale training is off")
+            filler.fill("train_dataloader.collate_fn", "base_size_repeat", None, "imgsz not square", force=True)
+
+
+def _derive_batches(filler: _Filler, world_size: int) -> None:
+    cfg = filler.cfg
+    for split in ("train_dataloader", "val_dataloader"):
+        section = cfg[split]
+        if section is None or section["total_batch_size"] is None:
+            continue
+        total = section["total_batch_size"]
+        if total % world_size:
+            raise ConfigError(f"total_batch_size {total} is not divisible by {world_size} processes",
+                              where=f"{split}.total_batch_size", hint="make it a multiple of the process count")
+        per_process = total // world_size
+        if section["batch_size"] not in (None, per_process):
+            raise ConfigError(f"{split}.batch_size {section['batch_size']} contradicts total_batch_size {total} over "
+                              f"{world_size} process(es)", where=f"{split}.batch_size",
+                              hint=f"set only {split}.total_batch_size (the official key)")
+        filler.fill(split, "batch_size", per_process, f"total_batch_size {total} / {world_size} process(es)", force=True)
+    rule = cfg["scale_lr_with_batch"]
+    if rule is not None and cfg["train_dataloader"] is not None:
+        total = (cfg["train_dataloader"]["batch_size"] or 1) * world_size
+        factor = total / rule["base_batch_size"]
+        text = f"x {factor:g} (total batch {total} / base_batch_size {rule['base_batch_size']})"
+        optimizer = cfg["optimizer"]
+        filler.fill("optimizer", "lr", optimizer["lr"] * factor, text, force=True)
+        for i, group in enumerate(optimizer.get("params") or []):
+            if group.get("lr") is not None:
+                group["lr"] *= factor
+                filler.rules[f"optimizer.params[{i}].lr"] = text

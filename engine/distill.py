@@ -1,7 +1,8 @@
-"""Distillation: the shared trainer (engine.solver.Solver) with a frozen teacher beside the student.
+"""Distillation: a component the trainer holds (engine.solver.Solver builds a `Distiller` when the run
+config has a `distill:` section), with a frozen teacher beside the student.
 
-DistillSolver adds, through the Solver's hooks, the terms that the student config's `distill:`
-section asks for (every key is optional except where noted):
+It adds the terms that the `distill:` section asks for (every key is optional except where noted;
+`DistillConfig` below declares them):
 
     distill:
       kd_loss_type: all          # logit | feature | all | none (none: only the foundation term)
@@ -53,43 +54,117 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
 from torch import nn
 
-from core.checkpoint_io import model_weights, read_checkpoint
 from core import dist
-from engine import checkpoint
+from core.checkpoint_io import model_weights, read_checkpoint
+from core.errors import CheckpointError, ConfigError
+from core.schema import Section, validate_section
 from engine.distill_losses import FEATURE_LOSSES, MATCHING, FeaturePair, logit_losses, match_queries
 from engine.optim import qualified_names
-from engine.solver import Solver
 from models.criterion.feature_distill import cosine_distillation_loss
-from core.errors import CheckpointError, ConfigError
 
-KINDS = ("logit", "feature", "all", "none")
-SCHEDULES = ("constant", "linear", "cosine")
-LOGIT_WEIGHTS = {"cls": 1.0, "bbox": 5.0, "giou": 2.0, "ld": 1.0}
-ADAPTIVE = {"enabled": False, "rho": 11.0, "delta": 1.0, "default_weight": None}
+RowRef = int | tuple[int, int]   # a graph row, or [row, output] of a row that returns several maps
+
+
+# ------------------------------------------------------------------------------ config
+class LogitWeights(Section):
+    cls: NonNegativeFloat = 1.0
+    bbox: NonNegativeFloat = 5.0
+    giou: NonNegativeFloat = 2.0
+    ld: NonNegativeFloat = 1.0
+
+
+class LogitConfig(Section):
+    matching: Literal[MATCHING] = "hungarian"
+    cost_class: NonNegativeFloat = 2.0
+    cost_bbox: NonNegativeFloat = 5.0
+    cost_giou: NonNegativeFloat = 2.0
+    temperature: PositiveFloat = 1.0
+    ld_temperature: PositiveFloat = 5.0
+    layers: Literal["final", "all"] = "final"
+    layer_weights: list[NonNegativeFloat] | None = None
+    weights: LogitWeights = LogitWeights()
+
+
+class PairConfig(Section):
+    student: RowRef
+    teacher: RowRef
+    loss: Literal[FEATURE_LOSSES] = "mimic"
+    weight: NonNegativeFloat = 1.0
+    tau: PositiveFloat = 1.0                                   # cwd
+    alpha: PositiveFloat = 2e-5                                # mgd
+    lambda_: float = Field(0.65, alias="lambda", ge=0, le=1)   # mgd: the masked fraction
+
+
+class FeatureConfig(Section):
+    adapter: Literal["auto", "always"] = "auto"   # auto: a 1x1 conv where the widths differ
+    adapter_norm: bool = True
+    pairs: list[PairConfig] = Field(min_length=1)
+
+
+class AdaptiveConfig(Section):
+    enabled: bool = False
+    rho: float = 11.0
+    delta: NonNegativeFloat = 1.0
+    default_weight: NonNegativeFloat | None = None
+
+
+class FoundationConfig(Section):
+    model: str                          # a timm model name, built with pretrained=False
+    weights: str | None = None          # required: a local state dict (nothing is downloaded)
+    model_kwargs: dict = {}
+    student: RowRef
+    pool: PositiveInt = 2
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    weight: NonNegativeFloat = 5.0
+    adaptive: AdaptiveConfig = AdaptiveConfig()
+    grad_share_params: str | None = None
+
+    @field_validator("grad_share_params")
+    @classmethod
+    def _regex(cls, value):
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"bad regex {value!r}: {err}") from None
+        return value
+
+
+class DistillConfig(Section):
+    kd_loss_type: Literal["logit", "feature", "all", "none"] = "all"
+    weight: NonNegativeFloat = 1.0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    epoch_window: tuple[int | float, int | float] = (0, 1.0)   # ints are epochs, floats fractions of `epochs`
+    adapter_lr: PositiveFloat | None = None
+    logit: LogitConfig = LogitConfig()
+    feature: FeatureConfig | None = None
+    foundation: FoundationConfig | None = None
+
+
+def check_distill(section) -> dict:
+    """The `distill:` section validated, defaults filled."""
+    cfg = validate_section(DistillConfig, section, "distill")
+    if cfg.kd_loss_type in ("feature", "all") and cfg.feature is None:
+        raise ConfigError(f"kd_loss_type {cfg.kd_loss_type} needs feature pairs", where="distill.feature.pairs",
+                          hint="e.g. feature: {pairs: [{student: 3, teacher: 5, loss: cwd}]}")
+    return cfg.model_dump(by_alias=True)
 
 
 # ------------------------------------------------------------------------------ schedule
-def epoch_window(cfg: dict, epochs: int) -> tuple[int, int]:
-    window = cfg.get("epoch_window", [0, 1.0])
-    if not (isinstance(window, (list, tuple)) and len(window) == 2):
-        raise ConfigError(f"epoch_window must be [start, end], got {window!r}", where="distill.epoch_window",
-                          hint="e.g. [0, 0.5] for the first half of the epochs, or [0, 50]")
-
-    def to_epoch(value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"epoch_window values must be numbers, got {value!r}", where="distill.epoch_window")
-        return int(value) if isinstance(value, int) else int(round(value * epochs))
-
-    start, end = (to_epoch(v) for v in window)
+def epoch_window(window, epochs: int) -> tuple[int, int]:
+    """[start, end) in epochs from the config's pair (ints are epochs, floats fractions of `epochs`)."""
+    start, end = (int(v) if isinstance(v, int) else int(round(v * epochs)) for v in window)
     if not 0 <= start < end:
-        raise ConfigError(f"epoch_window {window} is empty (start {start}, end {end} over {epochs} epochs)",
-                          where="distill.epoch_window", hint="end must be after start")
+        raise ConfigError(f"epoch_window {list(window)} is empty (start {start}, end {end} over {epochs} epochs)",
+                          where="distill.epoch_window", hint="end must be after start, e.g. [0, 0.5]")
     return start, end
 
 
@@ -263,51 +338,46 @@ class KDModules(nn.Module):
         self.projector: nn.Module | None = None
 
 
-# ------------------------------------------------------------------------------ the trainer
-class DistillSolver(Solver):
-    """Solver + teacher. options as Solver's, plus teacher_config, teacher_weights, teacher_updates
-    (recorded in args.json with the rest)."""
 
-    kd = None  # the trained distillation modules; None in --test-only
 
-    # ------------------------------------------------------------- set-up
-    def _build_model(self) -> None:
-        super()._build_model()
-        if self.test_only:
-            return
-        spec = self.cfg.get("distill")
-        if not isinstance(spec, dict):
-            raise ConfigError("the student config has no `distill:` section", where="distill",
-                              hint="add distill: {kd_loss_type: logit} (see engine/distill.py for every key)")
-        self.spec = spec
-        self.kind = spec.get("kd_loss_type", "all")
-        if self.kind not in KINDS:
-            raise ConfigError(f"unknown kd_loss_type {self.kind!r}", where="distill.kd_loss_type", hint=f"one of {KINDS}")
-        self.schedule_kind = spec.get("schedule", "constant")
-        if self.schedule_kind not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule_kind!r}", where="distill.schedule", hint=f"one of {SCHEDULES}")
-        self.window = epoch_window(spec, self.epochs)
-        self.kd_weight = float(spec.get("weight", 1.0))
-        self.kd = KDModules().to(self.device)
+# ------------------------------------------------------------------------------ the component
+class Distiller:
+    """Everything distillation adds to a training run, held by the Solver.
+
+    prepare(images, outputs)  runs the frozen teacher(s) on the batch (before the criterion)
+    losses(outputs, epoch)    the weighted distillation terms of this step
+    after_backward(model)     averages the adapters' gradients over processes; measures the gradient share
+    end_epoch(epoch, stage2)  the epoch's figures (factor, adaptive foundation weight)
+    param_groups()            the trainable adapters / projector for the optimizer
+    state_dict()/load_state_dict()  what a checkpoint keeps (never the teacher)"""
+
+    def __init__(self, spec: dict, student: nn.Module, imgsz, device, epochs: int, teacher_config=None,
+                 teacher_weights=None, teacher_updates=()):
+        self.spec, self.device, self.imgsz = spec, device, tuple(imgsz)
+        self.kind = spec["kd_loss_type"]
+        self.window = epoch_window(spec["epoch_window"], epochs)
+        self.kd = KDModules().to(device)
         self.student_taps: dict[int, object] = {}
+        self.teacher_corners: dict[str, torch.Tensor] = {}
         self.teacher = None
+        self.teacher_out, self.teacher_taps, self.foundation_target = None, {}, None
         if self.kind != "none":
-            config, weights = self.options.get("teacher_config"), self.options.get("teacher_weights")
-            if not (config and weights):
+            if not (teacher_config and teacher_weights):
                 raise ConfigError(f"kd_loss_type {self.kind} needs a teacher", where="-tc/-tw",
-                                  hint="pass -tc TEACHER_CONFIG -tw TEACHER_WEIGHTS")
-            self.teacher = build_teacher(config, weights, self.device, self.options.get("teacher_updates") or ())
-            self.teacher_corners = {}
+                                  hint="pass -tc TEACHER_CONFIG -tw TEACHER_WEIGHTS (distill.py)")
+            self.teacher = build_teacher(teacher_config, teacher_weights, device, teacher_updates)
             core = decoder_core(self.teacher)
             if core is not None:
                 core.register_forward_hook(lambda m, i, out: self.teacher_corners.__setitem__("corners", out[2][-1]))
         self.use_logit = self.kind in ("logit", "all")
         self.use_feature = self.kind in ("feature", "all")
         if self.use_logit:
-            self._set_up_logit(spec.get("logit") or {})
-        self.pair_specs = self._set_up_features(spec.get("feature") or {}) if self.use_feature else []
-        self.foundation = self._set_up_foundation(spec["foundation"]) if spec.get("foundation") else None
+            self._set_up_logit(student, spec["logit"])
+        self.pair_specs = self._set_up_features(student, spec["feature"]) if self.use_feature else []
+        self.foundation = self._set_up_foundation(student, spec["foundation"]) if spec["foundation"] else None
+        self.shares: list[float] = []
 
+    # ------------------------------------------------------------- set-up
     def _probe(self, model: nn.Module, rows) -> tuple:
         """Row outputs of one eval forward at the student's input size (for shapes and widths)."""
         was_training = model.training
@@ -315,23 +385,13 @@ class DistillSolver(Solver):
         with torch.no_grad():
             out, taps = model.run(torch.zeros(1, 3, *self.imgsz, device=self.device), taps=rows)
         model.train(was_training)
+        self.teacher_corners.clear()
         return out, taps
 
-    def _set_up_logit(self, spec: dict) -> None:
-        self.logit_spec = {"matching": "hungarian", "cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0,
-                           "temperature": 1.0, "ld_temperature": 5.0, "layers": "final", "layer_weights": None, **spec}
-        self.logit_weights = {**LOGIT_WEIGHTS, **(spec.get("weights") or {})}
+    def _set_up_logit(self, student: nn.Module, spec: dict) -> None:
+        self.logit_spec, self.logit_weights = spec, dict(spec["weights"])
         where = "distill.logit"
-        if self.logit_spec["matching"] not in MATCHING:
-            raise ConfigError(f"unknown matching {self.logit_spec['matching']!r}", where=f"{where}.matching",
-                              hint=f"one of {MATCHING}")
-        if self.logit_spec["layers"] not in ("final", "all"):
-            raise ConfigError("layers must be final or all", where=f"{where}.layers")
-        unknown = set(self.logit_weights) - set(LOGIT_WEIGHTS)
-        if unknown:
-            raise ConfigError(f"unknown logit weights {sorted(unknown)}", where=f"{where}.weights",
-                              hint=f"keys: {sorted(LOGIT_WEIGHTS)}")
-        student_out, _ = self._probe(self.raw_model, ())
+        student_out, _ = self._probe(student, ())
         teacher_out, _ = self._probe(self.teacher, ())
         s_classes, t_classes = student_out["pred_logits"].shape[-1], teacher_out["pred_logits"].shape[-1]
         if s_classes != t_classes:
@@ -339,12 +399,11 @@ class DistillSolver(Solver):
                               f"the teacher {t_classes}", where="distill.kd_loss_type",
                               hint="train the teacher on the student's dataset, or use kd_loss_type: feature")
         s_queries, t_queries = student_out["pred_logits"].shape[1], teacher_out["pred_logits"].shape[1]
-        if self.logit_spec["matching"] == "index" and s_queries != t_queries:
+        if spec["matching"] == "index" and s_queries != t_queries:
             raise ConfigError(f"matching: index pairs query i with query i, but the student has {s_queries} "
                               f"queries and the teacher {t_queries}", where=f"{where}.matching",
                               hint="use matching: hungarian or iou, or give both decoders the same num_queries")
-        self.teacher_corners.clear()
-        s_core, t_core = decoder_core(self.raw_model), decoder_core(self.teacher)
+        s_core, t_core = decoder_core(student), decoder_core(self.teacher)
         self.use_ld = s_core is not None and t_core is not None and self.logit_weights["ld"] > 0
         if self.logit_weights["ld"] > 0 and not self.use_ld and dist.is_main():
             side = "student" if s_core is None else "teacher"
@@ -355,69 +414,43 @@ class DistillSolver(Solver):
                               f"{t_core.reg_max}", where=f"{where}.weights.ld",
                               hint="set distill.logit.weights.ld: 0, or give both decoders the same reg_max")
 
-    def _set_up_features(self, spec: dict) -> list[dict]:
-        pairs = spec.get("pairs") or []
-        if not pairs:
-            raise ConfigError(f"kd_loss_type {self.kind} needs feature pairs", where="distill.feature.pairs",
-                              hint="e.g. pairs: [{student: 3, teacher: 5, loss: cwd}]")
-        specs = []
-        for i, pair in enumerate(pairs):
-            where = f"distill.feature.pairs[{i}]"
-            if not isinstance(pair, dict) or "student" not in pair or "teacher" not in pair:
-                raise ConfigError("each pair needs `student` and `teacher` rows", where=where)
-            loss = pair.get("loss", "mimic")
-            if loss not in FEATURE_LOSSES:
-                raise ConfigError(f"unknown feature loss {loss!r}", where=f"{where}.loss", hint=f"one of {FEATURE_LOSSES}")
-            specs.append({"student": row_ref(pair["student"], f"{where}.student"),
-                          "teacher": row_ref(pair["teacher"], f"{where}.teacher"),
-                          "loss": loss, "weight": float(pair.get("weight", 1.0))})
-        check_rows(self.raw_model, [s["student"] for s in specs], "distill.feature.pairs: student")
+    def _set_up_features(self, student: nn.Module, spec: dict) -> list[dict]:
+        specs = [{"student": row_ref(p["student"], f"distill.feature.pairs[{i}].student"),
+                  "teacher": row_ref(p["teacher"], f"distill.feature.pairs[{i}].teacher"),
+                  "loss": p["loss"], "weight": p["weight"]} for i, p in enumerate(spec["pairs"])]
+        check_rows(student, [s["student"] for s in specs], "distill.feature.pairs: student")
         check_rows(self.teacher, [s["teacher"] for s in specs], "distill.feature.pairs: teacher")
-        _, s_taps = self._probe(self.raw_model, {s["student"][0] for s in specs})
+        _, s_taps = self._probe(student, {s["student"][0] for s in specs})
         _, t_taps = self._probe(self.teacher, {s["teacher"][0] for s in specs})
-        self.teacher_corners.clear()
-        for i, (s, pair) in enumerate(zip(specs, pairs)):
+        for i, (s, pair) in enumerate(zip(specs, spec["pairs"])):
             where = f"distill.feature.pairs[{i}]"
             c_student = pick(s_taps[s["student"][0]], s["student"], where).shape[1]
             c_teacher = pick(t_taps[s["teacher"][0]], s["teacher"], where).shape[1]
-            if s["loss"] == "sp" and pair.get("adapter") not in (None, "auto"):
-                raise ConfigError("sp needs no adapter", where=where)
             self.kd.pairs.append(FeaturePair(
-                s["loss"], c_student, c_teacher, adapter=spec.get("adapter", "auto"), norm=bool(spec.get("adapter_norm", True)),
-                tau=float(pair.get("tau", 1.0)), alpha=float(pair.get("alpha", 2e-5)),
-                lam=float(pair.get("lambda", 0.65))).to(self.device))
+                s["loss"], c_student, c_teacher, adapter=spec["adapter"], norm=spec["adapter_norm"],
+                tau=pair["tau"], alpha=pair["alpha"], lam=pair["lambda"]).to(self.device))
         return specs
 
-    def _set_up_foundation(self, spec: dict) -> dict:
+    def _set_up_foundation(self, student: nn.Module, spec: dict) -> dict:
         where = "distill.foundation"
-        if "model" not in spec or "student" not in spec:
-            raise ConfigError("the foundation teacher needs `model` (a timm name) and `student` (a row)", where=where)
-        teacher = ViTTeacher(spec["model"], spec.get("weights"), spec.get("model_kwargs"), spec.get("pool", 2),
-                             spec.get("mean", (0.485, 0.456, 0.406)), spec.get("std", (0.229, 0.224, 0.225)))
+        teacher = ViTTeacher(spec["model"], spec["weights"], spec["model_kwargs"], spec["pool"], spec["mean"], spec["std"])
         ref = row_ref(spec["student"], f"{where}.student")
-        check_rows(self.raw_model, [ref], f"{where}.student")
-        _, taps = self._probe(self.raw_model, {ref[0]})
+        check_rows(student, [ref], f"{where}.student")
+        _, taps = self._probe(student, {ref[0]})
         width = pick(taps[ref[0]], ref, f"{where}.student").shape[1]
         # a linear map per token, as RT-DETRv4's projector
         self.kd.projector = nn.Conv2d(width, teacher.width, 1).to(self.device)
-        adaptive = {**ADAPTIVE, **(spec.get("adaptive") or {})}
-        pattern = spec.get("grad_share_params") or rf"^\w+\.layers\.{ref[0]}\."
-        try:
-            regex = re.compile(pattern)
-        except re.error as err:
-            raise ConfigError(f"bad regex {pattern!r}: {err}", where=f"{where}.grad_share_params") from None
-        shared = [name for name, q in qualified_names(self.raw_model).items() if regex.search(q)]
-        if adaptive["enabled"] and not shared:
+        pattern = spec["grad_share_params"] or rf"^\w+\.layers\.{ref[0]}\."
+        shared = [name for name, q in qualified_names(student).items() if re.search(pattern, q)]
+        if spec["adaptive"]["enabled"] and not shared:
             raise ConfigError(f"grad_share_params {pattern!r} matches no student parameter", where=f"{where}.grad_share_params",
                               hint="a regex over names like encoder.layers.5.encoder.0.layers.0.linear1.weight")
-        return {"teacher": teacher.to(self.device), "ref": ref, "weight": float(spec.get("weight", 5.0)),
-                "adaptive": adaptive, "shared": set(shared), "shares": []}
+        return {"teacher": teacher.to(self.device), "ref": ref, "weight": spec["weight"],
+                "adaptive": spec["adaptive"], "shared": set(shared)}
 
-    def _build_training(self) -> None:
-        super()._build_training()
-        if self.kd is None:
-            return
-        # hooks come after the EMA copy was made, so the EMA model does not carry them
+    def attach(self, student: nn.Module) -> None:
+        """Forward hooks that keep the tapped rows' training outputs (with their gradient); attached
+        after the EMA copy, so the EMA model carries none, and outside DDP's forward."""
         rows = {s["student"][0] for s in self.pair_specs}
         if self.foundation is not None:
             rows.add(self.foundation["ref"][0])
@@ -429,45 +462,55 @@ class DistillSolver(Solver):
             return hook
 
         for row in sorted(rows):
-            self.raw_model.layers[row].register_forward_hook(keep(row))
+            student.layers[row].register_forward_hook(keep(row))
 
-    # ------------------------------------------------------------- Solver hooks
-    def extra_param_groups(self) -> list[dict]:
-        if self.kd is None or not any(True for _ in self.kd.parameters()):
+    def param_groups(self) -> list[dict]:
+        params = list(self.kd.parameters())
+        if not params:
             return []
-        group = {"params": list(self.kd.parameters())}
-        if self.spec.get("adapter_lr") is not None:
-            group["lr"] = float(self.spec["adapter_lr"])
+        group = {"params": params}
+        if self.spec["adapter_lr"] is not None:
+            group["lr"] = self.spec["adapter_lr"]
         return [group]
 
+    # ------------------------------------------------------------- each step
     def factor(self, epoch: int) -> float:
-        return schedule_factor(self.schedule_kind, epoch, *self.window) * self.kd_weight
+        return schedule_factor(self.spec["schedule"], epoch, *self.window) * self.spec["weight"]
 
-    def extra_losses(self, images, targets, outputs, epoch: int) -> dict:
+    @torch.no_grad()
+    def prepare(self, images, outputs: dict, epoch: int, amp_dtype, use_amp: bool) -> dict:
+        """Run the teacher(s) on this batch while the distillation window is open."""
+        self.teacher_out, self.teacher_taps, self.foundation_target = None, {}, None
+        if self.factor(epoch) == 0:
+            return outputs
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
+            if self.teacher is not None:
+                self.teacher.eval()
+                self.teacher_out, self.teacher_taps = self.teacher.run(
+                    images, taps={s["teacher"][0] for s in self.pair_specs})
+            if self.foundation is not None:
+                self.foundation_target = self.foundation["teacher"](images).float()
+        return outputs
+
+    def losses(self, outputs: dict, epoch: int) -> dict:
         factor = self.factor(epoch)
         taps, self.student_taps = self.student_taps, {}
         if factor == 0:
             return {}
         losses = {}
-        if self.teacher is not None:
-            self.teacher.eval()
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                teacher_out, teacher_taps = self.teacher.run(images, taps={s["teacher"][0] for s in self.pair_specs})
-            if self.use_logit:
-                losses.update(self.logit_terms(outputs, teacher_out))
-            for i, (s, pair) in enumerate(zip(self.pair_specs, self.kd.pairs)):
-                student = pick(taps[s["student"][0]], s["student"], "distill.feature").float()
-                teacher = pick(teacher_taps[s["teacher"][0]], s["teacher"], "distill.feature").float()
-                losses[f"loss_kd_{s['loss']}_{i}"] = pair(student, teacher) * s["weight"]
+        if self.use_logit:
+            losses.update(self._logit_terms(outputs, self.teacher_out))
+        for i, (s, pair) in enumerate(zip(self.pair_specs, self.kd.pairs)):
+            student = pick(taps[s["student"][0]], s["student"], "distill.feature").float()
+            teacher = pick(self.teacher_taps[s["teacher"][0]], s["teacher"], "distill.feature").float()
+            losses[f"loss_kd_{s['loss']}_{i}"] = pair(student, teacher) * s["weight"]
         if self.foundation is not None:
             f = self.foundation
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                target = f["teacher"](images)
             student = self.kd.projector(pick(taps[f["ref"][0]], f["ref"], "distill.foundation").float())
-            losses["loss_distill"] = cosine_distillation_loss(student, target.float()) * f["weight"]
+            losses["loss_distill"] = cosine_distillation_loss(student, self.foundation_target) * f["weight"]
         return {name: value * factor for name, value in losses.items()}
 
-    def logit_terms(self, outputs: dict, teacher_out: dict) -> dict:
+    def _logit_terms(self, outputs: dict, teacher_out: dict) -> dict:
         teacher = {"pred_logits": teacher_out["pred_logits"], "pred_boxes": teacher_out["pred_boxes"]}
         if self.use_ld and "corners" in self.teacher_corners:
             teacher["pred_corners"] = self.teacher_corners.pop("corners")
@@ -476,18 +519,16 @@ class DistillSolver(Solver):
                 {**layer, "pred_corners": None} for layer in outputs.get("aux_outputs") or []]}
         return logit_terms(outputs, teacher, self.logit_spec, self.logit_weights)
 
-    def after_backward(self) -> None:
-        if self.kd is None:
-            return
+    def after_backward(self, student: nn.Module, epoch: int) -> None:
         if dist.enabled():  # the adapters live outside the DDP model: average their gradients here
             for p in self.kd.parameters():
                 if p.grad is not None:
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= dist.world_size()
         f = self.foundation
-        if f is not None and f["adaptive"]["enabled"] and self.factor(self.current_epoch) > 0:
+        if f is not None and f["adaptive"]["enabled"] and self.factor(epoch) > 0:
             shared, total = [], []
-            for name, p in self.raw_model.named_parameters():
+            for name, p in student.named_parameters():
                 if p.grad is not None:
                     value = p.grad.detach().abs().sum()
                     total.append(value)
@@ -495,46 +536,37 @@ class DistillSolver(Solver):
                         shared.append(value)
             total_l1 = torch.stack(total).sum().item() if total else 0.0
             share = torch.stack(shared).sum().item() / total_l1 * 100.0 if shared and total_l1 > 0 else 0.0
-            f["shares"].append(share if math.isfinite(share) else 0.0)
+            self.shares.append(share if math.isfinite(share) else 0.0)
 
-    def bar_terms(self, loss_terms: dict) -> list[str]:
+    @staticmethod
+    def term_names(loss_terms: dict) -> list[str]:
+        """The distillation terms among a step's loss terms (shown in the progress bar and logged)."""
         return [k for k in loss_terms if k.startswith("loss_kd_") or k == "loss_distill"]
 
-    def train_one_epoch(self, epoch: int) -> dict:
-        self.current_epoch = epoch
-        means = super().train_one_epoch(epoch)
-        if self.kd is None:
-            return means
-        means["kd_factor"] = self.factor(epoch)
+    def end_epoch(self, epoch: int, stage2: bool) -> dict:
+        figures = {"kd_factor": self.factor(epoch)}
         f = self.foundation
         if f is not None:
             if f["adaptive"]["enabled"] and self.factor(epoch) > 0:
-                share = dist.all_reduce_mean({"share": sum(f["shares"]) / len(f["shares"]) if f["shares"] else 0.0})
+                share = dist.all_reduce_mean({"share": sum(self.shares) / len(self.shares) if self.shares else 0.0})
                 a = f["adaptive"]
-                means["distill_grad_share"] = share["share"]
-                f["weight"] = adapted_weight(f["weight"], share["share"], a["rho"], a["delta"],
-                                             a["default_weight"], self.in_stage2(epoch))
-            f["shares"] = []
-            means["distill_weight"] = f["weight"]
-        return means
+                figures["distill_grad_share"] = share["share"]
+                f["weight"] = adapted_weight(f["weight"], share["share"], a["rho"], a["delta"], a["default_weight"],
+                                             stage2)
+            self.shares = []
+            figures["distill_weight"] = f["weight"]
+        return figures
 
     # ------------------------------------------------------------- checkpoints
-    def state_dict(self, stats: dict | None = None) -> dict:
-        state = super().state_dict(stats)
-        if self.kd is not None:
-            state["distill"] = {"modules": self.kd.state_dict(),
-                                "foundation_weight": self.foundation["weight"] if self.foundation else None}
-        return state
+    def state_dict(self) -> dict:
+        return {"modules": self.kd.state_dict(),
+                "foundation_weight": self.foundation["weight"] if self.foundation else None}
 
-    def _load_weights(self, state: dict, path) -> None:
-        super()._load_weights(state, path)
-        if self.kd is None:
-            return
-        saved = state.get("distill")
+    def load_state_dict(self, saved: dict | None, path, resuming: bool) -> None:
         if saved is None:
-            if any(True for _ in self.kd.parameters()) and "optimizer" in state:
-                raise CheckpointError(f"{path} was not written by distill.py (no adapters to resume)", where=str(path),
-                                      hint="start distillation from these weights with -t instead of -r")
+            if any(True for _ in self.kd.parameters()) and resuming:
+                raise CheckpointError(f"{path} was not written with distillation (no adapters to resume)",
+                                      where=str(path), hint="start distillation from these weights with -t instead of -r")
             return
         try:
             self.kd.load_state_dict(saved["modules"])

@@ -8,9 +8,21 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Literal
 
 import torch
+from pydantic import NonNegativeInt, confloat
 from torch import nn
+
+from core.schema import Section
+
+
+class EMAConfig(Section):
+    """The `ema:` section (official keys)."""
+    type: Literal["ModelEMA"] = "ModelEMA"
+    decay: confloat(gt=0.0, lt=1.0) = 0.9999
+    warmups: NonNegativeInt = 1000
+    start: NonNegativeInt = 0
 
 
 class ModelEMA:

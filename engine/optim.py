@@ -15,13 +15,73 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Literal
 
 import torch
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 from torch import nn
 
 from core.errors import ConfigError
+from core.schema import Section, validate_section
 
-GROUP_KEYS = {"params", "lr", "weight_decay", "betas", "eps"}
+OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD}
+
+
+class ParamGroupConfig(Section):
+    """One `optimizer.params` entry: a regex over qualified parameter names and its settings."""
+    params: str
+    lr: PositiveFloat | None = None
+    weight_decay: NonNegativeFloat | None = None
+    betas: tuple[float, float] | None = None
+    eps: PositiveFloat | None = None
+
+    @field_validator("params")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"bad regex {value!r}: {err}") from None
+        return value
+
+
+class OptimizerConfig(Section):
+    """The `optimizer:` section (official keys). Unset settings keep torch's defaults."""
+    type: Literal["AdamW", "Adam", "SGD"] = "AdamW"
+    params: list[ParamGroupConfig] = []
+    lr: PositiveFloat = 1e-4
+    betas: tuple[float, float] | None = None
+    weight_decay: NonNegativeFloat | None = None
+    eps: PositiveFloat | None = None
+    momentum: NonNegativeFloat | None = None     # SGD
+    nesterov: bool | None = None                 # SGD
+    rest: Literal["default", "error"] = "default"  # parameters no group claims: the top-level group, or an error
+
+
+class LRSchedulerConfig(Section):
+    """`lr_scheduler:` MultiStepLR (epoch milestones) or FlatCosine (DEIM's flat-cosine over iterations;
+    its flat and no-augmentation lengths are the top-level `flat_epoch` / `no_aug_epoch`)."""
+    type: Literal["MultiStepLR", "FlatCosine"] = "MultiStepLR"
+    milestones: list[NonNegativeInt] = []
+    gamma: PositiveFloat = 0.1
+    lr_gamma: NonNegativeFloat = 0.5
+    warmup_iter: NonNegativeInt = 2000
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _official_names(cls, value):
+        return "FlatCosine" if value in ("flatcosine", "FlatCosineLRScheduler") else value
+
+
+class WarmupConfig(Section):
+    """`lr_warmup_scheduler:` a linear warm-up over `warmup_duration` iterations (MultiStepLR only)."""
+    type: Literal["LinearWarmup"] = "LinearWarmup"
+    warmup_duration: NonNegativeInt = 0
+
+
+class LRScaleConfig(Section):
+    """`scale_lr_with_batch:` scale every lr linearly with the total batch over `base_batch_size`."""
+    base_batch_size: PositiveInt
 
 
 def qualified_names(model: nn.Module) -> dict[str, str]:
@@ -45,22 +105,12 @@ def param_groups(model: nn.Module, cfg: dict) -> list[dict]:
     qualified = qualified_names(model)
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     specs = cfg.get("params") or []
-    if not isinstance(specs, list):
-        raise ConfigError("optimizer.params must be a list of groups", where="optimizer.params",
-                          hint="write `- {params: '^(?=.*backbone)(?!.*norm).*$', lr: 0.0001}` per group")
     claimed: dict[str, int] = {}
     groups = []
     for index, spec in enumerate(specs):
         where = f"optimizer.params[{index}]"
-        if not isinstance(spec, dict) or not isinstance(spec.get("params"), str):
-            raise ConfigError("each group needs `params: <regex>`", where=where)
-        unknown = set(spec) - GROUP_KEYS
-        if unknown:
-            raise ConfigError(f"unknown group keys {sorted(unknown)}", where=where, hint=f"allowed: {sorted(GROUP_KEYS)}")
-        try:
-            pattern = re.compile(spec["params"])
-        except re.error as err:
-            raise ConfigError(f"bad regex {spec['params']!r}: {err}", where=where) from None
+        spec = {k: v for k, v in spec.items() if v is not None}
+        pattern = re.compile(spec["params"])
         members = []
         for name, p in trainable:
             if pattern.search(qualified[name]):
@@ -82,22 +132,18 @@ def param_groups(model: nn.Module, cfg: dict) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    cfg = dict(cfg)
-    kind = cfg.pop("type", "AdamW")
-    cfg.pop("rest", None)
+    """The optimizer of an `optimizer:` section (validated by OptimizerConfig here)."""
+    cfg = validate_section(OptimizerConfig, cfg, "optimizer").model_dump(exclude_none=True)
+    kind = cfg.pop("type")
     groups = param_groups(model, cfg)
-    cfg.pop("params", None)
+    for key in ("params", "rest"):
+        cfg.pop(key)
     for g in groups:  # optimizer groups take only optimizer arguments
         g.pop("pattern", None)
-    builders = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD}
-    if kind not in builders:
-        raise ConfigError(f"unknown optimizer {kind!r}", where="optimizer.type", hint=f"one of {sorted(builders)}")
-    if "betas" in cfg:
-        cfg["betas"] = tuple(cfg["betas"])
     try:
-        optimizer = builders[kind](groups, **cfg)
-    except TypeError as err:
-        raise ConfigError(f"bad optimizer arguments: {err}", where="optimizer") from None
+        optimizer = OPTIMIZERS[kind](groups, **cfg)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"bad {kind} arguments: {err}", where="optimizer") from None
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return optimizer
@@ -123,28 +169,24 @@ class LRSchedule:
     type FlatCosine: DEIM's flat-cosine over iterations; min lr = base * lr_gamma.
     """
 
-    def __init__(self, optimizer, cfg: dict, warmup_cfg: dict | None, iters_per_epoch: int, epochs: int):
+    def __init__(self, optimizer, cfg: dict, warmup_cfg: dict | None, iters_per_epoch: int, epochs: int,
+                 flat_epoch: int | None = None, no_aug_epoch: int = 0):
+        cfg = validate_section(LRSchedulerConfig, cfg, "lr_scheduler")
+        warmup = validate_section(WarmupConfig, warmup_cfg, "lr_warmup_scheduler")
         self.optimizer = optimizer
-        self.kind = cfg.get("type", "MultiStepLR")
+        self.kind = cfg.type
         self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
         self.iters_per_epoch = iters_per_epoch
-        if self.kind in ("FlatCosine", "FlatCosineLRScheduler", "flatcosine"):
-            self.kind = "FlatCosine"
-            self.lr_gamma = float(cfg.get("lr_gamma", 0.5))
-            self.warmup = int(cfg.get("warmup_iter", 2000))
+        if self.kind == "FlatCosine":
+            self.lr_gamma = cfg.lr_gamma
+            self.warmup = cfg.warmup_iter
             self.total = int(iters_per_epoch * epochs)
-            self.flat = int(iters_per_epoch * cfg.get("flat_epoch", epochs))
-            self.no_aug = int(iters_per_epoch * cfg.get("no_aug_epoch", 0))
-        elif self.kind == "MultiStepLR":
-            self.milestones = sorted(int(m) for m in cfg.get("milestones", []))
-            self.gamma = float(cfg.get("gamma", 0.1))
-            self.warmup = int((warmup_cfg or {}).get("warmup_duration", 0))
-            if warmup_cfg and warmup_cfg.get("type", "LinearWarmup") != "LinearWarmup":
-                raise ConfigError(f"unknown warm-up {warmup_cfg.get('type')!r}", where="lr_warmup_scheduler.type",
-                                  hint="LinearWarmup")
+            self.flat = int(iters_per_epoch * (epochs if flat_epoch is None else flat_epoch))
+            self.no_aug = int(iters_per_epoch * no_aug_epoch)
         else:
-            raise ConfigError(f"unknown lr scheduler {self.kind!r}", where="lr_scheduler.type",
-                              hint="MultiStepLR (with lr_warmup_scheduler: LinearWarmup) or FlatCosine")
+            self.milestones = sorted(cfg.milestones)
+            self.gamma = cfg.gamma
+            self.warmup = warmup.warmup_duration
 
     def lr(self, base: float, step: int, epoch: int) -> float:
         if self.kind == "FlatCosine":
@@ -156,23 +198,3 @@ class LRSchedule:
     def set(self, step: int, epoch: int) -> None:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = self.lr(base, step, epoch)
-
-
-def scale_lr(cfg: dict, total_batch_size: int) -> dict:
-    """Linear scaling rule: lr' = lr * total_batch / base_batch for the top level and every group.
-
-    `scale_lr_with_batch: {base_batch_size: 32}` turns it on; without it the config's lrs stay."""
-    rule = cfg.get("scale_lr_with_batch")
-    if not rule:
-        return cfg
-    base = rule.get("base_batch_size") if isinstance(rule, dict) else None
-    if not isinstance(base, int) or base <= 0:
-        raise ConfigError("scale_lr_with_batch needs base_batch_size: <int>", where="scale_lr_with_batch",
-                          hint="the batch size the recipe's lrs were tuned for, e.g. {base_batch_size: 32}")
-    factor = total_batch_size / base
-    optimizer = cfg["optimizer"]
-    optimizer["lr"] = optimizer["lr"] * factor
-    for group in optimizer.get("params") or []:
-        if "lr" in group:
-            group["lr"] = group["lr"] * factor
-    return cfg

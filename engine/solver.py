@@ -7,6 +7,11 @@ stage 2 an epoch that does not improve AP restarts from `best_stg1.pth` again wi
 lowered by 1e-4 (DEIM/D-FINE's rule; the official ModelEMA ignores the changed decay because its
 decay function captured the first value, ours uses it).
 
+The Solver takes a composed run config and resolves it once (`engine.config.resolve`: validated,
+derived values filled; the caller's dict is not changed). Distillation, when the config has a
+`distill:` section, is a component the Solver holds (`engine.distill.Distiller`): it adds its loss
+terms, its trainable adapters and its checkpoint state; the loop is the same.
+
 Reproducibility: every epoch reseeds torch/numpy/random (and the loader's generators) from
 (seed, epoch, rank), and learning rates are a pure function of (step, epoch), so `-r last.pth`
 continues exactly as the uninterrupted run would have.
@@ -22,21 +27,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checkpoint_io import model_weights, read_checkpoint, save_atomic, strip_module_prefix
 from core import dist
-from engine import checkpoint
-from engine.config import get
-from engine.ema import ModelEMA
-from metrics.detection import format_per_class
-from metrics.coco_eval import STAT_NAMES, CocoEvaluator
-from engine.logger import RunLogger, plot_batch
-from engine.optim import LRSchedule, build_optimizer, scale_lr
-from models.factory import describe_mismatch
+from core.checkpoint_io import DiskFullError, atomic_write_text, model_weights, read_checkpoint, save_atomic
 from core.errors import CheckpointError, ConfigError, DetrZooError
+from engine import checkpoint
+from engine.config import resolve
+from engine.ema import ModelEMA
+from engine.logger import RunLogger, plot_batch
+from engine.optim import LRSchedule, build_optimizer
+from engine.run_dir import claim_output_dir
+from metrics.coco_eval import STAT_NAMES, CocoEvaluator
+from metrics.detection import format_per_class
+from models.factory import build_detector, describe_mismatch, load_weights
+
+# run options that are also config keys: a command-line flag wins over the config's value
+FLAG_KEYS = ("seed", "device", "output_dir", "summary_dir")
 
 
 class TrainingDiverged(DetrZooError):
     """Too many consecutive steps with a non-finite loss, boxes or gradients."""
+
+
+class RunInterrupted(DetrZooError):
+    """Ctrl-C during training: the message says where the last whole checkpoint is."""
 
 
 def seed_everything(seed: int) -> None:
@@ -45,17 +58,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def unique_dir(path: Path) -> Path:
-    """`path` if it is free (or empty), else path2, path3, ... (a new run never overwrites an old one)."""
-    if not path.exists() or not any(path.iterdir()):
-        return path
-    n = 2
-    while (candidate := path.with_name(f"{path.name}{n}")).exists() and any(candidate.iterdir()):
-        n += 1
-    return candidate
-
-
-def _amp_dtype(device: torch.device) -> torch.dtype:
+def amp_dtype(device: torch.device, wanted: str | None) -> torch.dtype:
+    if wanted is not None:
+        return getattr(torch, wanted)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16
@@ -85,178 +90,210 @@ def _finite(value) -> bool:
     return bool(torch.isfinite(value).all()) if isinstance(value, torch.Tensor) else math.isfinite(value)
 
 
-class Solver:
-    """Builds everything a run needs from a merged config and runs `fit()` or `test()`.
+def apply_flags(cfg: dict, options: dict) -> dict:
+    """A copy of `cfg` with the command line's run flags set (they win over the config)."""
+    out = {**cfg, **{k: options[k] for k in FLAG_KEYS if options.get(k) is not None}}
+    if options.get("use_amp"):
+        out["use_amp"] = True
+    return out
 
-    options: device, seed, use_amp, resume, tuning, output_dir, summary_dir, auto_resume, test_only."""
+
+class Solver:
+    """Builds everything a run needs from a run config and runs `fit()` or `test()`.
+
+    options: device, seed, use_amp, resume, tuning, output_dir, summary_dir, auto_resume, test_only,
+    config (the config's path: graph paths resolve beside it), update (recorded), and for
+    distillation teacher_config, teacher_weights, teacher_updates."""
 
     def __init__(self, cfg: dict, **options):
-        self.cfg = cfg
         self.options = options
-        self.device = dist.init(options.get("device") or cfg.get("device"))
-        self.seed = int(options["seed"] if options.get("seed") is not None else cfg.get("seed", 0))
         self.test_only = bool(options.get("test_only"))
+        self.cfg = resolve(apply_flags(cfg, options), world_size=dist.launched_world_size(),
+                           config_path=options.get("config"), training=not self.test_only)
+        self.device = dist.init(self.cfg["device"])
+        self.seed = self.cfg["seed"]
         seed_everything(self.seed + dist.rank())
-        self._derive_epochs()
-        self.epochs = int(cfg.get("epochs", 1))
-        self.output_dir = self._choose_output_dir()
+        self.epochs = self.cfg["epochs"]
+        self.lock = None
+        self.output_dir = self._claim_output_dir()
+        self.resume_state = self._read_resume_state()
         self._build_data()
         self._build_model()
+        self.distiller = self._build_distiller()
         self._build_training()
-        self.logger = RunLogger(self.output_dir, self._summary_dir(), progress_bar=cfg.get("progress_bar", True))
+        self.logger = RunLogger(self.output_dir, self._summary_dir(), progress_bar=self.cfg["progress_bar"])
         self._save_run_files()
 
     # ----------------------------------------------------------------- setup
-    def _derive_epochs(self) -> None:
-        """Fill the epoch schedule and the sizes that the config leaves unset from `epochs` and `imgsz`."""
-        import data
-
-        cfg = self.cfg
-        if int(cfg.get("epochs") or 0) >= 2:
-            data.apply_epochs(cfg)
-        else:  # a single epoch has no schedule to derive: augment throughout, no stage 2
-            policy = get(cfg, "train_dataloader.dataset.transforms.policy")
-            if isinstance(policy, dict) and policy.get("epoch") is None:
-                policy["epoch"] = 1
-            collate = get(cfg, "train_dataloader.collate_fn")
-            if isinstance(collate, dict):  # unset epoch windows fall back to the collate's defaults
-                for key in ("stop_epoch", "mixup_epochs", "copyblend_epochs"):
-                    if key in collate and collate[key] is None:
-                        del collate[key]
-        data.apply_imgsz(cfg)
-
-    def _choose_output_dir(self) -> Path | None:
-        wanted = self.options.get("output_dir") or self.cfg.get("output_dir") or "outputs/run"
-        wanted = Path(wanted)
+    def _claim_output_dir(self) -> Path:
         resume = self.options.get("resume")
+        wanted = Path(self.cfg["output_dir"])
         if self.test_only:  # evaluation output goes beside the checkpoint (run/eval/), never over the run's files
-            chosen = unique_dir(Path(self.options["output_dir"]) if self.options.get("output_dir")
-                                else Path(resume).parent / "eval")
-        elif self.options.get("auto_resume") and not resume and (wanted / "last.pth").is_file():
-            self.options["resume"] = str(wanted / "last.pth")
-            chosen = wanted
-        elif resume and Path(resume).resolve().parent == wanted.resolve():
-            chosen = wanted  # continuing a run writes into its own folder
+            wanted, reuse = (Path(self.options["output_dir"]) if self.options.get("output_dir")
+                             else Path(resume).parent / "eval"), False
+        elif self.options.get("auto_resume") and not resume:
+            reuse = True  # this run's own folder, whatever it holds
+            if (wanted / "last.pth").is_file():
+                self.options["resume"] = str(wanted / "last.pth")
+            elif dist.is_main():
+                print(f"--auto-resume: nothing to resume in {wanted} (no last.pth); starting there from epoch 0")
         else:
-            chosen = unique_dir(wanted)
-        chosen = Path(dist.broadcast_object(str(chosen)))
+            reuse = bool(resume) and Path(resume).resolve().parent == wanted.resolve()
+        chosen = wanted
         if dist.is_main():
-            chosen.mkdir(parents=True, exist_ok=True)
-        dist.barrier()
-        self.cfg["output_dir"] = str(chosen)
-        return chosen
+            chosen, self.lock = claim_output_dir(wanted, reuse)
+        return Path(dist.broadcast_object(str(chosen)))
+
+    def _read_resume_state(self) -> dict | None:
+        path = self.options.get("resume")
+        return read_checkpoint(path) if path else None
 
     def _summary_dir(self) -> Path:
-        return Path(self.options.get("summary_dir") or self.cfg.get("summary_dir") or self.output_dir / "summary")
+        return Path(self.cfg["summary_dir"] or self.output_dir / "summary")
 
     def _build_data(self) -> None:
         import data
+        from data.coco import merge_categories
 
         cfg = self.cfg
-        for key in ("val_dataloader",) if self.test_only else ("train_dataloader", "val_dataloader"):
-            if not isinstance(cfg.get(key), dict):
-                raise ConfigError(f"missing `{key}` section", where=key, hint="include a dataset recipe (configs/datasets/)")
         distributed = dist.enabled()
-        for key in ("train_dataloader", "val_dataloader"):
-            section = cfg.get(key)
-            if isinstance(section, dict) and section.get("total_batch_size") is not None:
-                per_process = dist.split_batch(int(section["total_batch_size"]))
-                if section.get("batch_size") not in (None, per_process):
-                    raise ConfigError(f"{key}.batch_size {section['batch_size']} contradicts total_batch_size "
-                                      f"{section['total_batch_size']} over {dist.world_size()} process(es)",
-                                      where=f"{key}.batch_size", hint=f"set only {key}.total_batch_size (the official key)")
-                section["batch_size"] = per_process
-        self.total_batch_size = int(get(cfg, "train_dataloader.batch_size", 1)) * dist.world_size()
-        if not self.test_only:
-            scale_lr(cfg, self.total_batch_size)
-            self.train_loader = data.build_dataloader(cfg["train_dataloader"], "train", distributed=distributed, seed=self.seed)
-        self.val_loader = data.build_dataloader(cfg["val_dataloader"], "val", distributed=distributed, seed=self.seed)
-        dataset = self.val_loader.dataset
-        self.names = list(dataset.names)
-        self.category_ids = list(dataset.category_ids)
-        self.nc = int(dataset.num_classes)
-        if cfg.get("nc") is not None and int(cfg["nc"]) != self.nc:
+        splits = ("val",) if self.test_only else ("train", "val")
+        datasets = {split: data.build_dataset(cfg[f"{split}_dataloader"], split) for split in splits}
+        self.category_ids, self.names = self._category_mapping(datasets, merge_categories)
+        for split, dataset in datasets.items():
+            dataset.use_categories(self.category_ids, self.names, source=self._mapping_source)
+        self.nc = len(self.category_ids)
+        if cfg["nc"] is not None and cfg["nc"] != self.nc and dist.is_main():
             print(f"note: config nc={cfg['nc']} but the dataset has {self.nc} classes; using {self.nc}")
-        self.evaluator = CocoEvaluator(dataset.coco, self.category_ids, self.names)
+        if not self.test_only:
+            self.train_loader = data.build_dataloader(cfg["train_dataloader"], "train", distributed=distributed,
+                                                      seed=self.seed, dataset=datasets["train"])
+            if len(self.train_loader) == 0:
+                raise ConfigError(f"the training set has {len(datasets['train'])} images, fewer than one batch of "
+                                  f"{self.train_loader.batch_size} (drop_last drops the rest): no step would run",
+                                  where="train_dataloader.total_batch_size",
+                                  hint=f"lower total_batch_size to at most {len(datasets['train'])}")
+            self._warn_shared_images(datasets["train"], datasets["val"])
+        self.val_loader = data.build_dataloader(cfg["val_dataloader"], "val", distributed=distributed, seed=self.seed,
+                                                dataset=datasets["val"])
+        self.evaluator = CocoEvaluator(datasets["val"].coco, self.category_ids, self.names)
+
+    def _category_mapping(self, datasets: dict, merge) -> tuple[list, list[str]]:
+        """One label <-> category mapping for the run: a resumed or evaluated checkpoint's, the
+        config's `classes:` list, or the union of the splits' categories."""
+        meta = (self.resume_state or {}).get("meta") or {}
+        if meta.get("category_ids") is not None:
+            self._mapping_source = f"the checkpoint {self.options.get('resume')}"
+            return list(meta["category_ids"]), list(meta["names"])
+        ids, names = merge(list(datasets.values()), where=", ".join(str(d.ann_file) for d in datasets.values()))
+        classes = self.cfg["classes"]
+        if classes is not None:
+            self._mapping_source = "the config's `classes:`"
+            by_name = dict(zip(names, ids))
+            unknown = [n for n in names if n not in classes]
+            if unknown:
+                raise ConfigError(f"`classes:` lacks categories the data has: {unknown}", where="classes",
+                                  hint=f"list every category: {names}")
+            # classes the data lacks keep their label with a placeholder id (no annotation refers to it)
+            return [by_name.get(n, f"absent:{n}") for n in classes], list(classes)
+        self._mapping_source = "the union of the splits' categories"
+        return ids, names
+
+    def _warn_shared_images(self, train, val) -> None:
+        def files(dataset):
+            return {(Path(dataset.img_folder) / im["file_name"]).resolve() for im in dataset.coco.dataset["images"]}
+
+        shared = files(train) & files(val)
+        if shared and dist.is_main():
+            print(f"warning: {len(shared)} of the {len(val)} validation images are also training images (e.g. "
+                  f"{sorted(shared)[0]}); the validation AP measures memorisation, not generalisation")
 
     def _build_model(self) -> None:
-        from models import build_model
-
-        cfg = self.cfg
-        graph = cfg.get("graph")
-        if not graph:
-            raise ConfigError("missing `graph` (the model's graph YAML, or the graph itself as a mapping)",
-                              where="graph", hint="e.g. graph: graphs/deim/deim-n.yaml")
-        if isinstance(graph, str) and not Path(graph).is_file() and self.options.get("config"):
-            beside_config = Path(self.options["config"]).parent / graph
-            graph = str(beside_config) if beside_config.is_file() else graph
-        model = build_model(graph, nc=self.nc, scale=cfg.get("scale"), imgsz=cfg.get("imgsz"), check=False)
+        graph_cfg = self.cfg
+        meta = (self.resume_state or {}).get("meta") or {}
+        if self.test_only and meta.get("graph_spec"):  # evaluate what was trained
+            graph_cfg = {**self.cfg, "graph": meta["graph_spec"], "scale": meta.get("scale"),
+                         "imgsz": meta.get("imgsz") or self.cfg["imgsz"]}
+        model, criterion, postprocessor = build_detector(graph_cfg, nc=self.nc, with_criterion=not self.test_only)
         self.imgsz = tuple(model.imgsz)
+        self.finetune_report = None
         if self.options.get("tuning"):
-            report = checkpoint.load_for_finetune(model, self.options["tuning"])
-            self.finetune_report = report
+            self.finetune_report = checkpoint.load_for_finetune(model, self.options["tuning"])
             if dist.is_main():
-                print(checkpoint.format_finetune_report(report))
+                print(checkpoint.format_finetune_report(self.finetune_report))
         self.raw_model = model.to(self.device)
-        from models.criterion import build_criterion
-        from models.postprocess import PostProcessor
+        self.criterion = criterion.to(self.device) if criterion is not None else None
+        self.postprocessor = postprocessor.to(self.device)
 
-        criterion_cfg = dict(cfg.get("criterion") or {})
-        if not criterion_cfg.get("type"):
-            raise ConfigError("missing `criterion.type`", where="criterion", hint="e.g. DEIMCriterion (see configs/recipes/)")
-        criterion_cfg["num_classes"] = self.nc
-        self.criterion = build_criterion(criterion_cfg).to(self.device)
-        post_cfg = {k: v for k, v in (cfg.get("postprocessor") or {}).items() if k != "type"}
-        post_cfg["num_classes"] = self.nc
-        self.postprocessor = PostProcessor(**post_cfg).to(self.device)
+    def _build_distiller(self):
+        if self.test_only or self.cfg["distill"] is None:
+            return None
+        from engine.distill import Distiller
+
+        return Distiller(self.cfg["distill"], self.raw_model, self.imgsz, self.device, self.epochs,
+                         teacher_config=self.options.get("teacher_config"),
+                         teacher_weights=self.options.get("teacher_weights"),
+                         teacher_updates=self.options.get("teacher_updates") or ())
 
     def _build_training(self) -> None:
         cfg = self.cfg
-        self.use_amp = bool(self.options.get("use_amp") or cfg.get("use_amp", False))
-        self.amp_dtype = _amp_dtype(self.device)
+        self.use_amp = cfg["use_amp"]
+        self.amp_dtype = amp_dtype(self.device, cfg["amp_dtype"])
+        if self.use_amp and self.device.type == "cpu" and cfg["amp_dtype"] is None:
+            if dist.is_main():
+                print("note: --use-amp on the CPU: bf16 autocast runs about 4x slower than fp32 here, so this run "
+                      "trains in fp32; force bf16 with -u amp_dtype=bfloat16")
+            self.use_amp = False
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.ema = None
-        if cfg.get("use_ema", True) and cfg.get("ema") is not False:
-            ema_cfg = {k: v for k, v in (cfg.get("ema") or {}).items() if k in ("decay", "warmups", "start")}
-            self.ema = ModelEMA(self.raw_model, **ema_cfg)
-        self.model = dist.wrap_model(self.raw_model, self.device, bool(cfg.get("sync_bn", False)),
-                                     bool(cfg.get("find_unused_parameters", False)))
+        if cfg["use_ema"] and not self.test_only:  # --test-only evaluates the checkpoint's (EMA) weights as loaded
+            ema = cfg["ema"]
+            self.ema = ModelEMA(self.raw_model, decay=ema["decay"], warmups=ema["warmups"], start=ema["start"])
+        if self.distiller is not None:
+            self.distiller.attach(self.raw_model)  # after the EMA copy, so the EMA model carries no hooks
+        self.model = dist.wrap_model(self.raw_model, self.device, cfg["sync_bn"], cfg["find_unused_parameters"])
         self.epoch = -1           # last finished epoch
         self.global_step = 0
         self.best = {"ap": -1.0, "epoch": -1}
         self.stage2 = {"reference": None, "pending_restart": False}
         self.bad_in_row = 0
         self.bad_total = 0
-        self.max_bad_steps = int(cfg.get("max_bad_steps", 10))
-        collate = get(cfg, "train_dataloader.collate_fn", {}) or {}
+        collate = (cfg["train_dataloader"] or {}).get("collate_fn") or {}
         self.stop_epoch = collate.get("stop_epoch")
-        self.restart_decay = collate.get("ema_restart_decay", get(cfg, "ema.restart_decay"))
+        self.restart_decay = collate.get("ema_restart_decay")
         if not self.test_only:
-            self.optimizer = build_optimizer(self.raw_model, cfg.get("optimizer") or {"type": "AdamW", "lr": 1e-4})
-            for group in self.extra_param_groups():  # e.g. distillation adapters: trained, kept out of the model
+            self.optimizer = build_optimizer(self.raw_model, cfg["optimizer"])
+            for group in self.extra_param_groups():  # distillation adapters: trained, kept out of the model
                 self.optimizer.add_param_group(dict(group))
                 self.optimizer.param_groups[-1].setdefault("initial_lr", self.optimizer.param_groups[-1]["lr"])
-            schedule_cfg = {k: cfg[k] for k in ("flat_epoch", "no_aug_epoch") if cfg.get(k) is not None}
-            schedule_cfg.update(cfg.get("lr_scheduler") or {"type": "MultiStepLR"})
-            self.schedule = LRSchedule(self.optimizer, schedule_cfg,
-                                       cfg.get("lr_warmup_scheduler"), len(self.train_loader), self.epochs)
-        resume = self.options.get("resume")
-        if resume:
-            self.load_resume(resume)
+            self.schedule = LRSchedule(self.optimizer, cfg["lr_scheduler"], cfg["lr_warmup_scheduler"],
+                                       len(self.train_loader), self.epochs, cfg["flat_epoch"], cfg["no_aug_epoch"] or 0)
+        if self.resume_state is not None:
+            self.load_resume(self.resume_state, self.options["resume"])
+
+    def extra_param_groups(self) -> list[dict]:
+        return self.distiller.param_groups() if self.distiller is not None else []
 
     def _save_run_files(self) -> None:
         if not dist.is_main() or self.test_only:
             return
         import yaml
 
-        (self.output_dir / "config.yml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
-        (self.output_dir / "args.json").write_text(json.dumps(self.options, indent=1, default=str))
+        text = yaml.safe_dump({**self.cfg, "output_dir": str(self.output_dir)}, sort_keys=False, allow_unicode=True)
+        atomic_write_text(self.output_dir / "config.yml", text)
+        atomic_write_text(self.output_dir / "args.json", json.dumps(self.options, indent=1, default=str))
+
+    def close(self) -> None:
+        """Release the output folder (and the logger); safe to call twice."""
+        self.logger.close()
+        if self.lock is not None:
+            self.lock.release()
 
     # ------------------------------------------------------------ checkpoints
     def meta(self) -> dict:
         return {"names": self.names, "category_ids": self.category_ids, "nc": self.nc, "imgsz": list(self.imgsz),
                 "scale": self.raw_model.scale, "graph": str(self.raw_model.graph_path),
-                "graph_spec": self.raw_model.graph_spec, "config": self.cfg}
+                "graph_spec": self.raw_model.graph_spec, "config": {**self.cfg, "output_dir": str(self.output_dir)}}
 
     def state_dict(self, stats: dict | None = None) -> dict:
         state = {"model": self.raw_model.state_dict(), "epoch": self.epoch, "global_step": self.global_step,
@@ -265,6 +302,8 @@ class Solver:
                  "solver": {"best": dict(self.best), "stage2": dict(self.stage2), "bad_total": self.bad_total}}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.distiller is not None:
+            state["distill"] = self.distiller.state_dict()
         return state
 
     def save(self, name: str, stats: dict | None = None) -> None:
@@ -279,24 +318,26 @@ class Solver:
         self.raw_model.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"] if "ema" in state else {"module": state["model"]})
+        if self.distiller is not None:
+            self.distiller.load_state_dict(state.get("distill"), path, resuming="optimizer" in state)
 
-    def load_resume(self, path) -> None:
-        state = read_checkpoint(path)
+    def load_resume(self, state: dict, path) -> None:
         if self.test_only:  # the weights training evaluated (EMA first); official releases convert
             weights, _ = model_weights(state)
-            weights, conversion = checkpoint.convert_if_official(strip_module_prefix(weights), self.raw_model)
+            conversion = load_weights(self.raw_model, weights, path)
             if conversion and dist.is_main():
                 print(f"converted from the official layout: {conversion}")
-            self._load_weights({"model": weights}, path)
             return
         if "model" not in state:
-            raise CheckpointError(f"{path} has no `model` weights to resume", where=str(path),
-                                  hint="use -t for weights-only checkpoints (official releases)")
+            raise CheckpointError("no `model` weights to resume", where=str(path),
+                                  hint="use -t to start a new run from these weights (official releases too)")
         self._load_weights(state, path)
+        if "optimizer" not in state:
+            raise CheckpointError("weights only, no training state (optimizer, epoch) to resume", where=str(path),
+                                  hint="use -t to start a new run from these weights")
         for key, target in (("optimizer", self.optimizer), ("scaler", self.scaler)):
-            if key in state:
-                target.load_state_dict(state[key])
-        self.epoch = int(state.get("epoch", state.get("last_epoch", -1)))
+            target.load_state_dict(state[key])
+        self.epoch = int(state.get("epoch", -1))
         self.global_step = int(state.get("global_step", (self.epoch + 1) * len(self.train_loader)))
         solver = state.get("solver", {})
         self.best = dict(solver.get("best", self.best))
@@ -304,7 +345,8 @@ class Solver:
         self.bad_total = int(solver.get("bad_total", 0))
         if "rng" in state:
             checkpoint.set_rng_state(state["rng"])
-        print(f"resumed from {path}: epoch {self.epoch} finished, continuing at epoch {self.epoch + 1}")
+        if dist.is_main():
+            print(f"resumed from {path}: epoch {self.epoch} finished, continuing at epoch {self.epoch + 1}")
 
     def restart_from_stage1(self, decay: float) -> None:
         """Stage 2: reload the best stage-1 model, EMA, optimizer and scaler; set the EMA decay."""
@@ -318,7 +360,8 @@ class Solver:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.decay = decay
-        print(f"stage 2: restarted from {path} (epoch {state['epoch']}), EMA decay {decay:.6f}")
+        if dist.is_main():
+            print(f"stage 2: restarted from {path} (epoch {state['epoch']}), EMA decay {decay:.6f}")
 
     # ------------------------------------------------------------------ loop
     def seed_epoch(self, epoch: int) -> None:
@@ -330,15 +373,43 @@ class Solver:
                 generator.manual_seed(seed)
 
     def fit(self, max_epochs: int | None = None) -> dict:
-        """Train from the epoch after the last finished one to `epochs` (or `max_epochs` of them now)."""
+        """Train from the epoch after the last finished one to `epochs` (or `max_epochs` of them now).
+
+        Ctrl-C stops after saving nothing new: the last whole checkpoint stays and the message says
+        how to continue; a full or read-only disk stops with the path and the last good checkpoint."""
+        try:
+            return self._fit(max_epochs)
+        except KeyboardInterrupt:
+            raise RunInterrupted(self._resume_hint("interrupted")) from None
+        except DiskFullError as err:
+            raise DiskFullError(f"{err.message}; {self._resume_hint('stopped')}", where=err.where, hint=err.hint) from None
+        finally:
+            self.close()
+
+    def _resume_hint(self, what: str) -> str:
+        last = self.output_dir / "last.pth"
+        if last.is_file():
+            return (f"{what} after epoch {self.epoch}; the last whole checkpoint is {last}: continue with "
+                    f"`-r {last}` (or --auto-resume with --output-dir {self.output_dir})")
+        return f"{what} before the first checkpoint; rerun with --auto-resume --output-dir {self.output_dir}"
+
+    def _fit(self, max_epochs: int | None) -> dict:
         import data
 
         start = self.epoch + 1
+        if start >= self.epochs:
+            message = (f"this run already finished all {self.epochs} epochs (last epoch {self.epoch}); nothing to train")
+            if self.options.get("auto_resume"):
+                print(f"--auto-resume: {message}")
+                return {}
+            raise ConfigError(message, where=str(self.options.get("resume")),
+                              hint="evaluate it with --test-only, train longer with -u epochs=N (N above "
+                                   f"{self.epochs}), or fine-tune from it with -t")
         end = self.epochs if max_epochs is None else min(self.epochs, start + max_epochs)
         if dist.is_main():
             params = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
             print(f"training {params:,} parameters for epochs {start}..{self.epochs - 1} on {self.device}, "
-                  f"total batch {self.total_batch_size}, output {self.output_dir}")
+                  f"total batch {self.train_loader.batch_size * dist.world_size()}, output {self.output_dir}")
         stats = {}
         for epoch in range(start, end):
             self.seed_epoch(epoch)
@@ -356,8 +427,7 @@ class Solver:
             self.after_epoch(epoch, train_stats, stats, time.time() - started)
         if dist.is_main() and end == self.epochs and self.evaluator.results:
             # the final model's val predictions (dataset category ids), for TIDE and other analysis
-            self.evaluator.save_predictions(self.output_dir / "predictions_last.json")
-        self.logger.close()
+            atomic_write_text(self.output_dir / "predictions_last.json", json.dumps(self.evaluator.detections))
         return stats
 
     def ema_decay(self) -> float:
@@ -381,10 +451,10 @@ class Solver:
                   **{f"test_{name}": value for name, value in zip(STAT_NAMES, stats["stats"])},
                   **{f"test_yolo_{k}": v for k, v in stats.get("yolo", {}).items()},
                   "best_ap": self.best["ap"], "best_epoch": self.best["epoch"], "seconds": round(seconds, 2),
-                  "bad_steps": self.bad_total}
+                  "bad_steps": self.bad_total, "dropped_predictions": stats.get("dropped", 0)}
         if improved:
             self.save("best_stg2.pth" if self.in_stage2(epoch) else "best_stg1.pth", stats)
-        freq = int(self.cfg.get("checkpoint_freq", 0) or 0)
+        freq = self.cfg["checkpoint_freq"]
         if freq and (epoch + 1) % freq == 0:
             self.save(f"checkpoint{epoch:04d}.pth", stats)
         # last: the resume point is written only once the files that resuming reads (best_stg1) are whole
@@ -402,7 +472,7 @@ class Solver:
         loader = self.train_loader
         totals: dict[str, float] = {}
         good = 0
-        plot_freq = int(self.cfg.get("plot_train_batch_freq", 12) or 0)
+        plot_freq = self.cfg["plot_train_batch_freq"]
         bar = self.logger.bar(loader, len(loader), f"epoch {epoch}/{self.epochs - 1}")
         for i, (images, targets) in enumerate(bar):
             self.schedule.set(self.global_step, epoch)
@@ -417,17 +487,20 @@ class Solver:
             good += 1
             for key, value in loss_terms.items():
                 totals[key] = totals.get(key, 0.0) + value
+            shown = self.distiller.term_names(loss_terms) if self.distiller is not None else []
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss_terms['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                                **{k: f"{loss_terms[k]:.3f}" for k in self.bar_terms(loss_terms)})
-            if self.global_step % int(self.cfg.get("print_freq", 10) or 10) == 0:
+                                **{k: f"{loss_terms[k]:.3f}" for k in shown})
+            if self.global_step % self.cfg["print_freq"] == 0:
                 self.logger.scalars({"total": loss_terms["loss"]}, self.global_step, "Loss")
-                self.logger.scalars({k: loss_terms[k] for k in self.bar_terms(loss_terms)}, self.global_step, "Loss")
+                self.logger.scalars({k: loss_terms[k] for k in shown}, self.global_step, "Loss")
                 self.logger.scalars({f"pg_{j}": g["lr"] for j, g in enumerate(self.optimizer.param_groups)},
                                     self.global_step, "Lr")
         means = {k: v / max(good, 1) for k, v in totals.items()}
         means = dist.all_reduce_mean(means)
         means["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.distiller is not None:
+            means.update(self.distiller.end_epoch(epoch, self.in_stage2(epoch)))
         return means
 
     def train_step(self, images, targets, epoch: int, index: int) -> dict | None:
@@ -436,9 +509,14 @@ class Solver:
         buffers = [b.detach().clone() for b in self.raw_model.buffers()]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             outputs = self.model(images, targets=targets)
+        distiller = self.distiller
         with torch.autocast(self.device.type, enabled=False):  # losses in fp32
-            loss_dict = self.criterion(_to_float(outputs), targets, epoch=epoch)
-            loss_dict.update(self.extra_losses(images, targets, outputs, epoch))
+            outputs = _to_float(outputs)
+            if distiller is not None:
+                outputs = distiller.prepare(images, outputs, epoch, self.amp_dtype, self.use_amp)
+            loss_dict = self.criterion(outputs, targets, epoch=epoch)
+            if distiller is not None:
+                loss_dict.update(distiller.losses(outputs, epoch))
         loss = sum(loss_dict.values())
         bad = not _finite(loss) or not _finite(outputs["pred_boxes"])
         if dist.any_flag(bad):
@@ -446,9 +524,10 @@ class Solver:
             self.skip_step(epoch, index, images, targets, loss_dict, "loss or predicted boxes")
             return None
         self.scaler.scale(loss).backward()
-        max_norm = float(self.cfg.get("clip_max_norm", 0) or 0)
+        max_norm = self.cfg["clip_max_norm"]
         self.scaler.unscale_(self.optimizer)
-        self.after_backward()
+        if distiller is not None:
+            distiller.after_backward(self.raw_model, epoch)
         extra = [p for group in self.extra_param_groups() for p in group["params"]]
         parameters = [p for p in [*self.model.parameters(), *extra] if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm > 0 else float("inf"))
@@ -466,22 +545,6 @@ class Solver:
         terms["loss"] = float(loss.detach())
         return terms
 
-    # Hooks for a trainer that adds terms (distill.py's DistillSolver); the plain trainer adds nothing.
-    def extra_param_groups(self) -> list[dict]:
-        """Optimizer groups ({'params': [...], optional lr...}) of trainable modules outside the model."""
-        return []
-
-    def extra_losses(self, images, targets, outputs, epoch: int) -> dict:
-        """More weighted loss terms for this step, added to the criterion's (computed in fp32)."""
-        return {}
-
-    def after_backward(self) -> None:
-        """Called with the unscaled gradients of a step, before clipping."""
-
-    def bar_terms(self, loss_terms: dict) -> list[str]:
-        """Loss terms shown in the progress bar and logged to TensorBoard each print_freq steps."""
-        return []
-
     def skip_step(self, epoch, index, images, targets, loss_dict, what: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_in_row += 1
@@ -490,16 +553,15 @@ class Solver:
         terms = {k: float(v.detach()) for k, v in loss_dict.items()}
         bad_terms = {k: v for k, v in terms.items() if not math.isfinite(v)}
         dump = self.output_dir / "debug" / f"nonfinite_epoch{epoch}_step{self.global_step}_rank{dist.rank()}.pth"
-        dump.parent.mkdir(parents=True, exist_ok=True)
         save_atomic({"epoch": epoch, "step": self.global_step, "image_ids": ids, "loss_terms": terms,
-                                "images": images.detach().cpu(), "targets": [
-                                    {k: v.detach().cpu() for k, v in t.items() if isinstance(v, torch.Tensor)}
-                                    for t in targets]}, dump)
+                     "images": images.detach().cpu(), "targets": [
+                         {k: v.detach().cpu() for k, v in t.items() if isinstance(v, torch.Tensor)} for t in targets]},
+                    dump)
         message = (f"non-finite {what} at epoch {epoch} step {index} (global {self.global_step}): "
                    f"{bad_terms or 'loss terms finite'}; image ids {ids}; step skipped "
                    f"({self.bad_in_row} in a row); batch saved to {dump}")
         print(f"warning: {message}")
-        if self.bad_in_row >= self.max_bad_steps:
+        if self.bad_in_row >= self.cfg["max_bad_steps"]:
             raise TrainingDiverged(
                 f"{self.bad_in_row} consecutive steps had a non-finite {what}; last: image ids {ids}",
                 where=f"epoch {epoch}",
@@ -516,7 +578,7 @@ class Solver:
         module.eval()
         self.postprocessor.eval()
         self.evaluator.reset()
-        threshold = float(self.cfg.get("eval_score_threshold", 0) or 0)
+        threshold = self.cfg["eval_score_threshold"]
         for images, targets in self.val_loader:
             images = images.to(self.device)
             results = self.to_original_boxes(self.postprocessor, module(images), targets)
@@ -543,24 +605,33 @@ class Solver:
 
     def test(self) -> dict:
         """`--test-only`: COCO AP, per-class table, YOLO metrics, TIDE errors, confusion matrix, speed, size."""
+        try:
+            return self._test()
+        finally:
+            self.close()
+
+    def _test(self) -> dict:
+        from metrics.coco_eval import measure_speed, model_stats
+        from metrics.detection import confusion_matrix, plot_confusion_matrix
         from metrics.tide import evaluate as tide_errors
         from metrics.tide import plot as plot_tide
-        from metrics.detection import confusion_matrix, plot_confusion_matrix
-        from metrics.coco_eval import measure_speed, model_stats
 
         stats = self.evaluate(verbose=dist.is_main())
         if not dist.is_main():
             return stats
         out = self.output_dir
+        if stats.get("dropped"):
+            print(f"warning: {stats['dropped']} predictions with a non-finite box or score were not scored "
+                  "(the model's weights or inputs hold NaN/inf)")
         if stats.get("per_class"):
             table = format_per_class(stats["per_class"])
             print(table)
-            (out / "per_class.txt").write_text(table + "\n")
+            atomic_write_text(out / "per_class.txt", table + "\n")
         if stats.get("yolo"):
             y = stats["yolo"]
             print(f"P {y['precision']:.4f}  R {y['recall']:.4f}  F1 {y['f1']:.4f} (conf {y['confidence']:.3f})  "
                   f"mAP50 {y['mAP50']:.4f}  mAP75 {y['mAP75']:.4f}  mAP50-95 {y['mAP50-95']:.4f}")
-        self.evaluator.save_predictions(out / "predictions.json")
+        atomic_write_text(out / "predictions.json", json.dumps(self.evaluator.detections))
         tide = tide_errors(self.evaluator.coco.dataset, self.evaluator.detections)
         print(tide.summary())
         plot_tide(tide, out / "tide.png")
@@ -574,5 +645,6 @@ class Solver:
               f"{info['gflops']:.3f} GFLOPs at {self.imgsz[0]}x{self.imgsz[1]}; forward {info['forward_ms']:.2f} ms/img, "
               f"post-process {info['postprocess_ms']:.2f} ms/img ({info['fps']:.1f} FPS, batch 1, {self.device})")
         stats["model"] = info
-        (out / "test_stats.json").write_text(json.dumps(stats, indent=1))
+        atomic_write_text(out / "test_stats.json", json.dumps(stats, indent=1))
         return stats
+

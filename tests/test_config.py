@@ -59,15 +59,57 @@ def test_missing_include_names_the_including_file(tmp_path):
     assert "top.yml" in err.value.where
 
 
-def test_official_spellings_and_typos_get_a_pointed_hint(tmp_path):
-    top = write(tmp_path / "top.yml", "epoches: 72\n")
+def test_official_spellings_are_read_under_our_names_in_the_order_written(tmp_path, capsys):
+    base = write(tmp_path / "base.yml", "epoches: 72\nlrsheduler: flatcosine\nlr_gamma: 0.5\n")
+    top = write(tmp_path / "top.yml", "__include__: [base.yml]\nepochs: 80\n")
+    cfg = load_config(top, ["num_classes=4"])
+    assert cfg["epochs"] == 80                           # ours, written later, wins over the included official key
+    assert cfg["lr_scheduler"] == {"type": "FlatCosine", "lr_gamma": 0.5} and cfg["nc"] == 4
+    assert load_config(top, ["epoches=62"])["epochs"] == 62   # -u comes last
+    printed = capsys.readouterr().out
+    assert "official key `epoches` read as `epochs`" in printed and "`num_classes` read as `nc`" in printed
+
+
+def test_official_named_sections_and_network_sections(tmp_path):
+    top = write(tmp_path / "top.yml", "criterion: DEIMCriterion\nDEIMCriterion: {gamma: 1.5}\n"
+                                      "HGNetv2: {pretrained: false}\n")
+    assert load_config(top)["criterion"] == {"type": "DEIMCriterion", "gamma": 1.5}
+    network = write(tmp_path / "net.yml", "HybridEncoder: {hidden_dim: 256}\n")
+    with pytest.raises(ConfigError, match="network section `HybridEncoder`") as err:
+        load_config(network)
+    assert "HybridEncoder row" in err.value.hint
+    with pytest.raises(ConfigError, match="HybridEncoder"):
+        load_config(write(tmp_path / "ok.yml", "epochs: 2\n"), ["HybridEncoder.hidden_dim=256"])
+
+
+@pytest.mark.parametrize("override, where, hint", [
+    ("clip_max_nrom=0.1", "clip_max_nrom", "did you mean `clip_max_norm`"),
+    ("train_dataloader.total_batch_szie=8", "train_dataloader.total_batch_szie", "did you mean `total_batch_size`"),
+    ("ema.decai=0.9", "ema.decai", "did you mean `decay`"),
+    ("lr_scheduler.warmup_iters=10", "lr_scheduler.warmup_iters", "did you mean `warmup_iter`"),
+    ("criterion.matcher.weight_dict=3", "criterion.matcher.weight_dict", "fix the value"),
+    ("epochs=abc", "epochs", "fix the value"),
+    ("optimizer.lr=-1", "optimizer.lr", "fix the value"),
+    ("train_dataloader.num_workers=two", "train_dataloader.num_workers", "fix the value"),
+])
+def test_typos_and_wrong_types_anywhere_name_the_key(override, where, hint):
+    from engine.config import resolve
+
+    cfg = load_config(REPO / "configs/demo.yml", [override])
     with pytest.raises(ConfigError) as err:
-        load_config(top)
-    assert err.value.hint == "here it is `epochs`"
-    with pytest.raises(ConfigError, match="did you mean `clip_max_norm`"):
-        load_config(write(tmp_path / "t2.yml", "clip_max_nrom: 0.1\n"))
-    with pytest.raises(ConfigError, match="key=value"):
-        load_config(write(tmp_path / "t3.yml", "epochs: 1\n"), ["epochs"])
+        resolve(cfg)
+    assert err.value.where == where and hint in err.value.hint
+
+
+def test_typed_errors_say_what_was_expected():
+    from engine.config import resolve
+
+    with pytest.raises(ConfigError, match="epochs: must be an integer, got 'abc'"):
+        resolve(load_config(REPO / "configs/demo.yml", ["epochs=abc"]))
+    with pytest.raises(ConfigError, match=r"RandomIoUCrop.p must be a number \(>= 0.0, <= 1.0\), got 2"):
+        resolve(load_config(REPO / "configs/demo.yml", ["val_dataloader.dataset.transforms.ops=[{type: RandomIoUCrop, p: 2}]"]))
+    with pytest.raises(ConfigError, match=r"imgsz: .*got 320000"):
+        resolve(load_config(REPO / "configs/demo.yml", ["imgsz=320000"]))
 
 
 def test_override_through_a_scalar_is_an_error(tmp_path):
@@ -102,7 +144,11 @@ def test_recipes_compose_and_their_criterion_and_optimizer_build(recipe):
     from models import build_model
     from models.criterion import build_criterion
 
-    cfg = load_config(REPO / f"configs/recipes/{recipe}.yml")
+    from engine.config import resolve
+
+    demo = load_config(REPO / "configs/demo.yml")
+    cfg = resolve({**load_config(REPO / f"configs/recipes/{recipe}.yml"),
+                   **{k: demo[k] for k in ("train_dataloader", "val_dataloader")}})
     criterion = dict(cfg["criterion"], num_classes=3)
     build_criterion(criterion)
     optimizer = build_optimizer(build_model(REPO / "graphs/examples/tiny.yaml", check=False), cfg["optimizer"])

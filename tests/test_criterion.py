@@ -255,7 +255,7 @@ def test_class_id_out_of_range_names_image_and_class():
 
 
 def test_unknown_names_and_arguments_are_config_errors():
-    with pytest.raises(ConfigError, match="unknown type"):
+    with pytest.raises(ConfigError, match="unknown criterion type .NoSuchCriterion"):
         build_criterion(dict(DEIM_RECIPE, type="NoSuchCriterion"))
     with pytest.raises(ConfigError, match="unknown loss terms"):
         build_criterion(dict(DEIM_RECIPE, losses=["mal", "dice"]))

@@ -1,5 +1,6 @@
 """Augmentation policy by epoch (Mosaic, MixUp, CopyBlend), multi-scale sizes, collate of negatives,
 the epoch schedule derived from `epochs`, and `imgsz` driving every size."""
+import copy
 import random
 
 import pytest
@@ -8,11 +9,11 @@ from PIL import Image
 
 import data
 from data.collate import BatchImageCollateFunction, generate_scales
-from data.config import apply_epochs, apply_imgsz, derive_epochs
 from data.demo import make_demo
 from data.mosaic import Mosaic
 from data.pipeline import Compose
 from data.transforms import make_boxes
+from engine.config import derive_epochs, resolve
 
 
 class TinyDataset:
@@ -177,7 +178,7 @@ def test_persistent_workers_see_set_epoch(demo):
 
 def test_derive_epochs_follows_the_tutorial():
     # seeds/000: 50 epochs -> epoches 62, flat 29, no_aug 12, policy [4, 29, 50], matcher ~90%
-    assert derive_epochs(62) == {"epochs": 62, "no_aug_epoch": 12, "flat_epoch": 29, "policy_epoch": [4, 29, 50],
+    assert derive_epochs(62) == {"no_aug_epoch": 12, "flat_epoch": 29, "policy_epoch": [4, 29, 50],
                                  "mixup_epochs": [4, 29], "copyblend_epochs": [4, 50], "stop_epoch": 50,
                                  "matcher_change_epoch": 45}
     # its section 6.3: 100 epochs -> epoches 112, flat 54, policy [4, 54, 100], matcher 90
@@ -189,11 +190,21 @@ def test_derive_epochs_follows_the_tutorial():
     assert short["no_aug_epoch"] == 2 and short["policy_epoch"] == [2, 6, 8]
 
 
-def test_apply_epochs_fills_only_unset_values():
+def loaders(train_ops=(), val_ops=(), **train):
+    """Dataloader sections over a dataset that need not exist (resolve only checks the config)."""
+    def section(ops, **extra):
+        return {"dataset": {"type": "coco", "img_folder": "x", "ann_file": "x.json",
+                            "transforms": {"ops": list(ops), **extra.pop("transforms", {})}}, **extra}
+    return {"train_dataloader": section(train_ops, **train), "val_dataloader": section(val_ops)}
+
+
+def test_resolve_fills_only_unset_epoch_values_and_leaves_its_input_alone():
     cfg = {"epochs": 62, "flat_epoch": None,
-           "train_dataloader": {"dataset": {"transforms": {"policy": {"epoch": None}}},
-                                "collate_fn": {"mixup_epochs": [1, 2], "stop_epoch": None}}}
-    apply_epochs(cfg)
+           **loaders(transforms={"policy": {"epoch": None}}, collate_fn={"mixup_epochs": [1, 2], "stop_epoch": None})}
+    original = copy.deepcopy(cfg)
+    cfg = resolve(cfg, training=False)
+    assert original == {"epochs": 62, "flat_epoch": None, **loaders(transforms={"policy": {"epoch": None}}, collate_fn={
+        "mixup_epochs": [1, 2], "stop_epoch": None})}
     assert cfg["flat_epoch"] == 29 and cfg["no_aug_epoch"] == 12
     assert cfg["train_dataloader"]["dataset"]["transforms"]["policy"]["epoch"] == [4, 29, 50]
     assert cfg["train_dataloader"]["collate_fn"]["mixup_epochs"] == [1, 2]  # explicit value kept
@@ -201,12 +212,10 @@ def test_apply_epochs_fills_only_unset_values():
 
 
 def test_imgsz_drives_every_size():
-    cfg = {"imgsz": 320,
-           "train_dataloader": {"dataset": {"transforms": {"ops": [{"type": "Mosaic", "output_size": 320},
-                                                                   {"type": "Resize", "size": [640, 640]}]}},
-                                "collate_fn": {"base_size": 640, "base_size_repeat": 3}, "ram_cache": True},
-           "val_dataloader": {"dataset": {"transforms": {"ops": [{"type": "Resize", "size": [640, 640]}]}}}}
-    apply_imgsz(cfg)
+    cfg = {"imgsz": 320, **loaders([{"type": "Mosaic", "output_size": 320}, {"type": "Resize", "size": [640, 640]}],
+                                   [{"type": "Resize", "size": [640, 640]}],
+                                   collate_fn={"base_size": 640, "base_size_repeat": 3}, ram_cache=True)}
+    cfg = resolve(cfg, training=False)
     train_ops = cfg["train_dataloader"]["dataset"]["transforms"]["ops"]
     assert train_ops[0]["output_size"] == 160 and train_ops[1]["size"] == [320, 320]
     assert cfg["val_dataloader"]["dataset"]["transforms"]["ops"][0]["size"] == [320, 320]

@@ -16,7 +16,8 @@ import torch
 from core.checkpoint_io import read_checkpoint, save_atomic
 from engine import checkpoint
 from engine.config import load_config
-from engine.distill import DistillSolver, adapted_weight, epoch_window, logit_terms, schedule_factor
+from engine.distill import adapted_weight, epoch_window, logit_terms, schedule_factor
+from engine.solver import Solver
 from engine.distill_losses import (MGDGenerator, cwd_loss, ickd_loss, match_queries, mgd_loss, mimic_loss,
                                    sp_loss)
 from engine.solver import Solver
@@ -154,13 +155,13 @@ def test_logit_distillation_matches_queries_within_each_image():
 
 
 def test_schedule_window_and_decay():
-    assert epoch_window({"epoch_window": [0, 0.5]}, 10) == (0, 5)
-    assert epoch_window({"epoch_window": [2, 6]}, 10) == (2, 6)
+    assert epoch_window([0, 0.5], 10) == (0, 5)
+    assert epoch_window([2, 6], 10) == (2, 6)
     assert [schedule_factor("constant", e, 0, 5) for e in (0, 4, 5, 9)] == [1.0, 1.0, 0.0, 0.0]
     assert [schedule_factor("linear", e, 2, 6) for e in (1, 2, 3, 5, 6)] == [0.0, 1.0, 0.75, 0.25, 0.0]
     assert schedule_factor("cosine", 3, 2, 6) == pytest.approx(0.5 * (1 + np.cos(np.pi / 4)))
     with pytest.raises(ConfigError):
-        epoch_window({"epoch_window": [5, 5]}, 10)
+        epoch_window([5, 5], 10)
 
 
 def test_adaptive_weight_follows_rtdetrv4_rule():
@@ -201,7 +202,7 @@ def student_config(demo, tmp_path, distill: dict, queries: int = 12, **overrides
 
 
 def distill_solver(cfg_path, teacher, tmp_path, **options):
-    return DistillSolver(load_config(cfg_path), device="cpu", output_dir=str(tmp_path / "run"),
+    return Solver(load_config(cfg_path), device="cpu", output_dir=str(tmp_path / "run"),
                          teacher_config=str(teacher[0]), teacher_weights=str(teacher[1]), **options)
 
 
@@ -211,26 +212,26 @@ FEATURE_KD = {"kd_loss_type": "feature", "feature": {"pairs": [{"student": 2, "t
 
 def test_feature_step_trains_student_and_adapters_not_teacher(demo, teacher, tmp_path):
     solver = distill_solver(student_config(demo, tmp_path, FEATURE_KD), teacher, tmp_path)
-    assert isinstance(solver.kd.pairs[0].adapter, torch.nn.Sequential)    # 24 -> 32 channels: an adapter
-    assert isinstance(solver.kd.pairs[1].adapter, torch.nn.Identity)      # 32 -> 32: none
+    assert isinstance(solver.distiller.kd.pairs[0].adapter, torch.nn.Sequential)    # 24 -> 32 channels: an adapter
+    assert isinstance(solver.distiller.kd.pairs[1].adapter, torch.nn.Identity)      # 32 -> 32: none
     images, targets = next(iter(solver.train_loader))
     solver.model.train()
     solver.model(images, targets=targets)
     for row in (2, 3):  # the tapped student features keep their graph
-        assert solver.student_taps[row].requires_grad and solver.student_taps[row].grad_fn is not None
+        assert solver.distiller.student_taps[row].requires_grad and solver.distiller.student_taps[row].grad_fn is not None
 
     snapshot = lambda module: {k: v.clone() for k, v in module.state_dict().items()}  # noqa: E731
-    student, kd, teacher_before = snapshot(solver.raw_model), snapshot(solver.kd), snapshot(solver.teacher)
+    student, kd, teacher_before = snapshot(solver.raw_model), snapshot(solver.distiller.kd), snapshot(solver.distiller.teacher)
     solver.schedule.set(10, 0)   # past the warm-up: a non-zero lr
     terms = solver.train_step(images, targets, 0, 0)
     assert terms["loss_kd_cwd_0"] > 0 and terms["loss_kd_mgd_1"] > 0
     changed = lambda before, module: [k for k, v in module.state_dict().items()  # noqa: E731
                                       if v.is_floating_point() and not torch.equal(v, before[k])]
-    assert changed(kd, solver.kd) and any(k.startswith("pairs.0.adapter.0") for k in changed(kd, solver.kd))
-    assert any(k.startswith("pairs.1.generator") for k in changed(kd, solver.kd))
+    assert changed(kd, solver.distiller.kd) and any(k.startswith("pairs.0.adapter.0") for k in changed(kd, solver.distiller.kd))
+    assert any(k.startswith("pairs.1.generator") for k in changed(kd, solver.distiller.kd))
     assert any(k.startswith("layers.2.") for k in changed(student, solver.raw_model))
-    assert not changed(teacher_before, solver.teacher)
-    assert not solver.teacher.training and all(not p.requires_grad for p in solver.teacher.parameters())
+    assert not changed(teacher_before, solver.distiller.teacher)
+    assert not solver.distiller.teacher.training and all(not p.requires_grad for p in solver.distiller.teacher.parameters())
     assert all(not k.startswith("teacher") for k in solver.state_dict())
 
 
@@ -238,15 +239,21 @@ def test_epoch_window_switches_distillation_off(demo, teacher, tmp_path):
     cfg = dict(FEATURE_KD, kd_loss_type="all", epoch_window=[0, 1], schedule="constant")
     solver = distill_solver(student_config(demo, tmp_path, cfg, epochs=2), teacher, tmp_path)
     calls = []
-    run = solver.teacher.run
-    solver.teacher.run = lambda *a, **k: calls.append(1) or run(*a, **k)
+    run = solver.distiller.teacher.run
+    solver.distiller.teacher.run = lambda *a, **k: calls.append(1) or run(*a, **k)
     images, targets = next(iter(solver.train_loader))
     solver.model.train()
     outputs = solver.model(images, targets=targets)
-    on = solver.extra_losses(images, targets, outputs, epoch=0)
+    distiller = solver.distiller
+
+    def losses(epoch):
+        distiller.prepare(images, outputs, epoch, torch.float32, False)
+        return distiller.losses(outputs, epoch)
+
+    on = losses(0)
     assert {"loss_kd_cls", "loss_kd_bbox", "loss_kd_giou", "loss_kd_ld", "loss_kd_cwd_0"} <= set(on) and calls == [1]
     outputs = solver.model(images, targets=targets)
-    assert solver.extra_losses(images, targets, outputs, epoch=1) == {} and calls == [1]
+    assert losses(1) == {} and calls == [1]
 
 
 def test_mismatched_classes_or_queries_are_config_errors(demo, teacher, tmp_path):
@@ -259,7 +266,7 @@ def test_mismatched_classes_or_queries_are_config_errors(demo, teacher, tmp_path
     save_atomic({"model": two_classes.state_dict(), "meta": {"graph_spec": TINY_GRAPH, "nc": 2}},
                            tmp_path / "t.pth")
     with pytest.raises(ConfigError, match="same classes"):
-        DistillSolver(load_config(student_config(demo, tmp_path, {"kd_loss_type": "logit"})), device="cpu",
+        Solver(load_config(student_config(demo, tmp_path, {"kd_loss_type": "logit"})), device="cpu",
                       output_dir=str(tmp_path / "run2"), teacher_config=str(teacher[0]),
                       teacher_weights=str(tmp_path / "t.pth"))
 
@@ -274,9 +281,9 @@ def test_foundation_teacher_supervises_projector_with_adaptive_weight(demo, tmp_
         "model": "vit_tiny_patch16_224", "weights": str(tmp_path / "vit.pth"), "student": 3, "weight": 5.0,
         "model_kwargs": {"img_size": 32, "embed_dim": 16, "depth": 1, "num_heads": 2, "patch_size": 8},
         "adaptive": {"enabled": True, "rho": 11, "delta": 1, "default_weight": 20}}}
-    solver = DistillSolver(load_config(student_config(demo, tmp_path, distill, epochs=2)), device="cpu",
+    solver = Solver(load_config(student_config(demo, tmp_path, distill, epochs=2)), device="cpu",
                            output_dir=str(tmp_path / "run"))
-    assert solver.kd.projector.out_channels == 16
+    assert solver.distiller.kd.projector.out_channels == 16
     stats = solver.train_one_epoch(0)
     assert stats["loss_distill"] > 0
     share = stats["distill_grad_share"]
@@ -317,4 +324,4 @@ def test_distill_cli_then_resume_then_test_only(demo, teacher, tmp_path):
     resumed = distill_solver(longer, teacher, tmp_path, resume=str(out / "last.pth"))
     assert resumed.epoch == 0
     for key, value in state["distill"]["modules"].items():
-        assert torch.equal(resumed.kd.state_dict()[key], value), key
+        assert torch.equal(resumed.distiller.kd.state_dict()[key], value), key

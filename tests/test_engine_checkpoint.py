@@ -7,7 +7,7 @@ import torch
 
 from core.checkpoint_io import read_checkpoint, save_atomic
 from engine import checkpoint
-from engine.solver import unique_dir
+from engine.run_dir import RunLock, claim_output_dir
 from core.errors import CheckpointError
 
 
@@ -59,15 +59,38 @@ def test_weights_only_loading_prefers_ema_and_lists_shape_mismatches(tmp_path):
 
 
 def test_new_runs_get_a_suffix_instead_of_overwriting(tmp_path):
+    def claim(folder):
+        chosen, lock = claim_output_dir(folder, reuse=False)
+        lock.release()
+        return chosen
+
     run = tmp_path / "demo"
-    assert unique_dir(run) == run
-    run.mkdir()
-    assert unique_dir(run) == run                                        # empty: reused
+    assert claim(run) == run
+    assert claim(run) == run                                             # empty: reused
     (run / "log.txt").write_text("x")
-    assert unique_dir(run) == tmp_path / "demo2"
-    (tmp_path / "demo2").mkdir()
+    assert claim(run) == tmp_path / "demo2"
+    (tmp_path / "demo2").mkdir(exist_ok=True)
     (tmp_path / "demo2" / "log.txt").write_text("x")
-    assert unique_dir(run) == tmp_path / "demo3"
+    assert claim(run) == tmp_path / "demo3"
+
+
+def test_a_locked_folder_is_never_shared_and_a_stale_lock_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    first, lock = claim_output_dir(tmp_path / "run", reuse=False)
+    second, other = claim_output_dir(tmp_path / "run", reuse=False)  # empty, but held by a live run
+    assert first == tmp_path / "run" and second == tmp_path / "run2"
+    with pytest.raises(Exception, match="another run .* is writing"):
+        claim_output_dir(tmp_path / "run", reuse=True)
+    lock.release()
+    other.release()
+    # a lock left by a process that no longer exists (a killed run) is stale
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = RunLock(tmp_path / "run")
+    stale.path.write_text('{"pid": %s, "host": "%s"}' % (dead.stdout.strip(), __import__("socket").gethostname()))
+    chosen, lock = claim_output_dir(tmp_path / "run", reuse=True)
+    assert chosen == tmp_path / "run" and lock.held
 
 
 def test_mismatch_is_described_by_tensor_name():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine.ema import ModelEMA
-from engine.optim import LRSchedule, build_optimizer, flat_cosine, param_groups, scale_lr
+from engine.optim import LRSchedule, build_optimizer, flat_cosine, param_groups
 from models import build_model
 from core.errors import ConfigError
 
@@ -83,21 +83,29 @@ def test_schedules_set_every_group_from_step_and_epoch(tiny):
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.001 * 2 / 4, 0.01 * 2 / 4])
     multistep.set(step=45, epoch=4)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.001 * 0.01, 0.01 * 0.01])
-    cosine = LRSchedule(opt, {"type": "FlatCosine", "lr_gamma": 0.5, "warmup_iter": 10, "flat_epoch": 4,
-                              "no_aug_epoch": 2}, None, iters_per_epoch=10, epochs=10)
+    cosine = LRSchedule(opt, {"type": "FlatCosine", "lr_gamma": 0.5, "warmup_iter": 10}, None, iters_per_epoch=10,
+                        epochs=10, flat_epoch=4, no_aug_epoch=2)
     cosine.set(step=95, epoch=9)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.0005, 0.005])
-    with pytest.raises(ConfigError, match="unknown lr scheduler"):
+    with pytest.raises(ConfigError, match="lr_scheduler.type: must be one of 'MultiStepLR', 'FlatCosine'"):
         LRSchedule(opt, {"type": "Cosine"}, None, 10, 10)
 
 
 def test_linear_lr_scaling_with_total_batch():
-    cfg = {"scale_lr_with_batch": {"base_batch_size": 32},
-           "optimizer": {"lr": 0.0008, "params": [{"params": "backbone", "lr": 0.0004}, {"params": "x"}]}}
-    scale_lr(cfg, 8)
-    assert cfg["optimizer"]["lr"] == pytest.approx(0.0002)
-    assert cfg["optimizer"]["params"][0]["lr"] == pytest.approx(0.0001)
-    assert "lr" not in cfg["optimizer"]["params"][1]
+    from pathlib import Path
+
+    from engine.config import load_config, resolve
+
+    demo = Path(__file__).resolve().parents[1] / "configs/demo.yml"   # total batch 8
+    cfg = load_config(demo, ["scale_lr_with_batch={base_batch_size: 32}", "optimizer.lr=0.0008",
+                             "optimizer.params=[{params: backbone, lr: 0.0004}, {params: x}]"])
+    resolved, rules = resolve(cfg, explain=True)
+    assert resolved["optimizer"]["lr"] == pytest.approx(0.0002)
+    assert resolved["optimizer"]["params"][0]["lr"] == pytest.approx(0.0001)
+    assert "lr" not in resolved["optimizer"]["params"][1]
+    assert cfg["optimizer"]["lr"] == 0.0008 and "x 0.25" in rules["optimizer.lr"]   # the input is left alone
+    with pytest.raises(ConfigError, match="total_batch_size 8 is not divisible by 3"):
+        resolve(cfg, world_size=3)
 
 
 def test_ema_follows_the_warmed_up_decay():

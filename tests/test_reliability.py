@@ -77,6 +77,7 @@ def test_sigkill_during_twenty_checkpoint_saves_never_leaves_a_torn_last_pth(dem
         os.close(read_end)
         state = read_checkpoint(last)                              # whole, whatever the moment
         assert isinstance(state["epoch"], int) and weights_equal(state["model"], solver.raw_model.state_dict())
+    solver.close()  # a solver holds its folder until closed (fit and test close it)
     resumed = quiet_solver(cfg_path, output_dir=str(solver.output_dir), resume=str(last))
     assert resumed.epoch == read_checkpoint(last)["epoch"] and resumed.output_dir == solver.output_dir
 

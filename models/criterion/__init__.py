@@ -6,8 +6,6 @@ Names and arguments are the official configs' (D-FINE, DEIM, DEIMv2, RT-DETRv2, 
 """
 from __future__ import annotations
 
-import inspect
-
 from torch import nn
 
 from models.criterion.families import (DEIMCriterion, DEIMv2Criterion, DFINECriterion, RTDETRv2Criterion,
@@ -16,56 +14,47 @@ from models.criterion.matcher import HungarianMatcher
 from models.criterion.set_criterion import DETRCriterion
 from models.criterion.targets import TargetError
 from core.errors import ConfigError
+from core.registry import Registry
+from core.schema import check_call
 
-CRITERIA: dict[str, type[nn.Module]] = {
-    "DFINECriterion": DFINECriterion,
-    "DEIMCriterion": DEIMCriterion,
-    "DEIMv2Criterion": DEIMv2Criterion,
-    "RTDETRv2Criterion": RTDETRv2Criterion,
-    "RTDETRCriterionv2": RTDETRv2Criterion,  # the official RT-DETRv2 spelling
-    "RTv4Criterion": RTv4Criterion,
-    "RTDETRv4Criterion": RTv4Criterion,
-}
-MATCHERS: dict[str, type[nn.Module]] = {"HungarianMatcher": HungarianMatcher}
-
-
-def register_criterion(cls: type[nn.Module]) -> type[nn.Module]:
-    """Make a criterion class buildable by its name from a recipe."""
-    CRITERIA[cls.__name__] = cls
-    return cls
+CRITERIA = Registry("criterion type")
+for _cls in (DFINECriterion, DEIMCriterion, DEIMv2Criterion, RTDETRv2Criterion, RTv4Criterion):
+    CRITERIA.register(_cls)
+CRITERIA.register(RTDETRv2Criterion, name="RTDETRCriterionv2")  # the official RT-DETRv2 spelling
+CRITERIA.register(RTv4Criterion, name="RTDETRv4Criterion")
+MATCHERS = Registry("matcher type")
+MATCHERS.register(HungarianMatcher)
+register_criterion = CRITERIA.register
 
 
-def _construct(registry: dict, cfg: dict, where: str) -> nn.Module:
+def check_criterion(cfg, where: str = "criterion") -> dict:
+    """The `criterion:` section checked against its class and its matcher's (keys, types, required)."""
+    if not isinstance(cfg, dict) or not cfg.get("type"):
+        raise ConfigError("missing `criterion.type`", where=where, hint="e.g. DEIMCriterion (see configs/recipes/)")
     cfg = dict(cfg)
-    name = cfg.pop("type", None)
-    if name not in registry:
-        raise ConfigError(f"unknown type {name!r}", where=where, hint=f"choose from {sorted(registry)}")
-    cls = registry[name]
-    try:
-        inspect.signature(cls).bind(**cfg)
-    except TypeError as err:
-        raise ConfigError(f"{name}: {err}", where=where,
-                          hint=f"arguments of {name}: {list(inspect.signature(cls).parameters)}") from None
-    return cls(**cfg)
-
-
-def build_matcher(cfg: dict) -> nn.Module:
-    return _construct(MATCHERS, cfg, "criterion.matcher")
+    cls = CRITERIA.get(cfg.pop("type"), where=f"{where}.type")
+    matcher = cfg.pop("matcher", None)
+    if not isinstance(matcher, dict):
+        raise ConfigError("the criterion has no matcher", where=f"{where}.matcher",
+                          hint="add matcher: {type: HungarianMatcher, weight_dict: {cost_class: 2, cost_bbox: 5, "
+                               "cost_giou: 2}, alpha: 0.25, gamma: 2.0}")
+    matcher = dict(matcher)
+    matcher_cls = MATCHERS.get(matcher.pop("type", "HungarianMatcher"), where=f"{where}.matcher.type")
+    checked_matcher = check_call(matcher_cls, matcher, f"{where}.matcher")
+    checked = check_call(cls, cfg, where, skip=("matcher", "num_classes"))
+    return {"type": cls.__name__, **checked, "matcher": {"type": matcher_cls.__name__, **checked_matcher}}
 
 
 def build_criterion(cfg: dict) -> nn.Module:
-    """Build the criterion named by cfg["type"]; cfg["matcher"] is a matcher config (or a module)."""
+    """Build the criterion named by cfg["type"] (with cfg["matcher"] a matcher config) for cfg["num_classes"]."""
     cfg = dict(cfg)
-    matcher = cfg.get("matcher")
-    if matcher is None:
-        raise ConfigError("the criterion has no matcher", where="criterion.matcher",
-                          hint="add matcher: {type: HungarianMatcher, weight_dict: {cost_class: 2, cost_bbox: 5, "
-                               "cost_giou: 2}, alpha: 0.25, gamma: 2.0}")
-    if isinstance(matcher, dict):
-        cfg["matcher"] = build_matcher(matcher)
-    return _construct(CRITERIA, cfg, "criterion")
+    num_classes = cfg.pop("num_classes", None)
+    checked = check_criterion(cfg)
+    cls, matcher = CRITERIA.get(checked.pop("type")), dict(checked.pop("matcher"))
+    matcher = MATCHERS.get(matcher.pop("type"))(**matcher)
+    return cls(matcher=matcher, **checked, **({} if num_classes is None else {"num_classes": num_classes}))
 
 
 __all__ = ["CRITERIA", "MATCHERS", "DETRCriterion", "DFINECriterion", "DEIMCriterion", "DEIMv2Criterion",
            "RTDETRv2Criterion", "RTv4Criterion", "HungarianMatcher", "TargetError", "build_criterion",
-           "build_matcher", "register_criterion"]
+           "check_criterion", "register_criterion"]
