@@ -1,4 +1,5 @@
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from blocks.common import activation
@@ -22,7 +23,8 @@ class gConv(nn.Module):
 
     The gated conv block of gUNet: BN, then a value path (1x1 conv, depth-wise k x k conv with reflect
     padding) multiplied by a sigmoid gate (1x1 conv), a 1x1 projection and a residual; keeps channels.
-    `fuse()` folds the BN into both 1x1 convs.
+    `fuse()` folds the BN into both 1x1 convs. Maps no larger than k // 2 pixels (where reflect
+    padding is undefined) are padded by replication instead.
     Compared with the authors' code (IDKiro/gUNet models/gunet.py BasicBlock + ConvLayer): max abs
     diff 0 on (2, 16, 16, 16) in eval mode.
     """
@@ -32,14 +34,17 @@ class gConv(nn.Module):
         gate_act: activation of the gate path."""
         super().__init__()
         self.norm = nn.BatchNorm2d(c)
-        self.value = nn.Sequential(nn.Conv2d(c, c, 1),
-                                   nn.Conv2d(c, c, k, padding=k // 2, groups=c, padding_mode="reflect"))
+        self.value = nn.Sequential(nn.Conv2d(c, c, 1), nn.Conv2d(c, c, k, groups=c))
         self.gate = nn.Sequential(nn.Conv2d(c, c, 1), activation(gate_act))
         self.proj = nn.Conv2d(c, c, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(x)
-        return x + self.proj(self.value(y) * self.gate(y))
+        pad = self.value[1].kernel_size[0] // 2
+        # reflect padding (gUNet's) needs a map wider than the pad; smaller maps replicate the border
+        mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
+        value = self.value[1](F.pad(self.value[0](y), [pad] * 4, mode=mode))
+        return x + self.proj(value * self.gate(y))
 
     @torch.no_grad()
     def fuse(self):
