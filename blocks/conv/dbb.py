@@ -82,14 +82,17 @@ class DBB(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparam is not None:
             return self.act(self.reparam(x))
+        return self.act(self.branch_sum(x))
+
+    def branch_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of the training-time branches, before the activation (WDBB adds its own to it)."""
         y = self.origin(x)
         if self.one is not None:
             y = y + self.one(x)
         z = self.avg_first(x) if self.avg_first is not None else x
         y = y + self.avg_bn(self.avg(z))
         z = F.conv2d(x, self._seq_first_kernel(), groups=self.groups)
-        y = y + self.seq_bn2(self.seq_second(self.seq_bn1(z)))
-        return self.act(y)
+        return y + self.seq_bn2(self.seq_second(self.seq_bn1(z)))
 
     @torch.no_grad()
     def fuse(self):
