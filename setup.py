@@ -13,6 +13,7 @@ setup(
     packages=find_packages(include=["core*", "blocks*", "models*", "data*", "metrics*", "engine*", "analyze*"]),
     py_modules=["train", "distill", "predict", "export"],
     install_requires=[r for r in requirements if r],
-    extras_require={"test": ["pytest", "hypothesis", "calflops", "tidecv", "onnx", "onnxruntime", "onnxslim"],
+    extras_require={"test": ["pytest", "hypothesis", "calflops", "tidecv", "onnx", "onnxruntime", "onnxslim",
+                             "import-linter"],
                     "export": ["onnx", "onnxruntime", "onnxslim"]},
 )

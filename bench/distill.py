@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
+import yaml
+
 from engine.config import load_config
-from engine.distill import DistillSolver
 from engine.solver import Solver
-from tests.engine_helpers import tiny_config, write_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 DECODER = {"feat_strides": [8, 16], "num_levels": 2, "nhead": 4, "reg_max": 16, "activation": "silu", "mlp_act": "silu"}
 TEACHER_GRAPH = {
@@ -59,15 +61,33 @@ KINDS = {
 
 
 def run_config(data: Path, graph: dict, epochs: int, distill: dict | None) -> dict:
-    cfg = tiny_config(data, graph=graph, epochs=epochs, print_freq=1000, plot_train_batch_freq=0,
-                      optimizer={"lr": 0.001, "params": [{"params": "^(?=.*(?:norm|bn|bias)).*$", "weight_decay": 0.0}]},
-                      ema={"decay": 0.999, "warmups": 50}, lr_scheduler={"lr_gamma": 0.5, "warmup_iter": 20},
-                      clip_max_norm=0.1)
-    cfg["train_dataloader"]["total_batch_size"] = 8
-    cfg["val_dataloader"]["total_batch_size"] = 16
+    """DEIM's recipe at 64 px: flip-only augmentation, batch 8, no workers."""
+    def split(name, ops, batch):
+        return {"dataset": {"type": "coco", "img_folder": str(data / name),
+                            "ann_file": str(data / name / "_annotations.coco.json"), "transforms": {"ops": ops}},
+                "total_batch_size": batch, "num_workers": 0}
+
+    tensor = [{"type": "ConvertPILImage", "dtype": "float32", "scale": True}]
+    train = split("train", [{"type": "RandomHorizontalFlip"}, {"type": "Resize", "size": [64, 64]},
+                            {"type": "SanitizeBoundingBoxes", "min_size": 1}, *tensor,
+                            {"type": "ConvertBoxes", "fmt": "cxcywh", "normalize": True}], 8)
+    train["dataset"]["transforms"].update(policy={"name": "stop_epoch", "ops": ["RandomHorizontalFlip"]}, mosaic_prob=0.0)
+    train["collate_fn"] = {"base_size_repeat": None, "mixup_prob": 0.0}
+    cfg = {"__include__": [str(REPO / "configs/recipes/deim.yml")], "graph": graph, "imgsz": [64, 64],
+           "epochs": epochs, "print_freq": 1000, "plot_train_batch_freq": 0, "checkpoint_freq": 0, "progress_bar": False,
+           "optimizer": {"lr": 0.001, "params": [{"params": "^(?=.*(?:norm|bn|bias)).*$", "weight_decay": 0.0}]},
+           "ema": {"decay": 0.999, "warmups": 50}, "lr_scheduler": {"lr_gamma": 0.5, "warmup_iter": 20},
+           "clip_max_norm": 0.1, "criterion": {"reg_max": 16}, "postprocessor": {"num_top_queries": 30},
+           "train_dataloader": train, "val_dataloader": split("val", [{"type": "Resize", "size": [64, 64]}, *tensor], 16)}
     if distill is not None:
         cfg["distill"] = distill
     return cfg
+
+
+def write_config(cfg: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
 
 
 def main(argv=None):
@@ -108,11 +128,9 @@ def main(argv=None):
             cfg_path = write_config(run_config(data, STUDENT_GRAPH, args.epochs, distill), out / f"student_{kind}.yml")
             run_dir = out / f"student_{kind}_seed{seed}"
             started = time.time()
-            if KINDS[kind] is None:
-                solver = Solver(load_config(cfg_path), device="cpu", seed=seed, output_dir=str(run_dir))
-            else:
-                solver = DistillSolver(load_config(cfg_path), device="cpu", seed=seed, output_dir=str(run_dir),
-                                       teacher_config=str(teacher_cfg), teacher_weights=str(teacher_ckpt))
+            teacher = {} if KINDS[kind] is None else {"teacher_config": str(teacher_cfg),
+                                                       "teacher_weights": str(teacher_ckpt)}
+            solver = Solver(load_config(cfg_path), device="cpu", seed=seed, output_dir=str(run_dir), **teacher)
             stats = solver.fit()
             results[key] = {"ap": stats["stats"][0], "ap50": stats["stats"][1], "seconds": time.time() - started}
             results_path.write_text(json.dumps(results, indent=1))

@@ -94,11 +94,21 @@ class BlockSpec:
         raise AssertionError(rule)
 
 
-def _import_all_blocks():
-    import blocks  # noqa: F401  (importing the package imports every block file once)
+def import_all_blocks() -> None:
+    """Import every block file under the category folders once, so each registers itself (a new file
+    needs no index to edit); files starting with `_` are shared helpers, imported by their users."""
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    for category in CATEGORIES:
+        folder = Path(__file__).parent / category
+        for info in pkgutil.iter_modules([str(folder)]):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"blocks.{category}.{info.name}")
 
 
-_REGISTRY = Registry("module", loader=_import_all_blocks, error=UnknownBlockError)
+_REGISTRY = Registry("module", loader=import_all_blocks, error=UnknownBlockError)
 
 
 def register(category: str, channels: ChannelRule = "same", example: dict | None = None,

@@ -285,12 +285,20 @@ def resolve(cfg: dict, world_size: int = 1, config_path: str | Path | None = Non
     return (out, filler.rules) if explain else out
 
 
-def _derive_graph_path(filler: _Filler, config_path) -> None:
-    graph = filler.cfg["graph"]
+def locate_graph(graph, config_path):
+    """A graph path that is not a file from the current folder but is one beside the config file
+    names that file (configs refer to graphs relative to themselves); anything else is unchanged."""
     if isinstance(graph, str) and config_path is not None and not Path(graph).is_file():
         beside = Path(config_path).parent / graph
         if beside.is_file():
-            filler.fill("", "graph", str(beside), "relative to the config file's folder", force=True)
+            return str(beside)
+    return graph
+
+
+def _derive_graph_path(filler: _Filler, config_path) -> None:
+    located = locate_graph(filler.cfg["graph"], config_path)
+    if located != filler.cfg["graph"]:
+        filler.fill("", "graph", located, "relative to the config file's folder", force=True)
 
 
 def _derive_schedule(filler: _Filler) -> None:

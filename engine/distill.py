@@ -194,15 +194,10 @@ def adapted_weight(weight: float, share: float, rho: float, delta: float, defaul
 
 
 # ------------------------------------------------------------------------------ teachers
-def build_teacher(config_path: str, weights_path: str, device, updates=()) -> nn.Module:
-    """A frozen detector from its own run config and weights (ours, or official via models.convert)."""
-    from engine.config import load_config
+def build_teacher(cfg: dict, weights_path: str, device) -> nn.Module:
+    """A frozen detector from its run config (composed) and weights (ours, or official via models.convert)."""
     from models.factory import load_detector
 
-    cfg = load_config(config_path, updates)
-    graph = cfg.get("graph")
-    if isinstance(graph, str) and not Path(graph).is_file() and (Path(config_path).parent / graph).is_file():
-        cfg["graph"] = str(Path(config_path).parent / graph)
     model, _, _ = load_detector(weights_path, cfg, device)
     return freeze(model)
 
@@ -351,8 +346,8 @@ class Distiller:
     param_groups()            the trainable adapters / projector for the optimizer
     state_dict()/load_state_dict()  what a checkpoint keeps (never the teacher)"""
 
-    def __init__(self, spec: dict, student: nn.Module, imgsz, device, epochs: int, teacher_config=None,
-                 teacher_weights=None, teacher_updates=()):
+    def __init__(self, spec: dict, student: nn.Module, imgsz, device, epochs: int, teacher_cfg: dict | None = None,
+                 teacher_weights: str | None = None):
         self.spec, self.device, self.imgsz = spec, device, tuple(imgsz)
         self.kind = spec["kd_loss_type"]
         self.window = epoch_window(spec["epoch_window"], epochs)
@@ -362,10 +357,10 @@ class Distiller:
         self.teacher = None
         self.teacher_out, self.teacher_taps, self.foundation_target = None, {}, None
         if self.kind != "none":
-            if not (teacher_config and teacher_weights):
+            if not (teacher_cfg and teacher_weights):
                 raise ConfigError(f"kd_loss_type {self.kind} needs a teacher", where="-tc/-tw",
                                   hint="pass -tc TEACHER_CONFIG -tw TEACHER_WEIGHTS (distill.py)")
-            self.teacher = build_teacher(teacher_config, teacher_weights, device, teacher_updates)
+            self.teacher = build_teacher(teacher_cfg, teacher_weights, device)
             core = decoder_core(self.teacher)
             if core is not None:
                 core.register_forward_hook(lambda m, i, out: self.teacher_corners.__setitem__("corners", out[2][-1]))

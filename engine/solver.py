@@ -228,12 +228,15 @@ class Solver:
     def _build_distiller(self):
         if self.test_only or self.cfg["distill"] is None:
             return None
+        from engine.config import load_config, locate_graph
         from engine.distill import Distiller
 
+        teacher_cfg, path = None, self.options.get("teacher_config")
+        if path:
+            teacher_cfg = load_config(path, self.options.get("teacher_updates") or ())
+            teacher_cfg["graph"] = locate_graph(teacher_cfg.get("graph"), path)
         return Distiller(self.cfg["distill"], self.raw_model, self.imgsz, self.device, self.epochs,
-                         teacher_config=self.options.get("teacher_config"),
-                         teacher_weights=self.options.get("teacher_weights"),
-                         teacher_updates=self.options.get("teacher_updates") or ())
+                         teacher_cfg=teacher_cfg, teacher_weights=self.options.get("teacher_weights"))
 
     def _build_training(self) -> None:
         cfg = self.cfg

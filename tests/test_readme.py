@@ -11,4 +11,4 @@ def test_ci_runs_the_readme_setup_and_test_commands():
     setup, tests = blocks[0].strip(), blocks[1].strip()
     ci_commands = [line for line in (ROOT / ".ci/run").read_text().splitlines()
                    if line and not line.startswith(("#", "set ", "cd "))]
-    assert ci_commands == [setup, tests]
+    assert ci_commands == [setup, tests, "lint-imports"]   # the layer contract, also run by tests/test_layers.py
