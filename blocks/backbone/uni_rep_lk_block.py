@@ -10,23 +10,10 @@ import torch
 from torch import nn
 
 from blocks.attention.se import SE
+from blocks.backbone._grn import GRN
 from blocks.common import fuse_conv_bn
 from blocks.conv.dilated_reparam_conv import DilatedReparamConv
 from blocks.registry import register
-
-
-class GRN(nn.Module):
-    """Global response normalisation (ConvNeXt V2) on a (B, C, H, W) map; `beta` is None once folded away."""
-
-    def __init__(self, c: int):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
-        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)
-        y = (self.gamma * (spatial / (spatial.mean(dim=1, keepdim=True) + 1e-6)) + 1) * x
-        return y if self.beta is None else y + self.beta
 
 
 @register("backbone", channels="same", example={"args": [7], "shape": (2, 32, 16, 16)})
