@@ -7,7 +7,8 @@ re-bias), then a 1x1 value projection feeding both a window self-attention (quer
 shifted windows) and a depth-wise 5x5 conv, summed and projected; the re-scale/re-bias undo the norm
 and a residual is added; then a 1x1 ReLU MLP with a residual. Keeps channels.
 Maps are reflect-padded to whole windows, as in the authors' code; a map smaller than the window uses
-a window as large as the map (the MLP bias takes any offset), where the authors' code fails.
+a window as large as the map (the MLP bias takes any offset), and the reflect-padded 5x5 conv
+replicates the border of maps under 3 px, where the authors' code fails.
 Compared with the authors' code (zhoushen1/DCMPNet models/DIACMPN.py TB with use_attn=True,
 conv_type='DWConv', norm_layer=LayNormal): max abs diff 2e-6 on (2, 32, 16, 16) and (2, 32, 12, 20),
 unshifted and shifted."""
@@ -73,7 +74,7 @@ class LEGM(nn.Module):
             raise ChannelError(f"LEGM: channels {c} are not divisible by num_heads={num_heads}")
         self.window_size, self.shift = window_size, shift
         self.norm = RescaleNorm(c)
-        self.conv = nn.Conv2d(c, c, 5, padding=2, groups=c, padding_mode="reflect")
+        self.conv = nn.Conv2d(c, c, 5, groups=c)  # reflect-padded in forward
         self.v = nn.Conv2d(c, c, 1)
         self.proj = nn.Conv2d(c, c, 1)
         self.qk = nn.Conv2d(c, 2 * c, 1)
@@ -100,5 +101,7 @@ class LEGM(nn.Module):
         y, rescale, rebias = self.norm(x)
         v = self.v(y)
         attended = self._window_attention(torch.cat([self.qk(y), v], 1))
-        x = x + self.proj(self.conv(v) + attended) * rescale + rebias
+        # reflect padding needs more than 2 pixels; smaller maps replicate their border instead
+        mode = "reflect" if min(v.shape[2:]) > 2 else "replicate"
+        x = x + self.proj(self.conv(F.pad(v, (2, 2, 2, 2), mode=mode)) + attended) * rescale + rebias
         return x + self.mlp(x)
