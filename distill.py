@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from core.errors import ConfigError, cli_main
+from analyze.info import print_layer_table
 from engine.cli import add_run_arguments, check_weight_flags
 
 
@@ -19,6 +20,7 @@ def parse_args(argv=None):
     parser.add_argument("-sc", "--student-config", required=True, help="student run config with a `distill:` section")
     parser.add_argument("-tc", "--teacher-config", help="teacher run config (its graph)")
     parser.add_argument("-tw", "--teacher-weights", help="teacher checkpoint (ours or an official release)")
+    parser.add_argument("--quiet", action="store_true", help="do not print the student's layer table at the start")
     parser.add_argument("-tu", "--teacher-update", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override teacher config values")
     add_run_arguments(parser)
@@ -35,13 +37,15 @@ def main(argv=None):
     if bool(args.teacher_config) != bool(args.teacher_weights):
         raise ConfigError("-tc and -tw go together", where="-tc/-tw", hint="the teacher's config and its weights")
     cfg = load_config(args.student_config, args.update)
-    options = {k: v for k, v in vars(args).items() if k not in ("student_config", "teacher_update", "update", "debug")}
+    options = {k: v for k, v in vars(args).items() if k not in ("student_config", "teacher_update", "update", "debug", "quiet")}
     options["config"], options["update"], options["teacher_updates"] = args.student_config, args.update, args.teacher_update
     try:
         if not isinstance(cfg.get("distill"), dict):
             raise ConfigError("the student config has no `distill:` section", where=args.student_config,
                               hint="add distill: {kd_loss_type: logit} (see engine/distill.py for every key)")
         solver = Solver(cfg, **options)
+        if not args.quiet and dist.is_main():
+            print_layer_table(solver.raw_model)
         return solver.fit()
     finally:
         dist.cleanup()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from core.errors import ConfigError, cli_main
+from analyze.info import print_layer_table
 from engine.cli import add_run_arguments, check_weight_flags
 
 
@@ -16,6 +17,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="run config (.yml)")
     parser.add_argument("--test-only", action="store_true", help="evaluate -r weights on the val set")
+    parser.add_argument("--quiet", action="store_true", help="do not print the layer table at the start")
     add_run_arguments(parser)
     return parser.parse_args(argv)
 
@@ -30,10 +32,12 @@ def main(argv=None):
     if args.test_only and not args.resume:
         raise ConfigError("--test-only needs the weights to evaluate", hint="add -r path/to/best_stg2.pth")
     cfg = load_config(args.config, args.update)
-    options = {k: v for k, v in vars(args).items() if k not in ("config", "update", "debug")}
+    options = {k: v for k, v in vars(args).items() if k not in ("config", "update", "debug", "quiet")}
     options["config"], options["update"] = args.config, args.update
     try:
         solver = Solver(cfg, **options)
+        if not args.quiet and dist.is_main():
+            print_layer_table(solver.raw_model)
         return solver.test() if args.test_only else solver.fit()
     finally:
         dist.cleanup()

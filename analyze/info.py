@@ -16,11 +16,18 @@ def layer_table(model, profile=None) -> list[dict]:
     """One dict per row of `model`: index, from, repeats, params, GFLOPs (from `profile`, else
     counted at the model's eval size, batch 1), module, args."""
     if profile is None:
-        profile = count_flops(model, torch.zeros(1, 3, *model.imgsz))
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            profile = count_flops(model, torch.zeros(1, 3, *model.imgsz, device=device))
     return [{"index": row.index, "from": row.from_repr, "repeats": row.repeats,
              "params": count_params(layer), "gflops": profile.per_module.get(layer, 0.0) / 1e9,
              "module": row.module, "args": row.args}
             for row, layer in zip(model.rows, model.layers)]
+
+
+def print_layer_table(model) -> None:
+    """The graph's rows with their params and GFLOPs at the eval size (train.py prints it at the start)."""
+    print(format_layer_table(layer_table(model), model.imgsz))
 
 
 def _short(value, limit=60):

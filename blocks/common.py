@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from core.errors import ArgumentError
 
 _ACTIVATIONS = {
     "relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "gelu": nn.GELU, "hardswish": nn.Hardswish,
@@ -25,7 +26,7 @@ def activation(act: str | bool | None | nn.Module) -> nn.Module:
     try:
         return _ACTIVATIONS[str(act).lower()]()
     except KeyError:
-        raise ValueError(f"unknown activation {act!r}; choose from {', '.join(_ACTIVATIONS)}") from None
+        raise ArgumentError(f"unknown activation {act!r}; choose from {', '.join(_ACTIVATIONS)}") from None
 
 
 def autopad(k: int, p: int | None = None, d: int = 1) -> int:

@@ -43,3 +43,7 @@ def cli_main(main, debug_flag: str = "--debug"):
 
 class DataError(DetrZooError):
     """A dataset that cannot be trained on correctly; `where` names the file (and line or ids)."""
+
+
+class ArgumentError(DetrZooError, ValueError):
+    """A constructor (a block, a transform) refusing its arguments: say which, and what it accepts."""

@@ -158,6 +158,25 @@ def _adapter(annotation):
         return None
 
 
+def parameter_types(target) -> dict[str, Any]:
+    """{parameter: annotation} of a class's constructor or a function (unresolvable hints left out)."""
+    return _parameters(target)[1]
+
+
+def type_error(target, key: str, value) -> str | None:
+    """Why `value` does not fit the annotation of `target`'s parameter `key`; None when it fits (or
+    the parameter has no checkable annotation)."""
+    annotation = parameter_types(target).get(key)
+    adapter = _adapter(annotation) if annotation is not None else None
+    if adapter is None:
+        return None
+    try:
+        adapter.validate_python(value)
+    except pydantic.ValidationError:
+        return f"{getattr(target, '__name__', target)}.{key} must be {describe(annotation)}, got {_value(value)}"
+    return None
+
+
 def check_call(target, kwargs: dict, where: str, skip: tuple[str, ...] = ()) -> dict:
     """`kwargs` checked against `target`'s signature and type hints; returns the coerced kwargs.
 

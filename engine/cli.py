@@ -24,3 +24,4 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def check_weight_flags(args) -> None:
     if args.resume and args.tuning:
         raise ConfigError("-r and -t cannot be combined", hint="-r continues a run; -t starts a new one from weights")
+

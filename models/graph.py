@@ -30,6 +30,7 @@ from torch import nn
 from blocks import registry
 from blocks.registry import BlockSpec, ChannelError, UnknownBlockError
 from core.errors import DetrZooError, GraphError
+from core.schema import type_error
 from core.yaml_io import load_yaml
 
 SECTIONS = ("backbone", "encoder", "decoder")
@@ -258,6 +259,10 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
         raise GraphError(f"wrong arguments for {spec.name}: {err}", where=where,
                          hint=f"{spec.name} takes ({', '.join(accepted)})"
                               + (" — the input channels are filled in from `from`" if spec.takes_c_in else "")) from None
+    for param, value in bound.arguments.items():  # the row's own values, against the constructor's types
+        problem = None if param == spec.c_in_param or callable(value) else type_error(spec.cls, param, value)
+        if problem:
+            raise GraphError(problem, where=where, hint=f"{spec.name} takes ({', '.join(signature.parameters)})")
     for param, value in context.items():
         if param in signature.parameters and param not in bound.arguments and value is not None:
             bound.arguments[param] = value
@@ -279,7 +284,7 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
     except Exception as err:  # noqa: BLE001 (a block's channel rule applied to args of the wrong kind)
         raise GraphError(f"{spec.name}'s output channels cannot follow from its args: {type(err).__name__}: {err}",
                          where=where, hint=f"check the row's args against {spec.name}'s parameters "
-                                           f"({', '.join(signature.parameters)})") from None
+                                           f"({', '.join(signature.parameters)})") from err
     if not _valid_channels(c_out):
         raise GraphError(f"{spec.name} would output {c_out!r} channels; channels must be positive integers",
                          where=where, hint=f"check the channel argument(s) of {spec.name} in this row")
@@ -320,7 +325,7 @@ def _construct(spec, bound, repeats, c_out, where):
             shown = {k: v for k, v in arguments.items() if k != spec.c_in_param}
             raise GraphError(f"{spec.name}{shown} could not be built: {type(err).__name__}: {err}", where=where,
                              hint=f"check the row's args against {spec.name}'s parameters "
-                                  f"({', '.join(inspect.signature(spec.cls).parameters)})") from None
+                                  f"({', '.join(inspect.signature(spec.cls).parameters)})") from err  # kept: tests read it
 
     first = one(bound.arguments)
     if repeats == 1 or spec.repeat_arg:

@@ -14,7 +14,9 @@ explores new ones.
 from __future__ import annotations
 
 import os
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,6 +108,44 @@ def graphs(draw):
     return graph
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def raised_in(error: BaseException) -> Path:
+    """The file of the innermost frame that raised `error`."""
+    tb = error.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve()
+
+
+def example_form(spec):
+    args, kwargs = example_args(spec)
+    return [args, kwargs] if kwargs else args
+
+
+def assert_not_a_block_bug(err: DetrZooError, graph: dict) -> None:
+    """Where a wrapped error came from. A row with its block's own example arguments must build and run
+    at any input width, or refuse it with our error (ChannelError, ArgumentError): an exception raised
+    inside the block's code (an IndexError, a TypeError of `range('x')`, a division by zero) is a bug
+    in that block, which the parser's "could not be built" message would otherwise hide. Rows with
+    mutated arguments may fail anywhere, as long as the error names the row."""
+    match = re.search(r"row (\d+) ", err.where or "")
+    rows = graph.get("backbone") if isinstance(graph.get("backbone"), list) else []
+    if match is None or int(match.group(1)) >= len(rows):
+        return
+    row = rows[int(match.group(1))]
+    spec = next((s for s in SPECS if isinstance(row, list) and len(row) == 4 and row[2] == s.name), None)
+    if spec is None or row[3] != example_form(spec) or row[1] != 1:
+        return
+    cause = err.__cause__
+    while cause is not None and not isinstance(cause, DetrZooError):
+        origin = raised_in(cause)
+        assert REPO / "blocks" not in origin.parents, (
+            f"{type(cause).__name__} raised inside {origin.relative_to(REPO)}: {cause}\n(wrapped as: {err})")
+        cause = cause.__cause__ or cause.__context__
+
+
 @pytest.mark.filterwarnings("ignore")
 @settings(settings.get_profile("graph-fuzz"))
 @given(graphs())
@@ -116,7 +156,25 @@ def test_random_graph_builds_and_runs_or_raises_our_error(graph):
             model = build_model(graph)
         except DetrZooError as err:
             assert str(err)  # our errors always say something
+            assert_not_a_block_bug(err, graph)
             return
         model.eval()
         with torch.no_grad():
             model(torch.rand(1, 3, 64, 64))
+
+
+def test_a_block_bug_under_its_own_example_arguments_is_caught():
+    spec = SPECS[0]
+    code = compile("def build():\n    return [][1]\n", str(REPO / "blocks" / spec.category / "buggy.py"), "exec")
+    scope = {}
+    exec(code, scope)  # noqa: S102 (a fixed snippet: an IndexError whose frame lies in blocks/)
+    try:
+        scope["build"]()
+    except IndexError as bug:
+        wrapped = DetrZooError(f"{spec.name} could not be built: IndexError", where="<dict>, row 0 (backbone)")
+        wrapped.__cause__ = bug
+    graph = {"backbone": [[-1, 1, spec.name, example_form(spec)]]}
+    with pytest.raises(AssertionError, match="IndexError raised inside blocks"):
+        assert_not_a_block_bug(wrapped, graph)
+    mutated = {"backbone": [[-1, 1, spec.name, [*example_args(spec)[0], "x"]]]}
+    assert_not_a_block_bug(wrapped, mutated)  # other arguments than the example may fail anywhere

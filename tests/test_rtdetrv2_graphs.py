@@ -151,15 +151,22 @@ def test_training_step_at_128(name):
 
 def test_deploy_drops_layers_after_eval_idx_with_equal_output():
     spec = tiny("rtdetrv2-r18")
-    spec["decoder"][0][3].update(num_layers=3, eval_idx=1)
+    # 64 px: 8x8 + 4x4 + 2x2 = 84 encoder tokens, all of them queries, so near-tied scores can only reorder them
+    spec["imgsz"] = [64, 64]
+    spec["decoder"][0][3].update(num_layers=3, eval_idx=1, num_queries=84)
     model = build_model(spec, check=False).eval()
     model.load_state_dict(deterministic_fill(model.state_dict()))
-    images = sample_images()
+    images = sample_images(size=64)
     with torch.no_grad():
         before = model(images)
         after = model.deploy()(images)
     assert len(model.layers[2].decoder.layers) == 2 and len(model.layers[2].dec_bbox_head) == 2
-    torch.testing.assert_close(after["pred_boxes"], before["pred_boxes"], atol=1e-5, rtol=0)
+    # as sets of (logits, box) rows, as tests/test_deploy_equivalence.py compares: near-tied encoder scores
+    # may order the queries differently on another CPU
+    rows = [torch.cat([out["pred_logits"], out["pred_boxes"]], -1) for out in (before, after)]
+    for image in range(rows[0].shape[0]):
+        distance = torch.cdist(rows[0][image], rows[1][image], p=float("inf"))
+        assert distance.min(1).values.max() < 1e-5 and distance.min(0).values.max() < 1e-5
 
 
 @pytest.mark.parametrize("name", RECORDED)

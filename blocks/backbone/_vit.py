@@ -10,6 +10,7 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from core.errors import ArgumentError
 
 # name: embed_dim, num_heads, ffn ("mlp" ratio 4 or "swiglu" ratio 6); all are 12 blocks of patch 16
 DINOV3_ARCHS = {"dinov3_vits16": (384, 6, "mlp"), "dinov3_vits16plus": (384, 6, "swiglu")}
@@ -23,7 +24,7 @@ class RopePositionEmbedding(nn.Module):
         super().__init__()
         head_dim = embed_dim // num_heads
         if head_dim % 4:
-            raise ValueError(f"2-D RoPE needs a head dim divisible by 4, got {head_dim}")
+            raise ArgumentError(f"2-D RoPE needs a head dim divisible by 4, got {head_dim}")
         self.rescale_coords = rescale_coords
         self.register_buffer("periods", base ** (2 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2)))
 
@@ -178,7 +179,7 @@ class DINOv3ViT(nn.Module):
                  num_registers: int = 4):
         super().__init__()
         if name not in DINOV3_ARCHS:
-            raise ValueError(f"unknown DINOv3 model {name!r}; choose from {', '.join(DINOV3_ARCHS)}")
+            raise ArgumentError(f"unknown DINOv3 model {name!r}; choose from {', '.join(DINOV3_ARCHS)}")
         embed_dim, num_heads, ffn = DINOV3_ARCHS[name]
         self.embed_dim, self.patch_size, self.taps = embed_dim, patch_size, list(taps)
         self.num_prefix = 1 + num_registers

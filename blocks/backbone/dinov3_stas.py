@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from core.errors import ArgumentError
 from blocks.backbone._vit import DINOV3_ARCHS, DINOv3ViT, ViTTiny
 from blocks.backbone._weights import load_local_weights
 from blocks.backbone.spatial_prior_module import SpatialPriorModule
@@ -31,13 +32,13 @@ class DINOv3STAs(nn.Module):
                  depth: int = 12):
         super().__init__()
         if c1 != 3:
-            raise ValueError(f"DINOv3STAs reads the RGB image (3 channels), got {c1}")
+            raise ArgumentError(f"DINOv3STAs reads the RGB image (3 channels), got {c1}")
         if name in DINOV3_ARCHS:
             self.dinov3 = DINOv3ViT(name, interaction_indexes, patch_size, depth)
         elif name in ("vit_tiny", "vit_tinyplus"):
             self.dinov3 = ViTTiny(embed_dim, num_heads, interaction_indexes, patch_size, depth)
         else:
-            raise ValueError(f"unknown ViT {name!r}; choose from vit_tiny, vit_tinyplus, {', '.join(DINOV3_ARCHS)}")
+            raise ArgumentError(f"unknown ViT {name!r}; choose from vit_tiny, vit_tinyplus, {', '.join(DINOV3_ARCHS)}")
         if weights_path:
             load_local_weights(self.dinov3.weights_target, weights_path, allow_unexpected=False)
         if not finetune:

@@ -5,6 +5,7 @@ input and aggregated by 1x1 convs: "se" = squeeze to out/2 then expand, "ese" = 
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.backbone._hgnetv2 import ConvBNAct, EffectiveSE, LightConvBNAct
 from blocks.registry import register
 
@@ -17,7 +18,7 @@ class HGBlock(nn.Module):
                  drop_path: float = 0.0):
         super().__init__()
         if agg not in ("se", "ese"):
-            raise ValueError(f"agg must be 'se' or 'ese', got {agg!r}")
+            raise ArgumentError(f"agg must be 'se' or 'ese', got {agg!r}")
         self.residual = residual
         self.layers = nn.ModuleList(
             LightConvBNAct(in_chs if i == 0 else mid_chs, mid_chs, kernel_size, use_lab=use_lab) if light_block

@@ -6,6 +6,7 @@ stage outputs in `return_idx`. Graphs usually spell it out as HGStem + HGStage r
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.backbone._hgnetv2 import ARCHS, apply_freezing, load_pretrained
 from blocks.backbone.hg_stage import HGStage
 from blocks.backbone.hg_stem import HGStem
@@ -25,7 +26,7 @@ class HGNetv2(nn.Module):
                  pretrained: str | None = None):
         super().__init__()
         if name not in ARCHS:
-            raise ValueError(f"unknown HGNetv2 variant {name!r}; choose from {', '.join(ARCHS)}")
+            raise ArgumentError(f"unknown HGNetv2 variant {name!r}; choose from {', '.join(ARCHS)}")
         (_, stem_mid, stem_out), stages = ARCHS[name]
         self.return_idx = list(return_idx)
         self.stem = HGStem(in_chs, stem_mid, stem_out, use_lab)

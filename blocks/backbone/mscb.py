@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import register
 
@@ -30,7 +31,7 @@ class MSCB(nn.Module):
         act: activation of the expansion and depth-wise convs."""
         super().__init__()
         if stride not in (1, 2):
-            raise ValueError(f"MSCB stride must be 1 or 2, got {stride}")
+            raise ArgumentError(f"MSCB stride must be 1 or 2, got {stride}")
         expanded = int(c1 * expansion_factor)
         self.dw_parallel, self.add = dw_parallel, add
         self.pconv1 = Conv(c1, expanded, 1, act=act)

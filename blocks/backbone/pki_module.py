@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import register
 
@@ -54,7 +55,7 @@ class PKIModule(nn.Module):
         length of its band kernels."""
         super().__init__()
         if len(kernel_sizes) != len(dilations):
-            raise ValueError(f"PKIModule: {len(kernel_sizes)} kernel sizes but {len(dilations)} dilations")
+            raise ArgumentError(f"PKIModule: {len(kernel_sizes)} kernel sizes but {len(dilations)} dilations")
         hidden = make_divisible(int(c2 * expansion), 8)
         self.pre_conv = _conv_bn_act(c1, hidden, 1)
         self.dw_convs = nn.ModuleList(nn.Conv2d(hidden, hidden, k, 1, d * (k - 1) // 2, d, groups=hidden)

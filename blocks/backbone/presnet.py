@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from core.errors import ArgumentError
 from blocks.backbone._hgnetv2 import apply_freezing
 from blocks.backbone._weights import load_local_weights
 from blocks.common import activation
@@ -113,11 +114,11 @@ class PResNet(nn.Module):
         count); freeze_norm turns every BN into a FrozenBatchNorm2d (buffers, not parameters)."""
         super().__init__()
         if depth not in BLOCKS_PER_STAGE:
-            raise ValueError(f"depth must be one of {list(BLOCKS_PER_STAGE)}, got {depth}")
+            raise ArgumentError(f"depth must be one of {list(BLOCKS_PER_STAGE)}, got {depth}")
         if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+            raise ArgumentError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if not 1 <= num_stages <= 4 or any(not 0 <= i < num_stages for i in return_idx):
-            raise ValueError(f"return_idx {list(return_idx)} must name stages below num_stages={num_stages}")
+            raise ArgumentError(f"return_idx {list(return_idx)} must name stages below num_stages={num_stages}")
         self.return_idx = list(return_idx)
         stem = 64
         if variant in ("c", "d"):

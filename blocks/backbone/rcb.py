@@ -10,6 +10,7 @@ on (2, 32, 16, 16), with and without a layer scale, trained and reparameterised 
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.backbone._grn import GRN
 from blocks.common import fuse_conv_bn
 from blocks.conv.dilated_reparam_conv import DilatedReparamConv
@@ -36,7 +37,7 @@ class OverLoCKDilatedReparam(DilatedReparamConv):
     def __init__(self, c: int, k: int):
         nn.Module.__init__(self)
         if k not in OVERLOCK_BRANCHES:
-            raise ValueError(f"RCB supports kernel sizes {sorted(OVERLOCK_BRANCHES)}, got {k}")
+            raise ArgumentError(f"RCB supports kernel sizes {sorted(OVERLOCK_BRANCHES)}, got {k}")
         sizes, self.rates = OVERLOCK_BRANCHES[k]
         self.large = nn.Conv2d(c, c, k, 1, k // 2, groups=c, bias=False)
         self.large_bn = nn.BatchNorm2d(c)

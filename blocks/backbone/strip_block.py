@@ -10,6 +10,7 @@ max abs diff 0 on (2, 32, 16, 16)."""
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.registry import register
 
 
@@ -34,7 +35,7 @@ class StripBlock(nn.Module):
         kernel (1 x 19 and 19 x 1 in the paper); layer_scale_init: initial layer scales."""
         super().__init__()
         if k1 % 2 == 0 or k2 % 2 == 0:
-            raise ValueError(f"StripBlock needs odd strip kernel sizes, got k1={k1}, k2={k2}")
+            raise ArgumentError(f"StripBlock needs odd strip kernel sizes, got k1={k1}, k2={k2}")
         self.layer_scale_1 = nn.Parameter(layer_scale_init * torch.ones(c, 1, 1))
         self.layer_scale_2 = nn.Parameter(layer_scale_init * torch.ones(c, 1, 1))
         self.norm1 = nn.BatchNorm2d(c)

@@ -2,6 +2,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.registry import register
 
 
@@ -39,7 +40,7 @@ class Converse2D(nn.Module):
         eps: floor of the regularisation weight lambda = sigmoid(bias - 9) + eps."""
         super().__init__()
         if padding_mode not in ("circular", "reflect", "replicate", "constant"):
-            raise ValueError(f"Converse2D padding_mode must be circular, reflect, replicate or constant, got {padding_mode!r}")
+            raise ArgumentError(f"Converse2D padding_mode must be circular, reflect, replicate or constant, got {padding_mode!r}")
         self.scale, self.padding, self.padding_mode, self.eps = scale, padding, padding_mode, eps
         # a positive kernel that sums to one per channel (softmax of a random draw, as the authors)
         self.weight = nn.Parameter(torch.randn(1, c, k * k).softmax(dim=-1).reshape(1, c, k, k))

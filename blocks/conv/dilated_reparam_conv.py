@@ -5,6 +5,7 @@ conv+BN branches; `fuse()` merges every branch into the one large kernel. Keeps 
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv._reparam import fold_bn, merged_conv, pad_kernel
 from blocks.registry import register
 
@@ -33,7 +34,7 @@ class DilatedReparamConv(nn.Module):
     def __init__(self, c: int, k: int = 13):
         super().__init__()
         if k not in BRANCHES:
-            raise ValueError(f"DilatedReparamConv supports kernel sizes {sorted(BRANCHES)}, got {k}")
+            raise ArgumentError(f"DilatedReparamConv supports kernel sizes {sorted(BRANCHES)}, got {k}")
         self.large = nn.Conv2d(c, c, k, 1, k // 2, groups=c, bias=False)
         self.large_bn = nn.BatchNorm2d(c)
         sizes, rates = BRANCHES[k]

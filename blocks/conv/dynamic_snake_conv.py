@@ -2,6 +2,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.common import activation
 from blocks.registry import ChannelError, register
 
@@ -76,7 +77,7 @@ class DynamicSnakeConv(nn.Module):
         every GroupNorm (ReLU in DSCNet)."""
         super().__init__()
         if k % 2 == 0 or k < 3:
-            raise ValueError(f"DynamicSnakeConv needs an odd kernel size >= 3, got {k}")
+            raise ArgumentError(f"DynamicSnakeConv needs an odd kernel size >= 3, got {k}")
         if c2 % 4:
             raise ChannelError(f"DynamicSnakeConv needs output channels divisible by 4 (GroupNorm), got {c2}")
         self.conv = _conv_gn(c1, c2, act)

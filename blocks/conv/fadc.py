@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
+from core.errors import ArgumentError
 from blocks.common import activation
 from blocks.registry import register
 
@@ -74,7 +75,7 @@ class FADC(nn.Module):
                  deform_groups: int = 1, epsilon: float = 1e-4):
         super().__init__()
         if k != 3:
-            raise ValueError(f"FADC supports a 3x3 kernel only (its dilation grid is 3x3), got k={k}")
+            raise ArgumentError(f"FADC supports a 3x3 kernel only (its dilation grid is 3x3), got k={k}")
         self.stride, self.dilation, self.deform_groups = s, d, deform_groups
         self.freq_select = _FrequencySelection(c1)
         self.low_attention = _KernelAttention(c1, c2)

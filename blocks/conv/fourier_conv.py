@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.registry import register
 
 
@@ -26,7 +27,7 @@ class FourierConv(nn.Module):
         stride-32 map of a 640 px input. s: stride, 1 or 2."""
         super().__init__()
         if s not in (1, 2):
-            raise ValueError(f"FourierConv supports stride 1 or 2, got {s}")
+            raise ArgumentError(f"FourierConv supports stride 1 or 2, got {s}")
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         self.stride = s
         # complex "He" init of the authors: Rayleigh modulus with scale 1 / (4 sqrt(fan_in)), uniform phase

@@ -1,6 +1,7 @@
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.common import activation
 from blocks.conv._reparam import fold_bn
 from blocks.registry import register
@@ -35,7 +36,7 @@ class MBRConv(nn.Module):
         rep_scale: width multiplier of the branches. act: activation after the block (none in the paper)."""
         super().__init__()
         if k not in BRANCHES:
-            raise ValueError(f"MBRConv supports kernel sizes {sorted(BRANCHES)}, got {k}")
+            raise ArgumentError(f"MBRConv supports kernel sizes {sorted(BRANCHES)}, got {k}")
         wide = c2 * rep_scale
         self.kernel_size, self.stride = k, s
         self.branches = nn.ModuleList(nn.Conv2d(c1, wide, size, s, (size[0] // 2, size[1] // 2))

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import ChannelError, register
 
@@ -113,7 +114,7 @@ class SFSConv(nn.Module):
             raise ChannelError(f"SFSConv needs input channels divisible by 8 and output channels by 4, got {c1} -> {c2}",
                                hint="use multiples of 8 channels")
         if filter not in ("FrGT", "FrFT"):
-            raise ValueError(f"SFSConv filter must be 'FrGT' or 'FrFT', got {filter!r}")
+            raise ArgumentError(f"SFSConv filter must be 'FrGT' or 'FrFT', got {filter!r}")
         self.pwc0 = Conv(c1, c1 // 2, 1)
         self.pwc1 = Conv(c1, c1 // 2, 1)
         self.spu = _SpatialUnit(c1 // 2, c2)

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.common import fuse_conv_bn
 from blocks.registry import register
 
@@ -28,7 +29,7 @@ class ShiftwiseConv(nn.Module):
         the SW models). small_kernel: the real conv's kernel k (3 in the paper)."""
         super().__init__()
         if small_kernel % 2 == 0 or big_kernel <= small_kernel:
-            raise ValueError(f"ShiftwiseConv needs an odd small kernel smaller than the big one, got "
+            raise ArgumentError(f"ShiftwiseConv needs an odd small kernel smaller than the big one, got "
                              f"{small_kernel} and {big_kernel}")
         self.big, self.small_k = big_kernel, small_kernel
         self.slices = math.ceil(big_kernel / small_kernel)

@@ -2,6 +2,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.common import fuse_conv_bn
 from blocks.registry import register
 
@@ -27,7 +28,7 @@ class SMPConv(nn.Module):
         super().__init__()
         n_points = n_points or k * k // n_points_divide
         if n_points < 1:
-            raise ValueError(f"SMPConv needs at least one point, got n_points={n_points} for k={k}")
+            raise ArgumentError(f"SMPConv needs at least one point, got n_points={n_points} for k={k}")
         self.kernel_size, self.n_points = k, n_points
         axis = torch.linspace(-1, 1, k)
         self.register_buffer("kernel_coord", torch.stack(torch.meshgrid(axis, axis, indexing="ij")).reshape(2, -1).T,

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
+from core.errors import ArgumentError
 from blocks.decoder._dfine_parts import MSDeformableAttention, deformable_sample
 
 
@@ -53,7 +54,7 @@ class ProjectedDeformableAttention(MSDeformableAttention):
             offset = offsets * scale * reference_points[:, :, None, :, 2:] * self.offset_scale
             locations = reference_points[:, :, None, :, :2] + offset
         else:
-            raise ValueError(f"reference points must end in 2 (points) or 4 (boxes), got {reference_points.shape}")
+            raise ArgumentError(f"reference points must end in 2 (points) or 4 (boxes), got {reference_points.shape}")
         out = deformable_sample(values, spatial_shapes, locations, weights, self.num_points_list, self.method)
         return self.output_proj(out)
 

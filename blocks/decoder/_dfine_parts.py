@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
+from core.errors import ArgumentError
 from blocks.common import activation
 from core.box_ops import box_xyxy_to_cxcywh, inverse_sigmoid
 
@@ -104,9 +105,9 @@ class MSDeformableAttention(nn.Module):
         self.num_heads, self.num_levels, self.offset_scale, self.method = num_heads, num_levels, offset_scale, method
         self.num_points_list = list(num_points) if isinstance(num_points, (list, tuple)) else [num_points] * num_levels
         if len(self.num_points_list) != num_levels:
-            raise ValueError(f"num_points {self.num_points_list} must give one count per level ({num_levels})")
+            raise ArgumentError(f"num_points {self.num_points_list} must give one count per level ({num_levels})")
         if embed_dim % num_heads:
-            raise ValueError(f"hidden_dim {embed_dim} must be divisible by nhead {num_heads}")
+            raise ArgumentError(f"hidden_dim {embed_dim} must be divisible by nhead {num_heads}")
         self.head_dim = embed_dim // num_heads
         points = sum(self.num_points_list)
         self.register_buffer("num_points_scale", torch.tensor(
@@ -184,7 +185,7 @@ class RMSNorm(nn.Module):
 def make_norm(kind: str, dim: int) -> nn.Module:
     """'layer' -> LayerNorm (D-FINE), 'rms' -> RMSNorm (DEIMv2)."""
     if kind not in ("layer", "rms"):
-        raise ValueError(f"norm must be 'layer' or 'rms', got {kind!r}")
+        raise ArgumentError(f"norm must be 'layer' or 'rms', got {kind!r}")
     return nn.LayerNorm(dim) if kind == "layer" else RMSNorm(dim)
 
 
@@ -230,7 +231,7 @@ class TransformerDecoderLayer(nn.Module):
                  use_gateway=True):
         super().__init__()
         if ffn not in ("mlp", "swiglu"):
-            raise ValueError(f"ffn must be 'mlp' or 'swiglu', got {ffn!r}")
+            raise ArgumentError(f"ffn must be 'mlp' or 'swiglu', got {ffn!r}")
         if layer_scale is not None:
             dim_feedforward, d_model = round(layer_scale * dim_feedforward), round(layer_scale * d_model)
         self.self_attn = nn.MultiheadAttention(d_model, n_head, dropout=dropout, batch_first=True)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
+from core.errors import ArgumentError
 from blocks.decoder._deformable_attention import ProjectedDeformableAttention, generate_anchors
 from blocks.decoder._dfine_parts import MLP, prior_logit
 from blocks.encoder.deformable_encoder import FFN
@@ -120,7 +121,7 @@ class DeformableDETRDecoder(nn.Module):
         super().__init__()
         channels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
         if len(channels) != num_levels or any(c != hidden_dim for c in channels):
-            raise ValueError(f"expects {num_levels} maps of hidden_dim={hidden_dim} channels (a DeformableEncoder's "
+            raise ArgumentError(f"expects {num_levels} maps of hidden_dim={hidden_dim} channels (a DeformableEncoder's "
                              f"output), got {channels}")
         self.hidden_dim, self.num_queries, self.num_classes = hidden_dim, num_queries, num_classes
         self.with_box_refine, self.two_stage, self.aux_loss = with_box_refine, two_stage, aux_loss

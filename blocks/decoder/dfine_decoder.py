@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
+from core.errors import ArgumentError
 from blocks.decoder._deformable_attention import TwoStageSelection, generate_anchors, initial_queries
 from blocks.decoder._dfine_parts import (MLP, Integral, TransformerDecoder, TransformerDecoderLayer,
                                          prior_logit, weighting_function)
@@ -55,13 +56,13 @@ class DFINEDecoder(TwoStageSelection, nn.Module):
         feat_channels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
         feat_strides = list(feat_strides)
         if len(feat_channels) > num_levels or len(feat_strides) != len(feat_channels):
-            raise ValueError(f"{len(feat_channels)} input maps need as many feat_strides (got {feat_strides}) "
+            raise ArgumentError(f"{len(feat_channels)} input maps need as many feat_strides (got {feat_strides}) "
                              f"and num_levels >= {len(feat_channels)} (got {num_levels})")
         if query_select_method not in QUERY_SELECT_METHODS or cross_attn_method not in CROSS_ATTN_METHODS:
-            raise ValueError(f"query_select_method must be one of {QUERY_SELECT_METHODS} and cross_attn_method "
+            raise ArgumentError(f"query_select_method must be one of {QUERY_SELECT_METHODS} and cross_attn_method "
                              f"one of {CROSS_ATTN_METHODS}")
         if not -num_layers <= eval_idx < num_layers:
-            raise ValueError(f"eval_idx {eval_idx} is outside the {num_layers} decoder layers")
+            raise ArgumentError(f"eval_idx {eval_idx} is outside the {num_layers} decoder layers")
         # extra levels are made by stride-2 convs on the coarsest map
         feat_strides += [feat_strides[-1] * 2 ** (i + 1) for i in range(num_levels - len(feat_strides))]
         self.hidden_dim, self.nhead, self.feat_strides, self.num_levels = hidden_dim, nhead, feat_strides, num_levels

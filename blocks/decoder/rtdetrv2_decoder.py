@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
+from core.errors import ArgumentError
 from blocks.common import activation
 from blocks.decoder._deformable_attention import (ProjectedDeformableAttention, TwoStageSelection, generate_anchors,
                                                   initial_queries)
@@ -119,14 +120,14 @@ class RTDETRv2Decoder(TwoStageSelection, nn.Module):
         feat_channels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
         feat_strides = list(feat_strides)
         if len(feat_channels) > num_levels or len(feat_strides) != len(feat_channels):
-            raise ValueError(f"{len(feat_channels)} input maps need as many feat_strides (got {feat_strides}) "
+            raise ArgumentError(f"{len(feat_channels)} input maps need as many feat_strides (got {feat_strides}) "
                              f"and num_levels >= {len(feat_channels)} (got {num_levels})")
         if (query_select_method not in QUERY_SELECT_METHODS or cross_attn_method not in CROSS_ATTN_METHODS
                 or query_pos_method not in QUERY_POS_METHODS):
-            raise ValueError(f"query_select_method must be one of {QUERY_SELECT_METHODS}, cross_attn_method one of "
+            raise ArgumentError(f"query_select_method must be one of {QUERY_SELECT_METHODS}, cross_attn_method one of "
                              f"{CROSS_ATTN_METHODS}, query_pos_method one of {QUERY_POS_METHODS}")
         if not -num_layers <= eval_idx < num_layers:
-            raise ValueError(f"eval_idx {eval_idx} is outside the {num_layers} decoder layers")
+            raise ArgumentError(f"eval_idx {eval_idx} is outside the {num_layers} decoder layers")
         feat_strides += [feat_strides[-1] * 2 ** (i + 1) for i in range(num_levels - len(feat_strides))]
         self.hidden_dim, self.feat_strides, self.num_levels = hidden_dim, feat_strides, num_levels
         self.num_classes, self.num_queries, self.eps, self.num_layers = num_classes, num_queries, eps, num_layers

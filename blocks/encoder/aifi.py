@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.common import activation
 from blocks.registry import register
 
@@ -17,7 +18,7 @@ def sincos_pos_embed_2d(width: int, height: int, dim: int, temperature: float = 
     geometrically spaced frequencies each. Positions run x-major (index = x * height + y), as in
     the official RT-DETR/D-FINE code, so official weights see the embedding they were trained with."""
     if dim % 4:
-        raise ValueError(f"the 2-D sin-cos position embedding needs channels divisible by 4, got {dim}")
+        raise ArgumentError(f"the 2-D sin-cos position embedding needs channels divisible by 4, got {dim}")
     grid_w, grid_h = torch.meshgrid(torch.arange(width, dtype=torch.float32),
                                     torch.arange(height, dtype=torch.float32), indexing="ij")
     quarter = dim // 4

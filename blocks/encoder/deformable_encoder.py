@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import init
 
+from core.errors import ArgumentError
 from blocks.common import activation
 from blocks.decoder._deformable_attention import ProjectedDeformableAttention
 from blocks.registry import register
@@ -89,7 +90,7 @@ class DeformableEncoder(nn.Module):
         super().__init__()
         in_channels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
         if len(in_channels) > num_levels:
-            raise ValueError(f"{len(in_channels)} input maps need num_levels >= {len(in_channels)}, got {num_levels}")
+            raise ArgumentError(f"{len(in_channels)} input maps need num_levels >= {len(in_channels)}, got {num_levels}")
         self.hidden_dim, self.num_inputs, self.pe_temperature = hidden_dim, len(in_channels), pe_temperature
 
         def project(c_in, kernel, stride):

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.downsample.scdown import SCDown
 from blocks.encoder.aifi import AIFI
@@ -45,11 +46,11 @@ class HybridEncoder(nn.Module):
                  identity_input_proj: bool = False, distill_teacher_dim: int = 0):
         super().__init__()
         if version not in ("dfine", "deim", "deimv2"):
-            raise ValueError(f"version must be 'dfine', 'deim' or 'deimv2', got {version!r}")
+            raise ArgumentError(f"version must be 'dfine', 'deim' or 'deimv2', got {version!r}")
         if fuse_op not in ("cat", "sum"):
-            raise ValueError(f"fuse_op must be 'cat' or 'sum', got {fuse_op!r}")
+            raise ArgumentError(f"fuse_op must be 'cat' or 'sum', got {fuse_op!r}")
         if len(feat_strides) != len(in_channels):
-            raise ValueError(f"feat_strides {list(feat_strides)} must give one stride per input "
+            raise ArgumentError(f"feat_strides {list(feat_strides)} must give one stride per input "
                              f"({len(in_channels)} inputs)")
         self.in_channels, self.use_encoder_idx = list(in_channels), list(use_encoder_idx)
         self.num_encoder_layers, self.fuse_op = num_encoder_layers, fuse_op

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from core.errors import ArgumentError
 from blocks.common import activation
 from blocks.conv.conv import Conv
 from blocks.encoder.rep_ncsp_elan4 import RepNCSPELAN4
@@ -43,7 +44,7 @@ class LiteEncoder(nn.Module):
         super().__init__()
         in_channels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
         if len(in_channels) != 1 or len(feat_strides) != 1:
-            raise ValueError(f"LiteEncoder reads one feature map (got {len(in_channels)} inputs, "
+            raise ArgumentError(f"LiteEncoder reads one feature map (got {len(in_channels)} inputs, "
                              f"feat_strides {list(feat_strides)})")
         self.input_proj = nn.ModuleList(
             nn.Sequential(OrderedDict([("conv", nn.Conv2d(c, hidden_dim, 1, bias=False)),

@@ -10,6 +10,7 @@ import functools
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.encoder.csp_rep_layer import CSPRepLayer
 from blocks.registry import register
@@ -21,7 +22,7 @@ class RepNCSPELAN4(nn.Module):
                  inner=None, csp_type: str = "csp", post_conv: bool = True):
         super().__init__()
         if csp_type not in ("csp", "csp2"):
-            raise ValueError(f"csp_type must be 'csp' or 'csp2', got {csp_type!r}")
+            raise ArgumentError(f"csp_type must be 'csp' or 'csp2', got {csp_type!r}")
         self.c = c3 // 2
         inner = inner or functools.partial(CSPRepLayer, num_blocks=n, expansion=1.0, bias=bias, act=act,
                                            split=csp_type == "csp2")

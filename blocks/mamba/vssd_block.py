@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.registry import register
 
 
@@ -20,7 +21,7 @@ class NonCausalSSD(nn.Module):
         super().__init__()
         self.inner, self.d_state, self.num_heads = expand * c, d_state, num_heads
         if self.inner % num_heads:
-            raise ValueError(f"inner width {self.inner} must split into {num_heads} heads")
+            raise ArgumentError(f"inner width {self.inner} must split into {num_heads} heads")
         conv_dim = self.inner + 2 * d_state
         self.in_proj = nn.Linear(c, self.inner + conv_dim + num_heads, bias=False)     # z, x, B, C, dt
         self.conv2d = nn.Conv2d(conv_dim, conv_dim, d_conv, padding=(d_conv - 1) // 2, groups=conv_dim)

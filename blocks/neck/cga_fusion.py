@@ -6,6 +6,7 @@ Two same-size inputs, projected to `c2` channels where needed."""
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.neck._align import channel_aligners
 from blocks.registry import register
 
@@ -15,7 +16,7 @@ class CGAFusion(nn.Module):
     def __init__(self, c_in: list, c2: int, reduction: int = 8):
         super().__init__()
         if len(c_in) != 2:
-            raise ValueError(f"CGAFusion fuses two inputs, got {len(c_in)}")
+            raise ArgumentError(f"CGAFusion fuses two inputs, got {len(c_in)}")
         self.align = channel_aligners(c_in, c2)
         self.channel_attention = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c2, max(c2 // reduction, 1), 1),
                                                nn.ReLU(), nn.Conv2d(max(c2 // reduction, 1), c2, 1))

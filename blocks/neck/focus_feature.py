@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.downsample.adown import ADown
 from blocks.registry import register
@@ -22,7 +23,7 @@ class FocusFeature(nn.Module):
     def __init__(self, c_in: list, kernel_sizes=(5, 7, 9, 11), e: float = 0.5):
         super().__init__()
         if len(c_in) != 3:
-            raise ValueError(f"FocusFeature takes three levels [small, middle, large], got {len(c_in)}")
+            raise ArgumentError(f"FocusFeature takes three levels [small, middle, large], got {len(c_in)}")
         hidden = int(c_in[1] * e)
         self.small = Conv(c_in[0], hidden, 1)
         self.middle = Conv(c_in[1], hidden, 1) if e != 1 else nn.Identity()

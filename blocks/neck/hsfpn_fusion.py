@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.registry import register
 
 
@@ -28,7 +29,7 @@ class HSFPNFusion(nn.Module):
     def __init__(self, c_in: list, c2: int, ratio: int = 4):
         super().__init__()
         if len(c_in) != 2:
-            raise ValueError(f"HSFPNFusion fuses [low-level, high-level], got {len(c_in)} inputs")
+            raise ArgumentError(f"HSFPNFusion fuses [low-level, high-level], got {len(c_in)} inputs")
         c_low, c_high = c_in
         self.select_attention = ChannelAttention(c_low, ratio)
         self.select_proj = nn.Conv2d(c_low, c2, 1)

@@ -7,6 +7,7 @@ one size, projected to `c2` channels where needed."""
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.neck._align import channel_aligners
 from blocks.registry import register
 
@@ -21,7 +22,7 @@ class MASAG(nn.Module):
     def __init__(self, c_in: list, c2: int):
         super().__init__()
         if len(c_in) != 2:
-            raise ValueError(f"MASAG fuses two inputs [x, g], got {len(c_in)}")
+            raise ArgumentError(f"MASAG fuses two inputs [x, g], got {len(c_in)}")
         self.align = channel_aligners(c_in, c2)
         self.local_context = nn.Sequential(_conv_bn(c2, c2, 3, g=c2, relu=True), _conv_bn(c2, c2, 3, d=2, relu=True),
                                            _conv_bn(c2, c2))

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.registry import register
 
 
@@ -16,7 +17,7 @@ class AdaptiveSparseSA(nn.Module):
     def __init__(self, c: int, num_heads: int = 8, win_size: int = 8, qkv_bias: bool = True):
         super().__init__()
         if c % num_heads:
-            raise ValueError(f"channels {c} must split into {num_heads} heads")
+            raise ArgumentError(f"channels {c} must split into {num_heads} heads")
         self.num_heads, self.win_size = num_heads, win_size
         self.scale = (c // num_heads) ** -0.5
         self.to_q = nn.Linear(c, c, bias=qkv_bias)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.registry import register
 
 
@@ -24,7 +25,7 @@ class BiLevelRoutingAttention(nn.Module):
                  qk_scale: float | None = None):
         super().__init__()
         if c % num_heads:
-            raise ValueError(f"channels {c} must split into {num_heads} heads")
+            raise ArgumentError(f"channels {c} must split into {num_heads} heads")
         self.num_heads, self.n_win, self.topk = num_heads, n_win, topk
         self.scale = qk_scale or c ** -0.5   # BiFormer scales by the full width, not the head width
         self.qkv = nn.Conv2d(c, 3 * c, 1)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import register
 
@@ -20,7 +21,7 @@ class CascadedGroupAttention(nn.Module):
                  kernels=(5, 5, 5, 5)):
         super().__init__()
         if c % num_heads or len(kernels) < num_heads:
-            raise ValueError(f"channels {c} must split into {num_heads} heads, with one q-kernel per head")
+            raise ArgumentError(f"channels {c} must split into {num_heads} heads, with one q-kernel per head")
         self.num_heads, self.key_dim, self.window = num_heads, key_dim, window_resolution
         self.d = c // num_heads              # EfficientViT's attn_ratio = c / (key_dim * num_heads)
         self.scale = key_dim ** -0.5

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.norm._layer_norm2d import LayerNorm2d
 from blocks.registry import register
 
@@ -25,7 +26,7 @@ class DAttention(nn.Module):
                  offset_range_factor: float = 2.0):
         super().__init__()
         if c % num_heads or num_heads % n_groups:
-            raise ValueError(f"channels {c} must split into {num_heads} heads and those into {n_groups} groups")
+            raise ArgumentError(f"channels {c} must split into {num_heads} heads and those into {n_groups} groups")
         self.num_heads, self.n_groups, self.offset_range_factor = num_heads, n_groups, offset_range_factor
         self.head_channels, self.group_channels = c // num_heads, c // n_groups
         self.scale = self.head_channels ** -0.5

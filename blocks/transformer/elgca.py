@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.norm._layer_norm2d import LayerNorm2d
 from blocks.registry import ChannelError, register
 
@@ -50,7 +51,7 @@ class ELGCA(nn.Module):
         if c % 4:
             raise ChannelError(f"ELGCA needs channels divisible by 4, got {c}")
         if heads < 4:
-            raise ValueError(f"ELGCA needs heads >= 4 (queries, key, value, local feature), got {heads}")
+            raise ArgumentError(f"ELGCA needs heads >= 4 (queries, key, value, local feature), got {heads}")
         self.norm1 = LayerNorm2d(c, eps=1e-6)
         self.norm2 = LayerNorm2d(c, eps=1e-6)
         hidden = c * mlp_ratio

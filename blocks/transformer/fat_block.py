@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.registry import ChannelError, register
 
 
@@ -66,7 +67,7 @@ class FATBlock(nn.Module):
         if c % num_heads:
             raise ChannelError(f"FATBlock: channels {c} are not divisible by num_heads={num_heads}")
         if window_size not in (1, 2, 4, 8):
-            raise ValueError(f"FATBlock: window_size must be 1, 2, 4 or 8, got {window_size}")
+            raise ArgumentError(f"FATBlock: window_size must be 1, 2, 4 or 8, got {window_size}")
         self.cpe = nn.Conv2d(c, c, kernel_size, 1, kernel_size // 2, groups=c)
         self.norm1 = nn.GroupNorm(1, c)
         self.attn = FASA(c, kernel_size, num_heads, window_size)

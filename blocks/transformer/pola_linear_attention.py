@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.registry import register
 
 
@@ -17,7 +18,7 @@ class PolaLinearAttention(nn.Module):
                  kernel_size: int = 5, alpha: float = 4.0):
         super().__init__()
         if c % num_heads or (c // num_heads) % 2:
-            raise ValueError(f"channels {c} must split into {num_heads} heads of even width")
+            raise ArgumentError(f"channels {c} must split into {num_heads} heads of even width")
         self.num_heads, self.head_dim, self.alpha, self.sr_ratio = num_heads, c // num_heads, alpha, sr_ratio
         self.qg = nn.Linear(c, 2 * c, bias=qkv_bias)   # query and gate
         self.kv = nn.Linear(c, 2 * c, bias=qkv_bias)
