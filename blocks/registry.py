@@ -60,6 +60,11 @@ class BlockSpec:
         return inspect.signature(self.cls)
 
     @property
+    def multi_input(self) -> bool:
+        """Whether the block reads a list of maps (its example declares several input shapes)."""
+        return "shapes" in self.example or self.channels in ("sum", "first")
+
+    @property
     def c_in_param(self) -> str | None:
         """Name of the constructor parameter that receives the input channels."""
         if not self.takes_c_in:

@@ -59,7 +59,7 @@ class Registry:
         names = list(self._entries)
         text = str(key)
         lowered = [k for k in names if k.lower() == text.lower()]
-        close = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(text, names, n=3, cutoff=0.6)
         suggestions = list(dict.fromkeys(lowered + close))
         if suggestions:
             return f"did you mean {', '.join(suggestions)}?"

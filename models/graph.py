@@ -246,6 +246,11 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
     repeats = max(round(repeats * depth), 1) if repeats > 1 else repeats
 
     spec = _resolve_module(name, where)
+    if isinstance(c_in, list) and spec.takes_c_in and not spec.multi_input:
+        given = f"`from` lists {len(sources)} rows {source}" if multi else f"row {sources[0]} outputs {len(c_in)} maps"
+        raise GraphError(f"{spec.name} reads one map, but {given}", where=where,
+                         hint="give it one map: one row (e.g. -1), an Index row picking one output, or a Concat/Add "
+                              "row joining them")
     args, kwargs = _split_args(args, where)
     args = [_nested(a, where) for a in args]
     kwargs = {k: _nested(v, where) for k, v in kwargs.items()}

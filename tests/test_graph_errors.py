@@ -36,7 +36,7 @@ def error_of(path, **kwargs) -> str:
     ("  - [[-1, 0], 1, Add, []]\n", ["row 2", "channel mismatch", "[16, 8]", "fix:"]),
     ("  - [-1, 1, Conv, [8, 3, 1, null, 1, 1, silu, false, 99]]\n", ["row 2", "wrong arguments for Conv", "takes (c2, k, s"]),
     ("  - [-1, 1, Conv, {c3: 8}]\n", ["row 2", "Conv has no argument 'c3'", "did you mean 'c2'"]),
-    ("  - [-1, 1, Conv, [8, three]]\n", ["row 2", "Conv", "could not be built"]),
+    ("  - [-1, 1, Conv, [8, three]]\n", ["row 2", "Conv.k must be an integer, got 'three'"]),
     ("  - [-1, 1, Conv]\n", ["row 2", "[from, repeats, module, args]"]),
     ("  - [-1, 0, Conv, [8]]\n", ["row 2", "repeats must be a positive integer"]),
     ("  - [-1, 100000, Conv, [8]]\n", ["row 2", "exceeds the limit"]),
