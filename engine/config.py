@@ -7,6 +7,7 @@ Every leaf remembers the file (or `-u`) it came from, so `python -m analyze.conf
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,7 @@ from core.errors import ConfigError, DetrZooError
 from core.schema import Section, check_call, validate_section
 from core.yaml_io import load_yaml
 from data.transforms import ImageSize
-from engine.vocabulary import translate, translate_key
+from engine.vocabulary import translate
 
 INCLUDE = "__include__"
 
@@ -78,6 +79,7 @@ def _load_file(path: Path, stack: tuple[Path, ...], sources: dict) -> dict:
     if not isinstance(spec, dict):
         raise ConfigError("a config file must be a mapping of keys to values", where=str(path))
     spec = translate(coerce_numbers(spec), str(path))
+    _anchor_graph(spec, path)
     includes = spec.pop(INCLUDE, None) or []
     if isinstance(includes, str):
         includes = [includes]
@@ -94,6 +96,15 @@ def _load_file(path: Path, stack: tuple[Path, ...], sources: dict) -> dict:
     # The sources of included values were recorded while loading them; this file's own values win.
     deep_merge(merged, spec, sources, str(path))
     return merged
+
+
+def _anchor_graph(spec: dict, path: Path) -> None:
+    """A `graph:` path that is no file from the current folder but one beside the file that names it
+    becomes that file, as `__include__` paths are relative to the including file (so a run config that
+    includes configs/deim/deim-s-coco.yml finds its graph from anywhere)."""
+    graph = spec.get("graph")
+    if isinstance(graph, str) and not Path(graph).is_file() and (path.parent / graph).is_file():
+        spec["graph"] = os.path.normpath(path.parent / graph)
 
 
 def parse_update(text: str) -> tuple[list[str], Any]:
@@ -114,24 +125,28 @@ def parse_update(text: str) -> tuple[list[str], Any]:
 
 
 def apply_update(cfg: dict, text: str, sources: dict | None = None) -> None:
+    """Merge one `-u a.b=value` into `cfg`: the one-key mapping it writes, in our vocabulary."""
     keys, value = parse_update(text)
-    dotted, values = translate_key(".".join(keys), f"-u {text}")
-    if values is not None:
-        if value not in values:
-            raise ConfigError(f"{text}: value {value!r} has no counterpart here", where="-u",
-                              hint=f"use {dotted}={sorted(set(values.values()))[0]}")
-        value = values[value]
-    keys = dotted.split(".")
-    node = cfg
-    for depth, key in enumerate(keys[:-1]):
-        child = node.get(key) if isinstance(node, dict) else None
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"cannot set {'.'.join(keys)}: {'.'.join(keys[:depth + 1])} is a "
-                              f"{type(child).__name__}, not a mapping", where="-u")
-        node = child
-    deep_merge(node, {keys[-1]: value}, sources, "-u " + text, ".".join(keys[:-1]) + "." if len(keys) > 1 else "")
+    spec: dict = {}
+    node = spec
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    spec = translate(spec, f"-u {text}")
+    _check_mapping_path(cfg, spec, text)
+    deep_merge(cfg, spec, sources, "-u " + text)
+
+
+def _check_mapping_path(cfg: dict, spec: dict, text: str, prefix: tuple = ()) -> None:
+    """An override may not set a key below a value that is not a mapping (`-u epochs.x=1`)."""
+    for key, value in spec.items():
+        if isinstance(value, dict) and key in cfg:
+            dotted = ".".join((*prefix, key))
+            if not isinstance(cfg[key], dict) and cfg[key] is not None:
+                raise ConfigError(f"cannot set {dotted}.{next(iter(value))}: {dotted} is a {type(cfg[key]).__name__}, "
+                                  f"not a mapping", where="-u", hint=f"check the key of {text!r}")
+            if isinstance(cfg[key], dict):
+                _check_mapping_path(cfg[key], value, text, (*prefix, key))
 
 
 def load_config(path: str | Path, updates: list[str] | tuple = (), with_sources: bool = False):
@@ -178,6 +193,7 @@ class RunConfig(Section):
     lr_scheduler: dict | None = None             # engine.optim.LRSchedulerConfig
     lr_warmup_scheduler: dict | None = None      # engine.optim.WarmupConfig
     scale_lr_with_batch: dict | None = None      # engine.optim.LRScaleConfig
+    restart_stage2: bool = True                  # at collate_fn.stop_epoch reload best_stg1.pth (engine.solver)
     use_ema: bool = True
     ema: dict | None = None                      # engine.ema.EMAConfig
     use_amp: bool = False
@@ -312,6 +328,9 @@ def _derive_schedule(filler: _Filler) -> None:
         for key in ("stop_epoch", "mixup_epochs", "copyblend_epochs"):
             if node is not None and key in node and node[key] is None:
                 del node[key]  # the collate's own defaults
+        matcher = _node(cfg, "criterion.matcher")
+        if matcher is not None and matcher.get("matcher_change_epoch", 0) is None:
+            del matcher["matcher_change_epoch"]  # the matcher's own default
         return
     derived = derive_epochs(epochs, cfg["no_aug_epoch"])
     rule = f"from epochs {epochs} (engine.config.derive_epochs)"

@@ -3,7 +3,7 @@
 decay(u) = decay * (1 - exp(-u / warmups)) after u updates, so early averages follow the model
 closely (u counts updates; `start` updates are skipped first). Floating-point buffers are averaged
 too; integer buffers (BN's num_batches_tracked) are copied. DEIM's stage 2 restarts the average
-from the best stage-1 weights with a new `decay` (see engine/solver.py)."""
+from the best stage-1 weights, its decay unchanged (see engine/solver.py)."""
 from __future__ import annotations
 
 import copy

@@ -1,11 +1,13 @@
 """The training loop shared by every graph: stages, evaluation, checkpoints, guards.
 
 One run = epochs of (train one epoch -> evaluate the EMA weights -> save). Stage 1 ends at
-`train_dataloader.collate_fn.stop_epoch` (the official name): there the strong augmentation stops,
-the model and EMA restart from `best_stg1.pth` and the EMA decay becomes `ema_restart_decay`. In
-stage 2 an epoch that does not improve AP restarts from `best_stg1.pth` again with the decay
-lowered by 1e-4 (DEIM/D-FINE's rule; the official ModelEMA ignores the changed decay because its
-decay function captured the first value, ours uses it).
+`train_dataloader.collate_fn.stop_epoch` (the official name): there the strong augmentation stops
+and the model, EMA (with its update count) and optimizer restart from `best_stg1.pth`. In stage 2
+an epoch that does not improve AP restarts from `best_stg1.pth` again (DEIM/D-FINE's rule). The EMA
+decay stays as configured, as in the official trainers: they assign `ema_restart_decay` and lower
+the decay by 1e-4 per restart, but their ModelEMA's decay function keeps the first value, so
+neither changes the average. `restart_stage2: false` (RT-DETRv2's trainer) keeps stop_epoch to
+the augmentation and multi-scale only.
 
 The Solver takes a composed run config and resolves it once (`engine.config.resolve`: validated,
 derived values filled; the caller's dict is not changed). Distillation, when the config has a
@@ -262,8 +264,7 @@ class Solver:
         self.bad_in_row = 0
         self.bad_total = 0
         collate = (cfg["train_dataloader"] or {}).get("collate_fn") or {}
-        self.stop_epoch = collate.get("stop_epoch")
-        self.restart_decay = collate.get("ema_restart_decay")
+        self.stop_epoch = collate.get("stop_epoch") if cfg["restart_stage2"] else None
         if not self.test_only:
             self.optimizer = build_optimizer(self.raw_model, cfg["optimizer"])
             for group in self.extra_param_groups():  # distillation adapters: trained, kept out of the model
@@ -351,8 +352,8 @@ class Solver:
         if dist.is_main():
             print(f"resumed from {path}: epoch {self.epoch} finished, continuing at epoch {self.epoch + 1}")
 
-    def restart_from_stage1(self, decay: float) -> None:
-        """Stage 2: reload the best stage-1 model, EMA, optimizer and scaler; set the EMA decay."""
+    def restart_from_stage1(self) -> None:
+        """Stage 2: reload the best stage-1 model, EMA, optimizer and scaler (the EMA decay is kept)."""
         dist.barrier()
         path = self.output_dir / "best_stg1.pth"
         if not path.is_file():
@@ -361,10 +362,8 @@ class Solver:
         self._load_weights(state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None:
-            self.ema.decay = decay
         if dist.is_main():
-            print(f"stage 2: restarted from {path} (epoch {state['epoch']}), EMA decay {decay:.6f}")
+            print(f"stage 2: restarted from {path} (epoch {state['epoch']})")
 
     # ------------------------------------------------------------------ loop
     def seed_epoch(self, epoch: int) -> None:
@@ -418,10 +417,10 @@ class Solver:
             self.seed_epoch(epoch)
             data.set_epoch(self.train_loader, epoch)
             if self.stop_epoch is not None and epoch == self.stop_epoch and epoch > 0:
-                self.restart_from_stage1(self.restart_decay if self.restart_decay is not None else self.ema_decay())
+                self.restart_from_stage1()
                 self.stage2 = {"reference": None, "pending_restart": False}
             elif self.stage2.get("pending_restart"):
-                self.restart_from_stage1(self.ema_decay() - 1e-4)
+                self.restart_from_stage1()
                 self.stage2 = {"reference": None, "pending_restart": False}
             started = time.time()
             train_stats = self.train_one_epoch(epoch)
@@ -432,9 +431,6 @@ class Solver:
             # the final model's val predictions (dataset category ids), for TIDE and other analysis
             atomic_write_text(self.output_dir / "predictions_last.json", json.dumps(self.evaluator.detections))
         return stats
-
-    def ema_decay(self) -> float:
-        return self.ema.decay if self.ema is not None else 0.0
 
     def in_stage2(self, epoch: int) -> bool:
         return self.stop_epoch is not None and epoch >= self.stop_epoch

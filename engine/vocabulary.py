@@ -4,24 +4,25 @@ A key that means something here is read under its official name and moved to our
 printed line saying so (`epoches` -> `epochs`); a key that means nothing here stops with the place
 where that setting now lives (the network is the graph file, so `HybridEncoder.hidden_dim` is an
 argument of the graph's HybridEncoder row). Applied to every config file before it merges and to
-every `-u` override, so both spellings compose in the order they were written.
+every `-u` override (as the one-key mapping it writes), so both spellings compose in the order they
+were written. Keys whose official name is ours too (`optimizer`, `ema`, `train_dataloader.type:
+DataLoader`, `transforms.type: Compose`, ...) need no entry: the sections' schemas accept them.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from core.errors import ConfigError
 
-# official dotted key -> our dotted key (same value)
+# official dotted key -> our dotted keys (same value)
 RENAMES = {
-    "epoches": "epochs",
-    "num_classes": "nc",
-    "eval_spatial_size": "imgsz",
-    "lr_gamma": "lr_scheduler.lr_gamma",
-    "warmup_iter": "lr_scheduler.warmup_iter",
-    "use_focal_loss": "postprocessor.use_focal_loss",
-}
-# official dotted key -> (our dotted key, {official value: ours})
-VALUE_RENAMES = {
-    "lrsheduler": ("lr_scheduler.type", {"flatcosine": "FlatCosine", "FlatCosine": "FlatCosine"}),
+    "epoches": ("epochs",),
+    "num_classes": ("nc",),
+    "eval_spatial_size": ("imgsz",),
+    "lr_gamma": ("lr_scheduler.lr_gamma",),
+    "warmup_iter": ("lr_scheduler.warmup_iter",),
+    # shared into the postprocessor (sigmoid top-k) and the matcher (focal class cost) officially
+    "use_focal_loss": ("postprocessor.use_focal_loss", "criterion.matcher.use_focal_loss"),
 }
 # official keys with no effect here, and why (read, reported, dropped)
 NO_EFFECT = {
@@ -31,6 +32,24 @@ NO_EFFECT = {
     "model": "the network is the graph file (`graph:`)",
     "train_dataloader.dataset.return_masks": "boxes only",
     "val_dataloader.dataset.return_masks": "boxes only",
+    "train_dataloader.collate_fn.ema_restart_decay": "as in the official trainers, whose ModelEMA keeps its first "
+                                                     "decay: stage 2 reloads best_stg1.pth, the decay is `ema.decay`",
+    "project_name": "Weights & Biases naming; runs log to TensorBoard (summary_dir) and log.txt",
+    "exp_name": "Weights & Biases naming; runs log to TensorBoard (summary_dir) and log.txt",
+    "ema_decay": "the official BaseConfig declares it and reads it nowhere; the `ema:` section counts",
+    "ema_warmups": "the official BaseConfig declares it and reads it nowhere; the `ema:` section counts",
+    "print_method": "printing is this trainer's own",
+    "print_rank": "every rank but the first is quiet",
+    "local_rank": "torchrun sets LOCAL_RANK",
+}
+# official keys that mean nothing here: where the setting lives instead
+MOVED = {
+    "teacher_model": "the RT-DETRv4 teacher is `distill.foundation` (engine/distill.py: model, weights, mean, "
+                     "std, pool)",
+    "config": "give the run config with -c",
+    "resume": "resume with -r CHECKPOINT on the command line",
+    "tuning": "fine-tune with -t CHECKPOINT on the command line",
+    "test_only": "evaluate with --test-only on the command line",
 }
 # the official per-class sections of the network: their settings are rows of our graph files
 NETWORK_SECTIONS = {
@@ -38,10 +57,18 @@ NETWORK_SECTIONS = {
     "HybridEncoder", "LiteEncoder", "DFINETransformer", "DEIMTransformer", "RTDETRTransformerv2",
     "RTDETRTransformer",
 }
-# official `<key>: Name` + top-level `Name: {...}` pairs that are one section here
-NAMED_SECTIONS = ("criterion", "postprocessor")
+# a network section's keys that say only where pretrained weights come from (nothing is downloaded)
+_WEIGHT_SOURCE_KEYS = {"pretrained", "local_model_dir"}
+# official `<key>: Name` + top-level `Name: {...}`: one section here. The settings section may sit in
+# another file than the name (the official layout), so known names are read wherever they appear.
+NAMED_SECTIONS = {
+    "criterion": {"DFINECriterion", "DEIMCriterion", "DEIMv2Criterion", "RTDETRCriterionv2", "RTv4Criterion",
+                  "RTDETRv4Criterion"},
+    "postprocessor": {"DFINEPostProcessor", "PostProcessor", "RTDETRPostProcessor"},
+}
 # the official flag that makes both splits use the 80 COCO ids
 COCO_REMAP = "remap_mscoco_category"
+SCALES = "train_dataloader.collate_fn.scales"
 
 
 def _pop_dotted(spec: dict, dotted: str):
@@ -60,35 +87,78 @@ def _set_dotted(spec: dict, dotted: str, value) -> None:
     node = spec
     *parents, last = dotted.split(".")
     for key in parents:
-        node = node.setdefault(key, {})
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
     node[last] = value
 
 
+def scales_as_base_size(scales, where: str) -> dict:
+    """RT-DETRv2's explicit multi-scale list as our `base_size` / `base_size_repeat` (data.collate's
+    rule: multiples of 32 from 0.75x to 1.25x the base, the base repeated); `~` is no multi-scale."""
+    from data.collate import generate_scales
+
+    if scales is None:
+        return {"base_size_repeat": None}
+    if not isinstance(scales, list) or not scales or not all(isinstance(s, int) for s in scales):
+        raise ConfigError(f"`scales: {scales}` is not a list of sizes", where=where, hint="e.g. [480, 512, ..., 800]")
+    base, repeat = Counter(scales).most_common(1)[0]
+    if sorted(generate_scales(base, repeat)) != sorted(scales):
+        raise ConfigError(f"`scales: {scales}` is not a multi-scale list of this trainer", where=where,
+                          hint="sizes here are multiples of 32 from 0.75x to 1.25x a base size drawn `repeat` times: "
+                               "set train_dataloader.collate_fn.base_size and base_size_repeat")
+    return {"base_size": base, "base_size_repeat": repeat}
+
+
 def translate(spec: dict, where: str, say=print) -> dict:
-    """`spec` (one config file's mapping, before it merges) in our vocabulary, in place."""
+    """`spec` (one config file's mapping, or one `-u` override's, before it merges) in our
+    vocabulary, in place."""
+    # first: the renames below may write into these sections
+    for section, names in NAMED_SECTIONS.items():
+        name = spec.get(section)
+        if isinstance(name, str):
+            spec[section] = {"type": name}
+            say(f"{where}: official `{section}: {name}` read as `{section}.type: {name}`")
+        for name in sorted(names & set(spec)):
+            body = spec.pop(name)
+            if not isinstance(body, dict):
+                raise ConfigError(f"`{name}` must be a mapping of its settings", where=f"{where}: {name}")
+            current = spec.get(section)
+            spec[section] = {**(current if isinstance(current, dict) else {}), **body}
+            say(f"{where}: official section `{name}:` read as `{section}:`")
     for official, ours in RENAMES.items():
         value, found = _pop_dotted(spec, official)
         if found:
-            _set_dotted(spec, ours, value)
-            say(f"{where}: official key `{official}` read as `{ours}`")
-    for official, (ours, values) in VALUE_RENAMES.items():
-        value, found = _pop_dotted(spec, official)
-        if found:
-            if value not in values:
-                raise ConfigError(f"`{official}: {value}` has no counterpart here", where=f"{where}: {official}",
-                                  hint=f"set `{ours}` to one of {sorted(set(values.values()))}")
-            _set_dotted(spec, ours, values[value])
-            say(f"{where}: official key `{official}: {value}` read as `{ours}: {values[value]}`")
+            for key in ours:
+                _set_dotted(spec, key, value)
+            say(f"{where}: official key `{official}` read as `{'`, `'.join(ours)}`")
+    value, found = _pop_dotted(spec, "lrsheduler")
+    if found and value is None:
+        say(f"{where}: official key `lrsheduler: ~` has no effect here (lr_scheduler as written)")
+    elif found:  # officially any value selects flat-cosine; the name is only printed
+        _set_dotted(spec, "lr_scheduler.type", "FlatCosine")
+        say(f"{where}: official key `lrsheduler: {value}` read as `lr_scheduler.type: FlatCosine`")
+    value, found = _pop_dotted(spec, SCALES)
+    if found:
+        base = scales_as_base_size(value, f"{where}: {SCALES}")
+        for key, size in base.items():
+            _set_dotted(spec, f"train_dataloader.collate_fn.{key}", size)
+        say(f"{where}: official key `{SCALES.split('.', 1)[1]}: {value}` read as "
+            + ", ".join(f"`collate_fn.{k}: {'~' if v is None else v}`" for k, v in base.items()))
     for official, why in NO_EFFECT.items():
         value, found = _pop_dotted(spec, official)
         if found:
             say(f"{where}: official key `{official}` has no effect here ({why})")
-    for section in NAMED_SECTIONS:
-        name = spec.get(section)
-        if isinstance(name, str):
-            body = spec.pop(name, None) if isinstance(spec.get(name), dict) else {}
-            spec[section] = {"type": name, **body}
-            say(f"{where}: official `{section}: {name}` with its `{name}:` section read as `{section}: {{type: {name}, ...}}`")
+    if "use_wandb" in spec:
+        if spec.pop("use_wandb"):
+            raise ConfigError("`use_wandb: true`: there is no Weights & Biases logging here", where=f"{where}: use_wandb",
+                              hint="runs log to TensorBoard (summary_dir, default OUTPUT_DIR/summary) and log.txt; "
+                                   "drop use_wandb")
+        say(f"{where}: official key `use_wandb: false` has no effect here")
+    for official, hint in MOVED.items():
+        if official in spec:
+            raise ConfigError(f"official key `{official}` has no counterpart in a run config here", where=f"{where}: {official}",
+                              hint=hint)
     if COCO_REMAP in spec:
         value = spec.pop(COCO_REMAP)
         for split in ("train_dataloader", "val_dataloader"):
@@ -97,7 +167,7 @@ def translate(spec: dict, where: str, say=print) -> dict:
     for name in sorted(NETWORK_SECTIONS & set(spec)):
         body = spec.pop(name)
         keys = sorted(body) if isinstance(body, dict) else []
-        if set(keys) <= {"pretrained", "local_model_dir"} and not (isinstance(body, dict) and body.get("pretrained")):
+        if set(keys) <= _WEIGHT_SOURCE_KEYS and not (isinstance(body, dict) and body.get("pretrained")):
             say(f"{where}: official `{name}: {body}` has no effect here (nothing is downloaded)")
             continue
         raise ConfigError(f"official network section `{name}` ({', '.join(keys) or 'empty'}) has no effect here",
@@ -106,19 +176,3 @@ def translate(spec: dict, where: str, say=print) -> dict:
                                f"{name} row; pretrained backbone weights load from a local file given as the row's "
                                "`pretrained: PATH` (HGNetv2/HGStage) or `weights: PATH`")
     return spec
-
-
-def translate_key(dotted: str, where: str, say=print) -> tuple[str, object]:
-    """An override's dotted key in our vocabulary, and a value map (None for no mapping)."""
-    if dotted in RENAMES:
-        say(f"{where}: official key `{dotted}` read as `{RENAMES[dotted]}`")
-        return RENAMES[dotted], None
-    if dotted in VALUE_RENAMES:
-        ours, values = VALUE_RENAMES[dotted]
-        say(f"{where}: official key `{dotted}` read as `{ours}`")
-        return ours, values
-    head = dotted.split(".")[0]
-    if head in NETWORK_SECTIONS:
-        raise ConfigError(f"official network key `{dotted}` has no effect here", where=where,
-                          hint=f"the network is the graph file: set it as an argument of the graph's {head} row")
-    return dotted, None

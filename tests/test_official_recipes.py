@@ -1,0 +1,381 @@
+"""Every official model's run config (configs/<family>/<model>-coco.yml) resolves to the official recipe.
+
+The official side is recorded data, made outside the repo by running the official code:
+tests/data/official_recipes.json (each official config as the official YAMLConfig merges it) and
+tests/data/official_param_groups.json (the official get_optim_params on the official model, each
+group's parameters named in our qualified names; see its `_how`). Each official key is mapped once
+below to the key of our resolved config (engine.config.resolve) that carries its meaning; a key with
+no counterpart is listed with the reason. A key the table does not know fails the test, so a newly
+recorded official key cannot pass unchecked.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.collate import BatchImageCollateFunction, generate_scales
+from data.loader import DATASETS
+from engine.config import load_config, resolve
+from engine.optim import param_groups
+from models.criterion import CRITERIA, HungarianMatcher
+from models.graph import parse
+
+REPO = Path(__file__).resolve().parents[1]
+OFFICIAL = json.loads((REPO / "tests/data/official_recipes.json").read_text())
+GROUPS = json.loads((REPO / "tests/data/official_param_groups.json").read_text())["models"]
+# recorded family -> (configs/ and graphs/ folder)
+FOLDER = {"dfine": "dfine", "deim": "deim", "deim_rtdetrv2": "deim", "rtdetrv2": "rtdetrv2", "deimv2": "deimv2",
+          "rtdetrv4": "rtdetrv4"}
+MODELS = [(family, model) for family, models in OFFICIAL.items() for model in models]
+SPLITS = ("train_dataloader", "val_dataloader")
+
+# ------------------------------------------------------------------ the mapping, written once
+# Official keys are first normalised: the sections the official config names (`criterion:
+# DEIMCriterion` + `DEIMCriterion: {...}`, the model's backbone/encoder/decoder classes) become
+# <criterion>, <postprocessor>, <model>, <backbone>, <encoder>, <decoder>. `{split}` stands for both
+# dataloaders. Value: our resolved key (same value), "criterion.*"-style keys compare with the
+# constructor's default when ours leaves the key unset.
+SAME = {
+    "epoches": "epochs", "epochs": "epochs", "flat_epoch": "flat_epoch", "no_aug_epoch": "no_aug_epoch",
+    "lr_gamma": "lr_scheduler.lr_gamma", "warmup_iter": "lr_scheduler.warmup_iter",
+    "optimizer.type": "optimizer.type", "optimizer.lr": "optimizer.lr", "optimizer.betas": "optimizer.betas",
+    "optimizer.weight_decay": "optimizer.weight_decay", "optimizer.params": "optimizer.params",
+    "use_ema": "use_ema", "ema.type": "ema.type", "ema.decay": "ema.decay", "ema.warmups": "ema.warmups",
+    "ema.start": "ema.start", "clip_max_norm": "clip_max_norm", "sync_bn": "sync_bn",
+    "find_unused_parameters": "find_unused_parameters", "checkpoint_freq": "checkpoint_freq",
+    "eval_spatial_size": "imgsz", "use_focal_loss": "postprocessor.use_focal_loss",
+    **{f"{{split}}.{k}": f"{{split}}.{k}" for k in (
+        "type", "shuffle", "num_workers", "drop_last", "total_batch_size", "collate_fn.type",
+        "dataset.transforms.type", "dataset.transforms.ops", "dataset.transforms.policy.name",
+        "dataset.transforms.policy.epoch", "dataset.transforms.policy.ops", "dataset.transforms.mosaic_prob")},
+    "remap_mscoco_category": "{split}.dataset.remap_mscoco_category",
+    **{f"train_dataloader.collate_fn.{k}": f"train_dataloader.collate_fn.{k}" for k in (
+        "base_size", "base_size_repeat", "stop_epoch", "mixup_prob", "mixup_epochs", "copyblend_prob",
+        "copyblend_epochs", "area_threshold", "num_objects", "with_expand", "expand_ratios")},
+    **{f"<criterion>.{k}": f"criterion.{k}" for k in ("losses", "alpha", "gamma", "reg_max", "use_uni_set")},
+    **{f"<criterion>.matcher.{k}": f"criterion.matcher.{k}" for k in (
+        "type", "weight_dict.cost_class", "weight_dict.cost_bbox", "weight_dict.cost_giou", "alpha", "gamma",
+        "change_matcher", "iou_order_alpha", "matcher_change_epoch")},
+    **{f"<criterion>.distill_adaptive_params.{k}": f"criterion.distill_adaptive_params.{k}" for k in (
+        "enabled", "rho", "delta", "default_weight")},
+    "<postprocessor>.num_top_queries": "postprocessor.num_top_queries",
+    # training settings of the network: arguments of our graph's rows (the constructor's default if unset)
+    **{f"<decoder>.{k}": f"graph.decoder.{k}" for k in (
+        "num_queries", "num_denoising", "label_noise_ratio", "box_noise_scale", "num_layers", "eval_idx")},
+    "<encoder>.distill_teacher_dim": "graph.encoder.distill_teacher_dim",
+}
+# keys compared by a rule of their own (functions below, by name)
+SPECIAL = {
+    "lrsheduler": "flat_cosine", "lr_scheduler": "dead_under_flat_cosine", "lr_warmup_scheduler": "dead_under_flat_cosine",
+    "use_amp": "amp_from_the_flag", "num_classes": "class_count", "criterion": "criterion_class",
+    "<criterion>.weight_dict": "effective_loss_weights", "{split}.dataset.type": "dataset_class",
+    "train_dataloader.collate_fn.scales": "multi_scale_sizes", "model": "graph_file",
+}
+# official keys with no counterpart to compare, and why
+NOT_COMPARED = {
+    "scaler": "the GradScaler follows use_amp here (fp16 only)",
+    "<model>": "the official model's part names: our graph's rows (graph_file checks the file; tests/test_*_graphs.py "
+               "check the architecture against the official parameter counts)",
+    "<backbone>": "architecture (tests/test_*_graphs.py); its freezing is checked by the trainable set of "
+                  "test_param_groups_claim_the_official_parameters; `pretrained`/`weights_path` name weight "
+                  "files, which load from local paths here",
+    "{split}.dataset.return_masks": "boxes only",
+    "postprocessor": "the official post-processor's class: one post-processor here (sigmoid top-k over queries x "
+                     "classes, as every official one with use_focal_loss)",
+    "train_dataloader.collate_fn.ema_restart_decay": "no effect in the official trainers (their ModelEMA's decay "
+                                                     "function keeps the first decay); ours keeps the decay too "
+                                                     "(engine/solver.py), so the key is not written",
+    "teacher_model": "RT-DETRv4's teacher: not part of train.py's run (README, Official model families)",
+}
+
+
+def _flatten(node, prefix=""):
+    """{dotted key: value} of the leaves; lists are values."""
+    if isinstance(node, dict) and node:
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def normalised(merged: dict) -> dict:
+    """The official merged config with the sections it names under placeholder names."""
+    model = merged[merged["model"]]
+    names = {merged["criterion"]: "<criterion>", merged["postprocessor"]: "<postprocessor>",
+             merged["model"]: "<model>", model["backbone"]: "<backbone>", model["encoder"]: "<encoder>",
+             model["decoder"]: "<decoder>"}
+    return {names.get(key, key): value for key, value in merged.items()}
+
+
+def rule_for(key: str):
+    """(kind, table entry, its rule, split) for an official dotted key: the longest entry that is the
+    key or a prefix of it ({split} standing for the dataloader); kind None when no entry knows it."""
+    split = next((s for s in SPLITS if key.startswith(s + ".")), None)
+    forms = [key, "{split}" + key[len(split):]] if split else [key]
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        for form in forms:
+            head = ".".join(form.split(".")[:n])
+            for kind, table in (("same", SAME), ("special", SPECIAL), ("skip", NOT_COMPARED)):
+                if head in table and (kind != "same" or n == len(parts)):
+                    return kind, head, table[head], split
+    return None, None, None, split
+
+
+# ------------------------------------------------------------------ our side
+def config_path(family: str, model: str) -> Path:
+    return REPO / "configs" / FOLDER[family] / f"{model}-coco.yml"
+
+
+def ours(family: str, model: str) -> dict:
+    path = config_path(family, model)
+    return resolve(load_config(path), config_path=path)
+
+
+def _get(cfg: dict, dotted: str):
+    node = cfg
+    for key in dotted.split("."):
+        assert isinstance(node, dict) and key in node, f"ours has no {dotted}"
+        node = node[key]
+    return node
+
+
+# the constructors that read a section: their defaults stand for keys our config leaves unset
+OWNERS = {"criterion.matcher": lambda cfg: HungarianMatcher, "criterion": lambda cfg: CRITERIA.get(cfg["criterion"]["type"]),
+          "train_dataloader.collate_fn": lambda cfg: BatchImageCollateFunction}
+
+
+@functools.lru_cache(maxsize=None)
+def parsed(graph_path: str):
+    with torch.device("meta"):  # rows and argument defaults only: no weights need to exist
+        return parse(graph_path)
+
+
+def graph_row_argument(cfg: dict, section: str, key: str):
+    graph = parsed(cfg["graph"])
+    row, = [r for r in graph.rows if r.section == section]
+    if key in row.kwargs:
+        return row.kwargs[key]
+    return inspect.signature(type(graph.layers[row.index])).parameters[key].default
+
+
+def our_value(cfg: dict, rule: str, split: str | None):
+    dotted = rule.replace("{split}", split or "")
+    if dotted.startswith("graph."):
+        _, section, key = dotted.split(".")
+        return graph_row_argument(cfg, section, key)
+    section, _, key = dotted.rpartition(".")
+    node = _lookup(cfg, section) if section else cfg
+    if isinstance(node, dict) and key not in node and section in OWNERS:
+        return inspect.signature(OWNERS[section](cfg)).parameters[key].default
+    value = _get(cfg, dotted)
+    return list(value) if isinstance(value, tuple) else value
+
+
+# ------------------------------------------------------------------ the rules of SPECIAL
+LOSS_TERMS = {"vfl": ["loss_vfl"], "focal": ["loss_focal"], "mal": ["loss_mal"], "boxes": ["loss_bbox", "loss_giou"],
+              "local": ["loss_fgl", "loss_ddf"], "distill": ["loss_distill"]}
+
+
+def flat_cosine(cfg, merged, value, family, model):
+    assert value is not None and cfg["lr_scheduler"]["type"] == "FlatCosine"  # officially any value selects it
+
+
+def dead_under_flat_cosine(cfg, merged, value, family, model):
+    # under `lrsheduler` the official trainer builds MultiStepLR and LinearWarmup and never steps them
+    # (recipes.md (e) 5): ours has no such schedule then; otherwise they are the schedule
+    key = "lr_scheduler" if "milestones" in value else "lr_warmup_scheduler"
+    if "lrsheduler" in merged:
+        assert cfg["lr_scheduler"]["type"] == "FlatCosine"
+        return
+    section = cfg[key]
+    assert {k: section[k] for k in value} == value
+
+
+def amp_from_the_flag(cfg, merged, value, family, model):
+    # `--use-amp` is store_true in every official train.py, so the YAML's use_amp is always overwritten
+    # by the flag (recipes.md (e) 3): ours leaves use_amp to the flag as well
+    assert cfg["use_amp"] is False
+
+
+def class_count(cfg, merged, value, family, model):
+    # the class count comes from the dataset here (COCO with remap_mscoco_category: 80); the graph says 80 too
+    assert parsed(cfg["graph"]).nc == value
+    assert all(cfg[split]["dataset"]["remap_mscoco_category"] is merged["remap_mscoco_category"] for split in SPLITS)
+
+
+def criterion_class(cfg, merged, value, family, model):
+    assert CRITERIA.get(cfg["criterion"]["type"]) is CRITERIA.get(value)
+
+
+def effective_loss_weights(cfg, merged, value, family, model):
+    # a weight whose term is not in `losses` is never used (DEIM keeps D-FINE's loss_vfl, DEIMv2
+    # Atto-Pico keep loss_fgl/loss_ddf without `local`): compare the weights that count
+    def used(weights, losses):
+        return {k: v for k, v in weights.items() if any(k in LOSS_TERMS[term] for term in losses)}
+
+    official = normalised(merged)["<criterion>"]
+    assert used(cfg["criterion"]["weight_dict"], cfg["criterion"]["losses"]) == used(value, official["losses"])
+
+
+def dataset_class(cfg, merged, value, family, model):
+    for split in SPLITS:
+        assert DATASETS.get(cfg[split]["dataset"]["type"]) is DATASETS.get(value)
+
+
+def our_scales(cfg):
+    collate = cfg["train_dataloader"]["collate_fn"]
+    repeat = collate.get("base_size_repeat")
+    return None if repeat is None else generate_scales(collate.get("base_size", 640), repeat)
+
+
+def multi_scale_sizes(cfg, merged, value, family, model):
+    if model == "deim-rtdetrv2-r18":
+        # inherited `scales: ~` that DEIM's collate does not accept: the official loader cannot be built
+        # (recipes.md (e) 1, Intellindust-AI-Lab/DEIM#62); ours keeps DEIM's multi-scale from base_size_repeat 3
+        assert our_scales(cfg) == generate_scales(640, 3)
+        return
+    # RT-DETRv2 draws from an explicit list; ours generates the same sizes (another order)
+    ours_ = our_scales(cfg)
+    assert (None if ours_ is None else Counter(ours_)) == (None if value is None else Counter(value))
+
+
+def graph_file(cfg, merged, value, family, model):
+    assert Path(cfg["graph"]) == REPO / "graphs" / FOLDER[family] / f"{model}.yaml"
+
+
+# ------------------------------------------------------------------ tests
+@pytest.mark.parametrize("family, model", MODELS)
+def test_resolved_config_equals_the_official_recipe_key_by_key(family, model):
+    cfg = ours(family, model)
+    merged = OFFICIAL[family][model]["merged"]
+    unknown, mismatched = [], []
+    for key, value in _flatten(normalised(merged)).items():
+        kind, _, rule, split = rule_for(key)
+        if kind is None:
+            unknown.append(key)
+        elif kind == "same":
+            # a top-level official key that ours keeps per dataloader is compared in both
+            for where in ((split,) if split or "{split}" not in rule else SPLITS):
+                mine = our_value(cfg, rule, where)
+                if mine != value:
+                    mismatched.append(f"{key}: official {value!r}, ours {mine!r} ({rule.replace('{split}', where or '')})")
+    for head, rule in SPECIAL.items():
+        for split in (SPLITS if "{split}" in head else (None,)):
+            key = head.replace("{split}", split or "")
+            official_value = _lookup(normalised(merged), key)
+            if official_value is not _MISSING:
+                try:
+                    globals()[rule](cfg, merged, official_value, family, model)
+                except AssertionError as err:
+                    mismatched.append(f"{key} ({rule}): {err}")
+    assert not unknown, f"official keys the mapping does not know: {unknown}"
+    assert not mismatched, "\n".join(mismatched)
+
+
+_MISSING = object()
+
+
+def _lookup(node, dotted):
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return _MISSING
+        node = node[key]
+    return node
+
+
+def _digest(names) -> str:
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("family, model", MODELS)
+def test_param_groups_claim_the_official_parameters(family, model):
+    """Our regexes over `<section>.<name>` claim, group by group, exactly the parameters the official
+    regexes claim on the official model (official precedence included: e.g. `(?!.*norm|bn)` leaves
+    HGNetv2's `...bn.weight` in the backbone group), with the official lr and weight decay; the
+    trainable set (the backbone's freezing) is the official one. An official group that claims
+    nothing is absent here (ours drops empty groups)."""
+    from models import build_model
+    from engine.optim import qualified_names
+
+    cfg = ours(family, model)
+    with torch.device("meta"):  # names and requires_grad only: no weights need to exist
+        detector = build_model(cfg["graph"], check=False)
+    qualified = qualified_names(detector)
+    ids = {id(p): name for name, p in detector.named_parameters()}
+    groups = {g["pattern"]: g for g in param_groups(detector, cfg["optimizer"])}
+    official = GROUPS[model]
+    trainable = [qualified[n] for n, p in detector.named_parameters() if p.requires_grad]
+    assert (len(trainable), _digest(trainable)) == (official["trainable"]["tensors"], official["trainable"]["sha256"])
+    for want in official["groups"]:
+        mine = groups.pop(want["pattern"], None)
+        if want["tensors"] == 0:
+            assert mine is None, f"{want['pattern']} claims {len(mine['params'])} parameters, officially none"
+            continue
+        names = [qualified[ids[id(p)]] for p in mine["params"]]
+        assert (len(names), _digest(names)) == (want["tensors"], want["sha256"]), want["pattern"]
+        for key in ("lr", "weight_decay"):
+            assert mine.get(key, cfg["optimizer"].get(key)) == want.get(key, merged_optimizer(family, model)[key])
+    assert not groups, f"groups with no official counterpart: {list(groups)}"
+
+
+def merged_optimizer(family: str, model: str) -> dict:
+    return OFFICIAL[family][model]["merged"]["optimizer"]
+
+
+def test_every_entry_of_the_mapping_names_a_recorded_official_key():
+    used = {rule_for(key)[1] for family, model in MODELS for key in _flatten(normalised(OFFICIAL[family][model]["merged"]))}
+    stale = [k for k in (*SAME, *SPECIAL, *NOT_COMPARED) if k not in used]
+    assert not stale, f"mapping entries no official config has: {stale}"
+
+
+# Deformable DETR has no recipe of the DETR families above: the paper's values and its code's defaults
+# (fundamentalvision/Deformable-DETR main.py, README: total batch 32), written out by hand
+DEFORMABLE_DETR = {
+    "epochs": 50, "optimizer.type": "AdamW", "optimizer.lr": 2e-4, "optimizer.weight_decay": 1e-4,
+    "optimizer.betas": [0.9, 0.999], "lr_scheduler.type": "MultiStepLR", "lr_scheduler.milestones": [40],
+    "lr_scheduler.gamma": 0.1, "lr_warmup_scheduler": None, "use_ema": False, "clip_max_norm": 0.1,
+    "train_dataloader.total_batch_size": 32, "imgsz": [800, 800], "restart_stage2": False,
+    "criterion.losses": ["focal", "boxes"], "criterion.alpha": 0.25, "criterion.gamma": 2.0,
+    "criterion.weight_dict": {"loss_focal": 2, "loss_bbox": 5, "loss_giou": 2},
+    "criterion.matcher.weight_dict": {"cost_class": 2, "cost_bbox": 5, "cost_giou": 2},
+    "criterion.matcher.alpha": 0.25, "criterion.matcher.gamma": 2.0, "postprocessor.num_top_queries": 100,
+    "graph.decoder.num_queries": 300,
+}
+
+
+def test_deformable_detr_follows_the_paper():
+    from models import build_model
+    from engine.optim import qualified_names
+
+    path = REPO / "configs/deformable-detr/deformable-detr-r50-coco.yml"
+    cfg = resolve(load_config(path), config_path=path)
+    mismatched = {key: our_value(cfg, key, None) for key, want in DEFORMABLE_DETR.items()
+                  if our_value(cfg, key, None) != want}
+    assert not mismatched, mismatched
+    # the official groups by name keywords: the backbone at 2e-5, the linear projections of the
+    # sampling offsets and reference points at 0.1 x 2e-4, everything else at 2e-4
+    with torch.device("meta"):
+        detector = build_model(cfg["graph"], check=False)
+    qualified = qualified_names(detector)
+    ids = {id(p): qualified[name] for name, p in detector.named_parameters()}
+    lrs = {ids[id(p)]: group.get("lr", cfg["optimizer"]["lr"])
+           for group in param_groups(detector, cfg["optimizer"]) for p in group["params"]}
+
+    def official_lr(name):
+        if name.startswith("backbone."):
+            return 2e-5
+        return 2e-4 * 0.1 if "reference_points" in name or "sampling_offsets" in name else 2e-4
+
+    trainable = [qualified[n] for n, p in detector.named_parameters() if p.requires_grad]
+    assert sorted(lrs) == sorted(trainable)
+    assert {name: lr for name, lr in lrs.items() if lr != pytest.approx(official_lr(name))} == {}
+    assert sum(lr == 2e-5 and not n.startswith("backbone.") for n, lr in lrs.items()) > 0  # the projections exist
