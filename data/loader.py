@@ -6,6 +6,7 @@ type anywhere names the key, before anything is built.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Literal
 
 import torch
@@ -53,13 +54,28 @@ class LoaderConfig(Section):
         return self
 
 
+def drop_other_types_keys(dataset: dict, cls, where: str, say=print) -> dict:
+    """A dataset section keeps only the keys of its own type. Sections merge key by key, so a data file
+    that changes the type (a YOLO `data.yaml` over a recipe that includes COCO paths) leaves the other
+    type's keys behind; keys that only another dataset type takes are dropped, with one line."""
+    own = set(inspect.signature(cls).parameters)
+    foreign = {key for _, other in DATASETS.items() if other is not cls for key in inspect.signature(other).parameters}
+    dropped = [key for key in dataset if key in foreign - own]
+    if dropped:
+        say(f"{where}: type {dataset.get('type', 'coco')} takes no {', '.join(dropped)} (another dataset type's keys, "
+            "left by an included file): dropped")
+    return {key: value for key, value in dataset.items() if key not in dropped}
+
+
 def check_loader(section, split: str) -> dict:
     """The validated section (defaults filled), its dataset, collate and transforms checked."""
     where = f"{split}_dataloader"
     cfg = validate_section(LoaderConfig, section, where).model_dump()
     dataset = dict(cfg["dataset"])
-    kind = dataset.pop("type", "coco")
+    kind = dataset.get("type", "coco")
     cls = DATASETS.get(kind, where=f"{where}.dataset.type")
+    dataset = drop_other_types_keys(dataset, cls, f"{where}.dataset")
+    dataset.pop("type", None)
     transforms = dataset.pop("transforms", None)
     if transforms is None:
         transforms = cfg.pop("transforms")

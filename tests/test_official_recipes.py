@@ -29,11 +29,20 @@ from models.graph import parse
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = json.loads((REPO / "tests/data/official_recipes.json").read_text())
+# the D-FINE-S Objects365 recipes that the seed guide 004 runs (pre-training, fine-tuning to COCO / your data)
+EXTRA = json.loads((REPO / "tests/data/official_recipes_extra.json").read_text())
 GROUPS = json.loads((REPO / "tests/data/official_param_groups.json").read_text())["models"]
 # recorded family -> (configs/ and graphs/ folder)
 FOLDER = {"dfine": "dfine", "deim": "deim", "deim_rtdetrv2": "deim", "rtdetrv2": "rtdetrv2", "deimv2": "deimv2",
           "rtdetrv4": "rtdetrv4"}
 MODELS = [(family, model) for family, models in OFFICIAL.items() for model in models]
+RECORDS = {**{model: record for models in OFFICIAL.values() for model, record in models.items()},
+           **EXTRA["dfine"]}
+CONFIGS = {**{model: REPO / "configs" / FOLDER[family] / f"{model}-coco.yml" for family, model in MODELS},
+           "dfine-s-obj365": REPO / "configs/dfine/dfine-s-obj365.yml",
+           "dfine-s-obj2coco": REPO / "configs/dfine/dfine-s-obj2coco.yml",
+           "dfine-s-obj2custom": REPO / "configs/custom/dfine-s-obj2custom.yml"}
+RECIPES = [*MODELS, *(("dfine", model) for model in EXTRA["dfine"])]
 SPLITS = ("train_dataloader", "val_dataloader")
 
 # ------------------------------------------------------------------ the mapping, written once
@@ -131,12 +140,8 @@ def rule_for(key: str):
 
 
 # ------------------------------------------------------------------ our side
-def config_path(family: str, model: str) -> Path:
-    return REPO / "configs" / FOLDER[family] / f"{model}-coco.yml"
-
-
 def ours(family: str, model: str) -> dict:
-    path = config_path(family, model)
+    path = CONFIGS[model]
     return resolve(load_config(path), config_path=path)
 
 
@@ -207,9 +212,13 @@ def amp_from_the_flag(cfg, merged, value, family, model):
 
 
 def class_count(cfg, merged, value, family, model):
-    # the class count comes from the dataset here (COCO with remap_mscoco_category: 80); the graph says 80 too
-    assert parsed(cfg["graph"]).nc == value
+    # the class count is the dataset's here: COCO with remap_mscoco_category has 80 labels, as the
+    # graph's nc; a dataset without the remap (Objects365: officially 366 = the ids 1..365 used as
+    # labels; yours: `num_classes: 777 # your dataset classes`) gives its own contiguous count
     assert all(cfg[split]["dataset"]["remap_mscoco_category"] is merged["remap_mscoco_category"] for split in SPLITS)
+    if merged["remap_mscoco_category"]:
+        assert parsed(cfg["graph"]).nc == value
+    assert cfg["nc"] is None
 
 
 def criterion_class(cfg, merged, value, family, model):
@@ -249,14 +258,14 @@ def multi_scale_sizes(cfg, merged, value, family, model):
 
 
 def graph_file(cfg, merged, value, family, model):
-    assert Path(cfg["graph"]) == REPO / "graphs" / FOLDER[family] / f"{model}.yaml"
+    assert Path(cfg["graph"]) == REPO / "graphs" / FOLDER[family] / f"{model.split('-obj')[0]}.yaml"
 
 
 # ------------------------------------------------------------------ tests
-@pytest.mark.parametrize("family, model", MODELS)
+@pytest.mark.parametrize("family, model", RECIPES)
 def test_resolved_config_equals_the_official_recipe_key_by_key(family, model):
     cfg = ours(family, model)
-    merged = OFFICIAL[family][model]["merged"]
+    merged = RECORDS[model]["merged"]
     unknown, mismatched = [], []
     for key, value in _flatten(normalised(merged)).items():
         kind, _, rule, split = rule_for(key)
@@ -332,7 +341,7 @@ def merged_optimizer(family: str, model: str) -> dict:
 
 
 def test_every_entry_of_the_mapping_names_a_recorded_official_key():
-    used = {rule_for(key)[1] for family, model in MODELS for key in _flatten(normalised(OFFICIAL[family][model]["merged"]))}
+    used = {rule_for(key)[1] for _, model in RECIPES for key in _flatten(normalised(RECORDS[model]["merged"]))}
     stale = [k for k in (*SAME, *SPECIAL, *NOT_COMPARED) if k not in used]
     assert not stale, f"mapping entries no official config has: {stale}"
 
@@ -379,3 +388,243 @@ def test_deformable_detr_follows_the_paper():
     assert sorted(lrs) == sorted(trainable)
     assert {name: lr for name, lr in lrs.items() if lr != pytest.approx(official_lr(name))} == {}
     assert sum(lr == 2e-5 and not n.startswith("backbone.") for n, lr in lrs.items()) > 0  # the projections exist
+
+
+# ------------------------------------------------------------------ your data: the custom templates
+CUSTOM = sorted((REPO / "configs/custom").glob("*.yml"))
+
+
+@pytest.mark.parametrize("path", CUSTOM, ids=[p.stem for p in CUSTOM])
+def test_custom_templates_keep_the_official_recipe_over_your_dataset(path, capsys):
+    cfg = resolve(load_config(path), config_path=path)
+    recipe_file = path.with_name(path.stem.removesuffix("-yolo") + ".yml")
+    coco_file = next(f for f in load_config(recipe_file, with_sources=True)[1].values() if f.endswith("-coco.yml")
+                     or f.endswith("obj2coco.yml"))
+    coco = resolve(load_config(coco_file), config_path=coco_file)
+    assert cfg["optimizer"] == coco["optimizer"] and cfg["criterion"]["type"] == coco["criterion"]["type"]
+    assert cfg["graph"] == coco["graph"]
+    for split in SPLITS:
+        dataset = {k: v for k, v in cfg[split]["dataset"].items() if k != "transforms"}
+        if path.stem.endswith("-yolo"):  # the YOLO data file layered over the COCO folders
+            assert dataset == {"type": "yolo", "data_yaml": "datasets/custom/data.yaml", "split": split.split("_")[0]}
+        else:
+            assert dataset["img_folder"].startswith("datasets/custom/") and dataset["remap_mscoco_category"] is False
+    if path.stem.endswith("-yolo"):
+        assert "takes no img_folder, ann_file, remap_mscoco_category" in capsys.readouterr().out
+    if cfg["lr_scheduler"]["type"] == "FlatCosine" and "obj2" not in path.stem:
+        # 62 epochs, the rest derived as the official tutorial's rules give it
+        assert (cfg["epochs"], cfg["flat_epoch"], cfg["no_aug_epoch"]) == (62, 29, 12)
+        assert cfg["train_dataloader"]["dataset"]["transforms"]["policy"]["epoch"] == [4, 29, 50]
+        assert cfg["train_dataloader"]["collate_fn"]["stop_epoch"] == 50
+
+
+def tiny_graph(path: Path) -> Path:
+    """A tiny HGNetv2-style detector (its BatchNorms named `bn`, as the official regexes expect: the
+    DEIM-S groups would claim a `norm` twice) with the recipes' reg_max (32)."""
+    import yaml
+
+    from tests.engine_helpers import TINY_GRAPH
+
+    decoder_args = {k: v for k, v in TINY_GRAPH["decoder"][0][3].items() if k != "reg_max"}
+    graph = {"nc": 3, "imgsz": [64, 64],
+             "backbone": [[-1, 1, "HGStem", [8, 8]],                                   # 0  stride 4
+                          [-1, 1, "HGStage", [8, 16, 1, 1, True, False, 3]],           # 1  stride 8
+                          [-1, 1, "HGStage", [16, 32, 1, 1, True, True, 3]]],          # 2  stride 16
+             "decoder": [[[1, 2], 1, "DFINEDecoder", decoder_args]]}
+    path.write_text(yaml.safe_dump(graph))
+    return path
+
+
+def shrink(tmp_path: Path, epochs: int = 1) -> list[str]:
+    """-u overrides that only make a run small: the tiny graph, 64 px, epochs of one step, no workers
+    (two epochs, for a run to resume, keep one without augmentation)."""
+    return [f"graph={tiny_graph(tmp_path / 'tiny.yaml')}", "imgsz=[64,64]", f"epochs={epochs}",
+            *([f"no_aug_epoch={epochs - 1}"] if epochs > 1 else []),
+            "train_dataloader.total_batch_size=4", "val_dataloader.total_batch_size=4", "train_dataloader.num_workers=0",
+            "val_dataloader.num_workers=0", "plot_train_batch_freq=0", "progress_bar=false"]
+
+
+def test_a_yolo_data_yaml_over_a_coco_recipe_trains(tmp_path, monkeypatch, capsys):
+    from engine.solver import Solver
+    from tests.test_data_yolo import write_yolo
+
+    monkeypatch.chdir(tmp_path)
+    write_yolo(tmp_path / "datasets/custom")  # 3 training images (one a negative), 1 validation image
+    path = REPO / "configs/custom/deim-s-yolo.yml"
+    cfg = load_config(path, [*shrink(tmp_path), "train_dataloader.total_batch_size=2"])
+    solver = Solver(cfg, config=str(path), device="cpu")
+    solver.fit()
+    assert "takes no img_folder, ann_file, remap_mscoco_category" in capsys.readouterr().out
+    assert solver.names == ["cat", "dog", "bird"] and solver.global_step == 1
+    assert (tmp_path / "outputs/deim-s-custom/last.pth").is_file()
+
+
+# ------------------------------------------------------------------ the seed guides' commands
+# The train.py lines of ../shared/seeds/000_*.md (DEIMv2-S tutorial, after its edit to a custom dataset),
+# 002_*.md (RT-DETRv4-S guide) and 004_*.md (D-FINE README, `${model}` = s), verbatim; recipes.md (d).
+SEED_COMMANDS = {
+    "000:208": "python train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --use-amp --seed=0 -t deimv2_dinov3_s_coco.pth --update train_dataloader.total_batch_size=4 epoches=62 flat_epoch=29 no_aug_epoch=12",
+    "000:213": "CUDA_VISIBLE_DEVICES=0,1 torchrun --master_port=7777 --nproc_per_node=2 train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --use-amp --seed=0 -t deimv2_dinov3_s_coco.pth --update train_dataloader.total_batch_size=4 epoches=62 flat_epoch=29 no_aug_epoch=12",
+    "000:233": "python train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --use-amp --seed=0 --update train_dataloader.total_batch_size=4 epoches=62",
+    "000:241": "python train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --use-amp --seed=0 --resume outputs/deimv2_dinov3_s_coco/checkpoint0049.pth",
+    "000:333": "python train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --test-only -r outputs/deimv2_dinov3_s_coco/checkpoint0049.pth",
+    "000:336": "python train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --test-only -r deimv2_dinov3_s_coco.pth",
+    "000:519": "python train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --use-amp --seed=0 -t deimv2_dinov3_s_coco.pth --update train_dataloader.total_batch_size=4 epoches=62 flat_epoch=29 no_aug_epoch=12 num_classes=4",
+    "000:524": "CUDA_VISIBLE_DEVICES=0 python train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --use-amp --seed=0 -t deimv2_dinov3_s_coco.pth --update train_dataloader.total_batch_size=4 epoches=62 flat_epoch=29 no_aug_epoch=12 num_classes=4",
+    "000:529": "CUDA_VISIBLE_DEVICES=0,1,2,3 torchrun --master_port=7777 --nproc_per_node=4 train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --use-amp --seed=0 -t deimv2_dinov3_s_coco.pth --update train_dataloader.total_batch_size=16 epoches=62 flat_epoch=29 no_aug_epoch=12 num_classes=4",
+    "000:561": "python train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --test-only -r outputs/deimv2_dinov3_s_coco/checkpoint0049.pth --update num_classes=4",
+    "000:637": "python train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --use-amp --seed=0 -t deimv2_dinov3_s_coco.pth --update train_dataloader.total_batch_size=4 epoches=62 flat_epoch=29 no_aug_epoch=12",
+    "000:646": "python train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --test-only -r outputs/deimv2_dinov3_s_coco/checkpoint0049.pth",
+    "000:681": "python train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --use-amp --seed=0 -t deimv2_dinov3_s_coco.pth --update train_dataloader.total_batch_size=4 train_dataloader.num_workers=4 val_dataloader.num_workers=4 epoches=62 flat_epoch=29 no_aug_epoch=12 num_classes=4",
+    "000:684": "python train.py -c configs/deimv2/deimv2_dinov3_s_coco.yml --test-only -r outputs/deimv2_dinov3_s_coco/checkpoint0049.pth --update num_classes=4",
+    "002:231": r"python train.py -c .\configs\rtv4\rtv4_hgnetv2_s_coco_customed.yml --use-amp -t .\weights\RTv4-S-hgnet.pth -d cpu",
+    "002:238": "torchrun --master_port=7777 --nproc_per_node=4 train.py -c configs/rtv4/rtv4_hgnetv2_s_coco.yml --use-amp --seed=0",
+    "002:252": "python train.py -c configs/rtv4/rtv4_hgnetv2_s_coco.yml --use-amp -r outputs/rtv4_hgnetv2_s_coco/checkpoint.pth",
+    "002:260": "python train.py -c configs/rtv4/rtv4_hgnetv2_s_coco.yml --use-amp -t pretrained_model.pth",
+    "002:266": "python train.py -c configs/rtv4/rtv4_hgnetv2_s_coco.yml --test-only -r model.pth",
+    "004:371": "CUDA_VISIBLE_DEVICES=0,1,2,3 torchrun --master_port=7777 --nproc_per_node=4 train.py -c configs/dfine/dfine_hgnetv2_${model}_coco.yml --use-amp --seed=0",
+    "004:377": "CUDA_VISIBLE_DEVICES=0,1,2,3 torchrun --master_port=7777 --nproc_per_node=4 train.py -c configs/dfine/dfine_hgnetv2_${model}_coco.yml --test-only -r model.pth",
+    "004:383": "CUDA_VISIBLE_DEVICES=0,1,2,3 torchrun --master_port=7777 --nproc_per_node=4 train.py -c configs/dfine/dfine_hgnetv2_${model}_coco.yml --use-amp --seed=0 -t model.pth",
+    "004:398": "CUDA_VISIBLE_DEVICES=0,1,2,3 torchrun --master_port=7777 --nproc_per_node=4 train.py -c configs/dfine/objects365/dfine_hgnetv2_${model}_obj365.yml --use-amp --seed=0",
+    "004:403": "CUDA_VISIBLE_DEVICES=0,1,2,3 torchrun --master_port=7777 --nproc_per_node=4 train.py -c configs/dfine/objects365/dfine_hgnetv2_${model}_obj2coco.yml --use-amp --seed=0 -t model.pth",
+    "004:409": "CUDA_VISIBLE_DEVICES=0,1,2,3 torchrun --master_port=7777 --nproc_per_node=4 train.py -c configs/dfine/dfine_hgnetv2_${model}_coco.yml --test-only -r model.pth",
+    "004:424": "CUDA_VISIBLE_DEVICES=0,1,2,3 torchrun --master_port=7777 --nproc_per_node=4 train.py -c configs/dfine/custom/dfine_hgnetv2_${model}_custom.yml --use-amp --seed=0",
+    "004:429": "CUDA_VISIBLE_DEVICES=0,1,2,3 torchrun --master_port=7777 --nproc_per_node=4 train.py -c configs/dfine/custom/dfine_hgnetv2_${model}_custom.yml --test-only -r model.pth",
+    "004:434": "CUDA_VISIBLE_DEVICES=0,1,2,3 torchrun --master_port=7777 --nproc_per_node=4 train.py -c configs/dfine/custom/objects365/dfine_hgnetv2_${model}_obj2custom.yml --use-amp --seed=0 -t model.pth",
+    "004:450": "CUDA_VISIBLE_DEVICES=0,1,2,3 torchrun --master_port=7777 --nproc_per_node=4 train.py -c configs/dfine/custom/dfine_hgnetv2_${model}_custom.yml --use-amp --seed=0 -t model.pth",
+}
+# 000:534 is the tutorial's template (`total_batch_size=<你的batch_size> ...`), not a command: left out.
+# The official file names -> ours (000's config after the tutorial's edit reads your dataset: our
+# custom template; 002's `_customed` config likewise; `${model}` is s). Weights and checkpoints keep
+# their names: the test writes them where the commands look.
+FILE_NAMES = {
+    "configs/deimv2/deimv2_dinov3_s_coco.yml": "configs/custom/deimv2-s.yml",
+    "outputs/deimv2_dinov3_s_coco/checkpoint0049.pth": "outputs/deimv2-s-custom/last.pth",
+    r".\configs\rtv4\rtv4_hgnetv2_s_coco_customed.yml": "configs/custom/rtdetrv4-s.yml",
+    r".\weights\RTv4-S-hgnet.pth": "weights/RTv4-S-hgnet.pth",
+    "configs/rtv4/rtv4_hgnetv2_s_coco.yml": "configs/rtdetrv4/rtdetrv4-s-coco.yml",
+    "outputs/rtv4_hgnetv2_s_coco/checkpoint.pth": "outputs/rtdetrv4-s-coco/last.pth",
+    "configs/dfine/dfine_hgnetv2_${model}_coco.yml": "configs/dfine/dfine-s-coco.yml",
+    "configs/dfine/objects365/dfine_hgnetv2_${model}_obj365.yml": "configs/dfine/dfine-s-obj365.yml",
+    "configs/dfine/objects365/dfine_hgnetv2_${model}_obj2coco.yml": "configs/dfine/dfine-s-obj2coco.yml",
+    "configs/dfine/custom/dfine_hgnetv2_${model}_custom.yml": "configs/custom/dfine-s.yml",
+    "configs/dfine/custom/objects365/dfine_hgnetv2_${model}_obj2custom.yml": "configs/custom/dfine-s-obj2custom.yml",
+}
+WEIGHTS = ("deimv2_dinov3_s_coco.pth", "weights/RTv4-S-hgnet.pth", "pretrained_model.pth", "model.pth")
+# the run a `--resume` line continues: (its config, the checkpoint the line names, here)
+RESUMED = {"configs/custom/deimv2-s.yml": "outputs/deimv2-s-custom/last.pth",
+           "configs/rtdetrv4/rtdetrv4-s-coco.yml": "outputs/rtdetrv4-s-coco/last.pth"}
+
+
+def translated(line: str) -> tuple[list[str], int]:
+    """(train.py's arguments with our file names, the process count of a torchrun line)."""
+    import shlex
+
+    words = [FILE_NAMES.get(w, w) for w in shlex.split(line.replace("\\", "\\\\"))]
+    words = [str(REPO / w) if w.startswith("configs/") else w for w in words]
+    nproc = next((int(w.split("=")[1]) for w in words if w.startswith("--nproc_per_node=")), 1)
+    return words[words.index("train.py") + 1:], nproc
+
+
+def write_weights(path: Path, nc: int) -> None:
+    from models import build_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": build_model(tiny_graph(path.parent / "tiny.yaml"), nc=nc, check=False).state_dict()}, path)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A folder laid out as the commands expect: the tiny demo data at every dataset path the
+    configs name, weights files under the commands' names, and the checkpoints `--resume` and
+    `--test-only -r` read (runs of the same configs, shrunk, stopped after their first epoch)."""
+    import os
+
+    from engine.solver import Solver
+    from tests.engine_helpers import make_data
+
+    root = tmp_path_factory.mktemp("seed_commands")
+    demo = make_data(root / "demo", train=4, val=2)
+    links = {"datasets/custom/train": "train", "datasets/custom/valid": "val",
+             "datasets/coco/train2017": "train", "datasets/coco/val2017": "val",
+             "datasets/objects365/train": "train", "datasets/objects365/val": "val",
+             "datasets/coco/annotations/instances_train2017.json": "train/_annotations.coco.json",
+             "datasets/coco/annotations/instances_val2017.json": "val/_annotations.coco.json"}
+    for name, target in links.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(demo / target)
+    for split in ("train", "val"):
+        (demo / split / f"zhiyuan_objv2_{split}.json").symlink_to(demo / split / "_annotations.coco.json")
+    for name in WEIGHTS:
+        write_weights(root / name, nc=3)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for config, checkpoint in RESUMED.items():
+            solver = Solver(load_config(REPO / config, shrink(root, epochs=2)), config=str(REPO / config), device="cpu")
+            solver.fit(max_epochs=1)
+            assert (root / solver.output_dir / "last.pth") == root / checkpoint
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def test_every_seed_command_has_its_files_translated():
+    for key, line in SEED_COMMANDS.items():
+        args, _ = translated(line)
+        config = Path(args[args.index("-c") + 1])
+        assert config.is_file(), (key, config)
+        assert not [w for w in args if "${model}" in w or "\\" in w], key
+
+
+# a line the guides repeat word for word runs once (000:637 = 000:208, 000:646 = 000:333, 000:684 = 000:561)
+DISTINCT = sorted({line: key for key, line in sorted(SEED_COMMANDS.items(), reverse=True)}.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", DISTINCT)
+def test_seed_command_runs_unchanged(key, workspace, monkeypatch, capsys):
+    """Each command as written (our file names), in one process, plus -u overrides that only shrink
+    it (tiny graph, 64 px, one step); torchrun lines run as one process here (their arguments are
+    the same; test_seed_torchrun_command_runs_in_two_processes runs one in two)."""
+    import train
+
+    args, _ = translated(SEED_COMMANDS[key])
+    config = str(Path(args[args.index("-c") + 1]).relative_to(REPO))
+    resumed = ("--resume" in args or "-r" in args) and "--test-only" not in args
+    extra = shrink(workspace, epochs=2 if resumed else 1)
+    argv = [*args, *extra] if "--update" in args or "-u" in args else [*args, "-u", *extra]
+    monkeypatch.chdir(workspace)
+    weights = args[args.index("-r") + 1] if "--test-only" in args else None
+    if weights in WEIGHTS:  # a model to evaluate: of the class count the config's dataset gives (COCO: 80)
+        remap = load_config(REPO / config)["val_dataloader"]["dataset"].get("remap_mscoco_category")
+        write_weights(workspace / weights, nc=80 if remap else 3)
+    train.main(argv)
+    printed = capsys.readouterr().out
+    if "epoches=62" in SEED_COMMANDS[key]:
+        assert "official key `epoches` read as `epochs`" in printed
+    if "num_classes=4" in SEED_COMMANDS[key]:
+        assert "official key `num_classes` read as `nc`" in printed
+    if resumed:
+        assert f"resumed from {RESUMED[config]}" in printed
+
+
+@pytest.mark.slow
+def test_seed_torchrun_command_runs_in_two_processes(workspace):
+    """000:213 as torchrun runs it (two gloo processes on the CPU; a free port for the machine's
+    sake: other test runs may hold 7777)."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.engine_helpers import subprocess_env
+
+    args, nproc = translated(SEED_COMMANDS["000:213"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                           f"--master_port={port}", str(REPO / "train.py"), *args, *shrink(workspace)],
+                          cwd=workspace, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "total batch 4" in done.stdout
