@@ -154,3 +154,142 @@ def test_recipes_compose_and_their_criterion_and_optimizer_build(recipe):
     optimizer = build_optimizer(build_model(REPO / "graphs/examples/tiny.yaml", check=False), cfg["optimizer"])
     assert sum(len(g["params"]) for g in optimizer.param_groups) == 15     # tiny.yaml's parameters, each once
     assert cfg["ema"]["decay"] > 0.99 and cfg["criterion"]["matcher"]["type"] == "HungarianMatcher"
+
+
+# ------------------------------------------------------------ the official vocabulary (engine/vocabulary.py)
+RTDETRV2_SCALES = "[480, 512, 544, 576, 608, 640, 640, 640, 672, 704, 736, 768, 800]"
+# every official key of recipes.md's table (b) that means something here: (the key in a file, the same
+# as one -u override, what it is read as, the line printed)
+OFFICIAL_READ = [
+    ("epoches: 72", "epoches=72", {"epochs": 72}, "`epoches` read as `epochs`"),
+    ("num_classes: 4", "num_classes=4", {"nc": 4}, "`num_classes` read as `nc`"),
+    ("eval_spatial_size: [320, 320]", "eval_spatial_size=[320,320]", {"imgsz": [320, 320]}, "read as `imgsz`"),
+    ("lr_gamma: 0.5", "lr_gamma=0.5", {"lr_scheduler.lr_gamma": 0.5}, "read as `lr_scheduler.lr_gamma`"),
+    ("warmup_iter: 100", "warmup_iter=100", {"lr_scheduler.warmup_iter": 100}, "read as `lr_scheduler.warmup_iter`"),
+    ("use_focal_loss: true", "use_focal_loss=True",
+     {"postprocessor.use_focal_loss": True, "criterion.matcher.use_focal_loss": True}, "`use_focal_loss` read as"),
+    ("lrsheduler: flatcosine", "lrsheduler=flatcosine", {"lr_scheduler.type": "FlatCosine"}, "read as `lr_scheduler.type: FlatCosine`"),
+    # officially any value selects flat-cosine (the name is only printed); ~ selects nothing
+    ("lrsheduler: cosine", "lrsheduler=cosine", {"lr_scheduler.type": "FlatCosine"}, "`lrsheduler: cosine` read as"),
+    ("lrsheduler: ~", "lrsheduler=~", {"lr_scheduler": "<missing>"}, "`lrsheduler: ~` has no effect"),
+    ("remap_mscoco_category: false", "remap_mscoco_category=False",
+     {"train_dataloader.dataset.remap_mscoco_category": False, "val_dataloader.dataset.remap_mscoco_category": False},
+     "`remap_mscoco_category` read as"),
+    (f"train_dataloader: {{collate_fn: {{scales: {RTDETRV2_SCALES}}}}}",
+     f"train_dataloader.collate_fn.scales={RTDETRV2_SCALES.replace(' ', '')}",
+     {"train_dataloader.collate_fn.base_size": 640, "train_dataloader.collate_fn.base_size_repeat": 3},
+     "read as `collate_fn.base_size: 640`, `collate_fn.base_size_repeat: 3`"),
+    ("train_dataloader: {collate_fn: {scales: ~}}", "train_dataloader.collate_fn.scales=~",
+     {"train_dataloader.collate_fn.base_size_repeat": None}, "`collate_fn.base_size_repeat: ~`"),
+    ("criterion: DEIMCriterion\nDEIMCriterion: {gamma: 1.5}", None,
+     {"criterion.type": "DEIMCriterion", "criterion.gamma": 1.5}, "section `DEIMCriterion:` read as `criterion:`"),
+    ("DEIMCriterion: {matcher: {change_matcher: true}}", "DEIMCriterion.matcher.change_matcher=True",
+     {"criterion.matcher.change_matcher": True}, "section `DEIMCriterion:` read as `criterion:`"),
+    ("RTDETRCriterionv2: {losses: [vfl, boxes]}", "RTDETRCriterionv2.losses=[vfl,boxes]",
+     {"criterion.losses": ["vfl", "boxes"]}, "read as `criterion:`"),
+    ("RTv4Criterion: {distill_adaptive_params: {rho: 11}}", "RTv4Criterion.distill_adaptive_params.rho=11",
+     {"criterion.distill_adaptive_params.rho": 11}, "read as `criterion:`"),
+    ("DFINECriterion: {reg_max: 32}", "DFINECriterion.reg_max=32", {"criterion.reg_max": 32}, "read as `criterion:`"),
+    ("postprocessor: DFINEPostProcessor\nDFINEPostProcessor: {num_top_queries: 100}", None,
+     {"postprocessor.num_top_queries": 100}, "section `DFINEPostProcessor:` read as `postprocessor:`"),
+    ("RTDETRPostProcessor: {num_top_queries: 100}", "RTDETRPostProcessor.num_top_queries=100",
+     {"postprocessor.num_top_queries": 100}, "read as `postprocessor:`"),
+    ("PostProcessor: {num_top_queries: 100}", "PostProcessor.num_top_queries=100",
+     {"postprocessor.num_top_queries": 100}, "read as `postprocessor:`"),
+]
+# official keys with no effect here: read, one line, dropped
+OFFICIAL_NO_EFFECT = [
+    ("task: detection", "task=detection"),
+    ("evaluator: {type: CocoEvaluator, iou_types: [bbox]}", "evaluator.type=CocoEvaluator"),
+    ("scaler: {type: GradScaler, enabled: true}", "scaler.enabled=True"),
+    ("model: DEIM", "model=DEIM"),
+    ("train_dataloader: {dataset: {return_masks: false}}", "train_dataloader.dataset.return_masks=False"),
+    ("val_dataloader: {dataset: {return_masks: false}}", "val_dataloader.dataset.return_masks=False"),
+    ("train_dataloader: {collate_fn: {ema_restart_decay: 0.9998}}", "train_dataloader.collate_fn.ema_restart_decay=0.9998"),
+    ("use_wandb: false", "use_wandb=False"),
+    ("project_name: D-FINE", "project_name=D-FINE"),
+    ("exp_name: baseline", "exp_name=baseline"),
+    ("ema_decay: 0.9999", "ema_decay=0.9999"),
+    ("ema_warmups: 2000", "ema_warmups=2000"),
+    ("print_method: builtin", "print_method=builtin"),
+    ("print_rank: 0", "print_rank=0"),
+    ("local_rank: 0", "local_rank=0"),
+    ("HGNetv2: {pretrained: false}", "HGNetv2.pretrained=False"),
+    ("PResNet: {pretrained: false, local_model_dir: weights/}", "PResNet.local_model_dir=weights/"),
+]
+# official keys that mean nothing here: they stop, saying where the setting lives
+OFFICIAL_MOVED = [
+    ("use_wandb: true", "use_wandb=True", "use_wandb", "TensorBoard"),
+    ("teacher_model: {type: DINOv3TeacherModel, dinov3_weights_path: x.pth}", "teacher_model.patch_size=16",
+     "teacher_model", "distill.foundation"),
+    ("resume: last.pth", "resume=last.pth", "resume", "-r CHECKPOINT"),
+    ("tuning: w.pth", "tuning=w.pth", "tuning", "-t CHECKPOINT"),
+    ("test_only: true", "test_only=True", "test_only", "--test-only"),
+    ("config: a.yml", "config=a.yml", "config", "-c"),
+    ("HGNetv2: {pretrained: true}", "HGNetv2.pretrained=True", "HGNetv2", "local file"),
+    ("HybridEncoder: {hidden_dim: 256}", "HybridEncoder.hidden_dim=256", "HybridEncoder", "HybridEncoder row"),
+    ("DFINETransformer: {num_queries: 300}", "DFINETransformer.num_queries=300", "DFINETransformer", "DFINETransformer row"),
+    ("DINOv3STAs: {weights_path: vitt.pt}", "DINOv3STAs.weights_path=vitt.pt", "DINOv3STAs", "`weights: PATH`"),
+    ("train_dataloader: {collate_fn: {scales: [320, 800]}}", "train_dataloader.collate_fn.scales=[320,800]",
+     "scales", "base_size_repeat"),
+]
+# official keys whose name is ours too: the schemas take them as written
+OFFICIAL_SAME = ["train_dataloader.type=DataLoader", "val_dataloader.type=DataLoader",
+                 "train_dataloader.dataset.type=CocoDetection", "train_dataloader.dataset.transforms.type=Compose",
+                 "train_dataloader.collate_fn.type=BatchImageCollateFunction", "ema.type=ModelEMA",
+                 "optimizer.type=AdamW", "lr_warmup_scheduler.type=LinearWarmup", "lr_scheduler.type=MultiStepLR",
+                 "criterion.matcher.type=HungarianMatcher", "train_dataloader.total_batch_size=8", "sync_bn=True",
+                 "find_unused_parameters=True", "checkpoint_freq=4", "clip_max_norm=0.1", "use_amp=True",
+                 "flat_epoch=3", "no_aug_epoch=1", "print_freq=10", "output_dir=outputs/x"]
+
+
+def dotted(cfg: dict, key: str):
+    from engine.config import get
+
+    return get(cfg, key, "<missing>")
+
+
+@pytest.mark.parametrize("text, override, expected, printed", OFFICIAL_READ, ids=[t[0][:40] for t in OFFICIAL_READ])
+def test_official_key_is_read_under_its_name_in_a_file_and_in_an_override(text, override, expected, printed,
+                                                                          tmp_path, capsys):
+    loaded = [load_config(write(tmp_path / "official.yml", text + "\n"))]
+    if override is not None:
+        loaded.append(load_config(write(tmp_path / "empty.yml", "epochs: 2\n"), [override]))
+    out = capsys.readouterr().out
+    for cfg in loaded:
+        assert {key: dotted(cfg, key) for key in expected} == expected
+    assert out.count(printed) == len(loaded), out
+
+
+@pytest.mark.parametrize("text, override", OFFICIAL_NO_EFFECT, ids=[t[1] for t in OFFICIAL_NO_EFFECT])
+def test_official_key_without_effect_is_reported_and_dropped(text, override, tmp_path, capsys):
+    key = override.split("=")[0]
+    for cfg in (load_config(write(tmp_path / "official.yml", text + "\n")),
+                load_config(write(tmp_path / "empty.yml", "epochs: 2\n"), [override])):
+        assert dotted(cfg, key) == "<missing>"
+    assert capsys.readouterr().out.count("has no effect here") == 2
+
+
+@pytest.mark.parametrize("text, override, where, hint", OFFICIAL_MOVED, ids=[t[1] for t in OFFICIAL_MOVED])
+def test_official_key_without_a_counterpart_stops_with_where_it_lives(text, override, where, hint, tmp_path):
+    for attempt in (lambda: load_config(write(tmp_path / "official.yml", text + "\n")),
+                    lambda: load_config(write(tmp_path / "empty.yml", "epochs: 2\n"), [override])):
+        with pytest.raises(ConfigError) as err:
+            attempt()
+        assert where in err.value.where and hint in err.value.hint
+
+
+def test_official_keys_that_are_ours_too_resolve_as_written(capsys):
+    from engine.config import resolve
+
+    cfg = resolve(load_config(REPO / "configs/demo.yml", OFFICIAL_SAME), config_path=REPO / "configs/demo.yml")
+    assert cfg["train_dataloader"]["type"] == "DataLoader" and cfg["ema"]["type"] == "ModelEMA"
+    assert cfg["train_dataloader"]["dataset"]["transforms"]["type"] == "Compose"
+    assert "official key" not in capsys.readouterr().out     # nothing to translate, nothing printed
+
+
+def test_update_and_u_are_the_same_flag():
+    import train
+
+    short, long = train.parse_args(["-c", "x.yml", "-u", "epoches=3"]), train.parse_args(["-c", "x.yml", "--update", "epoches=3"])
+    assert short.update == long.update == ["epoches=3"]
