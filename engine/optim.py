@@ -162,11 +162,17 @@ def flat_cosine(step: int, total: int, warmup: int, flat: int, no_aug: int, base
 
 
 class LRSchedule:
-    """Sets every group's lr from (global step, epoch) before each optimizer step.
+    """Sets every group's lr for global step `step` (of epoch `epoch`); the Solver sets it once a run
+    starts and then after each optimizer step for the next one, as the official trainers do, so the
+    lr an optimizer state carries (a resumed or stage-2 reloaded one) serves the step after the load.
 
     type MultiStepLR: lr = base * gamma^(milestones passed by `epoch`), times a linear warm-up
         factor min(1, (step + 1) / warmup_duration) (lr_warmup_scheduler: LinearWarmup).
-    type FlatCosine: DEIM's flat-cosine over iterations; min lr = base * lr_gamma.
+    type FlatCosine: DEIM's flat-cosine over iterations; min lr = base * lr_gamma. As in the official
+        trainer, step s runs at the schedule's value of iteration s - 1 (its scheduler is stepped with
+        the index of the step just done), and step 0 at base x the linear warm-up's first factor
+        (1 / warmup_duration): the official LinearWarmup is built under flat-cosine too, and its
+        construction sets that lr, though it is never stepped.
     """
 
     def __init__(self, optimizer, cfg: dict, warmup_cfg: dict | None, iters_per_epoch: int, epochs: int,
@@ -183,6 +189,7 @@ class LRSchedule:
             self.total = int(iters_per_epoch * epochs)
             self.flat = int(iters_per_epoch * (epochs if flat_epoch is None else flat_epoch))
             self.no_aug = int(iters_per_epoch * no_aug_epoch)
+            self.first_factor = min(1.0, 1 / warmup.warmup_duration) if warmup.warmup_duration > 0 else 1.0
         else:
             self.milestones = sorted(cfg.milestones)
             self.gamma = cfg.gamma
@@ -190,7 +197,9 @@ class LRSchedule:
 
     def lr(self, base: float, step: int, epoch: int) -> float:
         if self.kind == "FlatCosine":
-            return flat_cosine(step, self.total, self.warmup, self.flat, self.no_aug, base, base * self.lr_gamma)
+            if step == 0:
+                return base * self.first_factor
+            return flat_cosine(step - 1, self.total, self.warmup, self.flat, self.no_aug, base, base * self.lr_gamma)
         decay = self.gamma ** sum(epoch >= m for m in self.milestones)
         warm = min(1.0, (step + 1) / self.warmup) if self.warmup > 0 else 1.0
         return base * decay * warm

@@ -272,6 +272,7 @@ class Solver:
                 self.optimizer.param_groups[-1].setdefault("initial_lr", self.optimizer.param_groups[-1]["lr"])
             self.schedule = LRSchedule(self.optimizer, cfg["lr_scheduler"], cfg["lr_warmup_scheduler"],
                                        len(self.train_loader), self.epochs, cfg["flat_epoch"], cfg["no_aug_epoch"] or 0)
+            self.schedule.set(0, 0)  # the first step's lr; a resumed optimizer state brings its own
         if self.resume_state is not None:
             self.load_resume(self.resume_state, self.options["resume"])
 
@@ -474,13 +475,14 @@ class Solver:
         plot_freq = self.cfg["plot_train_batch_freq"]
         bar = self.logger.bar(loader, len(loader), f"epoch {epoch}/{self.epochs - 1}")
         for i, (images, targets) in enumerate(bar):
-            self.schedule.set(self.global_step, epoch)
             images = images.to(self.device, non_blocking=True)
             targets = _to_device(targets, self.device)
             if i == 0 and plot_freq and epoch % plot_freq == 0 and dist.is_main():
                 plot_batch(images, targets, self.output_dir / f"train_batch_epoch{epoch}.jpg", self.names)
             loss_terms = self.train_step(images, targets, epoch, i)
             self.global_step += 1
+            # the next step's lr, set once this one is done (the official order)
+            self.schedule.set(self.global_step, self.global_step // len(loader))
             if loss_terms is None:
                 continue
             good += 1

@@ -56,6 +56,9 @@ SAME = {
     "lr_gamma": "lr_scheduler.lr_gamma", "warmup_iter": "lr_scheduler.warmup_iter",
     "optimizer.type": "optimizer.type", "optimizer.lr": "optimizer.lr", "optimizer.betas": "optimizer.betas",
     "optimizer.weight_decay": "optimizer.weight_decay", "optimizer.params": "optimizer.params",
+    # under flat-cosine the official LinearWarmup still sets the first step's lr (engine.optim.LRSchedule)
+    "lr_warmup_scheduler.type": "lr_warmup_scheduler.type",
+    "lr_warmup_scheduler.warmup_duration": "lr_warmup_scheduler.warmup_duration",
     "use_ema": "use_ema", "ema.type": "ema.type", "ema.decay": "ema.decay", "ema.warmups": "ema.warmups",
     "ema.start": "ema.start", "clip_max_norm": "clip_max_norm", "sync_bn": "sync_bn",
     "find_unused_parameters": "find_unused_parameters", "checkpoint_freq": "checkpoint_freq",
@@ -82,7 +85,7 @@ SAME = {
 }
 # keys compared by a rule of their own (functions below, by name)
 SPECIAL = {
-    "lrsheduler": "flat_cosine", "lr_scheduler": "dead_under_flat_cosine", "lr_warmup_scheduler": "dead_under_flat_cosine",
+    "lrsheduler": "flat_cosine", "lr_scheduler": "dead_under_flat_cosine",
     "use_amp": "amp_from_the_flag", "num_classes": "class_count", "criterion": "criterion_class",
     "<criterion>.weight_dict": "effective_loss_weights", "{split}.dataset.type": "dataset_class",
     "train_dataloader.collate_fn.scales": "multi_scale_sizes", "model": "graph_file",
@@ -195,14 +198,12 @@ def flat_cosine(cfg, merged, value, family, model):
 
 
 def dead_under_flat_cosine(cfg, merged, value, family, model):
-    # under `lrsheduler` the official trainer builds MultiStepLR and LinearWarmup and never steps them
-    # (recipes.md (e) 5): ours has no such schedule then; otherwise they are the schedule
-    key = "lr_scheduler" if "milestones" in value else "lr_warmup_scheduler"
+    # under `lrsheduler` the official trainer builds the MultiStepLR and never steps it (recipes.md (e) 5):
+    # ours has no such schedule then; otherwise it is the schedule
     if "lrsheduler" in merged:
         assert cfg["lr_scheduler"]["type"] == "FlatCosine"
         return
-    section = cfg[key]
-    assert {k: section[k] for k in value} == value
+    assert {k: cfg["lr_scheduler"][k] for k in value} == value
 
 
 def amp_from_the_flag(cfg, merged, value, family, model):
