@@ -29,7 +29,7 @@ import torch
 
 from core import dist
 from core.checkpoint_io import DiskFullError, atomic_write_text, model_weights, read_checkpoint, save_atomic
-from core.errors import CheckpointError, ConfigError, DetrZooError
+from core.errors import CheckpointError, ConfigError, DetrZooError, Interrupted
 from engine import checkpoint
 from engine.config import resolve
 from engine.ema import ModelEMA
@@ -48,7 +48,7 @@ class TrainingDiverged(DetrZooError):
     """Too many consecutive steps with a non-finite loss, boxes or gradients."""
 
 
-class RunInterrupted(DetrZooError):
+class RunInterrupted(Interrupted):
     """Ctrl-C during training: the message says where the last whole checkpoint is."""
 
 
@@ -467,6 +467,8 @@ class Solver:
         if dist.is_main():
             print(f"epoch {epoch}: AP50:95 {ap:.4f}  AP50 {stats['stats'][1]:.4f}  best {self.best['ap']:.4f} "
                   f"(epoch {self.best['epoch']})  {seconds:.1f}s")
+            if stats.get("dropped"):
+                print(f"warning: {stats['dropped']} predictions with a non-finite box or score were not scored")
         dist.barrier()
 
     def train_one_epoch(self, epoch: int) -> dict:
