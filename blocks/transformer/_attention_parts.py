@@ -14,19 +14,20 @@ def check_heads(name: str, c: int, heads: int) -> None:
 
 
 def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, temperature: torch.Tensor,
-                      act: str = "softmax", top_k: int | None = None) -> torch.Tensor:
+                      act: str = "softmax", top_k: torch.Tensor | None = None) -> torch.Tensor:
     """Attention among the channels of each head (Restormer's MDTA form): q, k L2-normalised over the
     tokens, logits scaled by a learnable temperature, then softmax (optionally over the top_k logits of
-    each row only) or ReLU. q, k, v: (B, C, H, W); returns (B, C, H, W), channels in head-major order."""
+    each row only; top_k: (B,) whole numbers, one per image) or ReLU. q, k, v: (B, C, H, W); returns
+    (B, C, H, W), channels in head-major order."""
     b, c, h, w = v.shape
     q, k, v = (t.reshape(b, heads, c // heads, h * w) for t in (q, k, v))
     attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * temperature
     if act == "relu":
         attn = F.relu(attn)
     else:
-        if top_k is not None and top_k < attn.shape[-1]:
-            kept = torch.zeros_like(attn, dtype=torch.bool).scatter_(-1, attn.topk(top_k, -1).indices, True)
-            attn = attn.masked_fill(~kept, float("-inf"))
+        if top_k is not None:
+            rank = attn.argsort(-1, descending=True).argsort(-1)       # 0 for each row's largest logit
+            attn = attn.masked_fill(rank >= top_k.view(b, 1, 1, 1), float("-inf"))
         attn = attn.softmax(-1)
     return (attn @ v).reshape(b, c, h, w)
 

@@ -6,9 +6,9 @@ Spatial paradigm (SPR-SA): depth-wise 3x3 + 1x1 expansion re-weighted by a chann
 1x1 back. The two cross-gate (the attention's pooled channel map gates the spatial half, the spatial
 half's pixel map gates the attention), are concatenated and projected, then a learned per-channel
 scale on the real and imaginary parts of the spectrum (FFT, 1x1 depth-wise, inverse FFT). Token
-mixer on (B, C, H, W); keeps channels. The gate's k is a whole number taken from the batch mean, so
-no gradient reaches the gate (as in the released code); its BNs on pooled maps need batch > 1 in
-training.
+mixer on (B, C, H, W); keeps channels. The gate's k is a whole number, so no gradient reaches the
+gate (as in the released code); the released code takes one k from the mean over the whole batch, here
+each image gets its own. Its BNs on pooled maps need batch > 1 in training.
 Not compared: the authors' repository is not in the stored index; built from the paper's figure and
 the DEIM plug-in project's CPIA_SA file. The released form computes the same attention output four
 times with four learned scales; here it is computed once, scaled by their sum (same function)."""
@@ -64,7 +64,8 @@ class CPIA_SA(nn.Module):
         spatial = self.spatial(spatial)
         q, k, v = self.qkv_dwconv(self.qkv(channel)).chunk(3, 1)
         per_head = channel.shape[1] // self.num_heads
-        keep = min(per_head, max(1, int(per_head * self.keep_gate(channel).mean())))
+        # the share of channels kept, per image (a whole number: no gradient reaches the gate, as released)
+        keep = (per_head * self.keep_gate(channel).mean((1, 2, 3))).long().clamp(1, per_head)
         attended = channel_attention(q, k, v, self.num_heads, self.temperature, top_k=keep) * self.branch_scales.sum()
         mixed = torch.cat((attended * torch.sigmoid(self.spatial_interaction(spatial)),
                            spatial * torch.sigmoid(self.channel_interaction(attended))), 1)
