@@ -12,4 +12,6 @@ from blocks.registry import register
 @register("neck", channels="arg0", repeat_arg="n", example={"args": [32, 2], "shape": (2, 16, 16, 16)})
 class C3(C3k):
     def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5, block=None):
+        """n: bottlenecks (a row's repeats); shortcut: their residuals; g: groups of their 3x3 conv;
+        e: hidden width / c2; block: a nested channel-keeping block replacing the bottleneck."""
         super().__init__(c1, c2, n, shortcut, g, e, k=(1, 3), block=block)
