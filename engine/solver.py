@@ -163,6 +163,10 @@ class Solver:
         for split, dataset in datasets.items():
             dataset.use_categories(self.category_ids, self.names, source=self._mapping_source)
         self.nc = len(self.category_ids)
+        if dist.is_main():
+            shown = ", ".join(f"{i}={n!r}" for i, n in zip(self.category_ids[:12], self.names[:12]))
+            print(f"{self.nc} classes ({self._mapping_source}): labels 0..{self.nc - 1} are category ids "
+                  f"{shown}{', ...' if self.nc > 12 else ''}")
         if cfg["nc"] is not None and cfg["nc"] != self.nc and dist.is_main():
             print(f"note: config nc={cfg['nc']} but the dataset has {self.nc} classes; using {self.nc}")
         if not self.test_only:

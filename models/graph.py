@@ -257,6 +257,10 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
         raise GraphError(f"{spec.name} reads one map, but {given}", where=where,
                          hint="give it one map: one row (e.g. -1), an Index row picking one output, or a Concat/Add "
                               "row joining them")
+    arity = spec.extra.get("inputs")
+    if arity is not None and (not multi or len(sources) != arity):
+        raise GraphError(f"{spec.name} reads {arity} maps, but `from` is {source!r}", where=where,
+                         hint=f"list {arity} rows in `from`, e.g. [-1, 3]")
     args, kwargs = _split_args(args, where)
     args = [_nested(a, where) for a in args]
     kwargs = {k: _nested(v, where) for k, v in kwargs.items()}

@@ -13,6 +13,7 @@ max abs diff 0.0 on (2, 16, 16, 16) for (width, depth, kernel) (3, 2, 5), (2, 1,
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.common import fuse_conv_bn
 from blocks.conv.conv import Conv
 from blocks.conv.dilated_reparam_conv import DilatedReparamConv
@@ -63,9 +64,9 @@ class RepHMS(nn.Module):
         factor; kersize: the large depth-wise kernel (3, 5, 7, ..., 17); MHAF-YOLO-N uses e.g. [c2, 2, 1, 3, 5]."""
         super().__init__()
         if width < 2:
-            raise ValueError(f"RepHMS needs width >= 2 (one kept group and at least one processed), got {width}")
+            raise ArgumentError(f"RepHMS needs width >= 2 (one kept group and at least one processed), got {width}")
         if kersize not in BRANCHES:
-            raise ValueError(f"RepHMS supports kernel sizes {sorted(BRANCHES)}, got {kersize}")
+            raise ArgumentError(f"RepHMS supports kernel sizes {sorted(BRANCHES)}, got {kersize}")
         self.width, self.depth = width, depth
         self.c_ = int(c2 * expansion)
         self.conv1 = Conv(c1, self.c_ * width, 1)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.common import activation, build_inner
 from blocks.norm._layer_norm2d import LayerNorm2d
 from blocks.registry import register
@@ -46,7 +47,7 @@ class MetaFormer(nn.Module):
         None for none; mlp_spatial: give the mlp [norm2(x), block input] (SEFN's spatial input, as SEM-Net does)."""
         super().__init__()
         if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")
+            raise ArgumentError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")
         self.mlp_spatial = mlp_spatial
         self.norm1 = NORMS[norm](c)
         self.token_mixer = build_inner(mixer, c) if mixer is not None else Pooling(c)
