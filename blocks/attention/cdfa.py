@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import ChannelError, register
 
@@ -35,7 +36,7 @@ class CDFA(nn.Module):
             raise ChannelError(f"CDFA needs channels divisible by num_heads={num_heads}, got {c}",
                                hint="choose num_heads that divides the channels")
         if kernel_size % 2 == 0:
-            raise ValueError(f"CDFA needs an odd kernel_size, got {kernel_size}")
+            raise ArgumentError(f"CDFA needs an odd kernel_size, got {kernel_size}")
         self.num_heads, self.kernel_size = num_heads, kernel_size
         self.scale = (c // num_heads) ** -0.5
         window = kernel_size * kernel_size

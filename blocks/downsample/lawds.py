@@ -11,6 +11,7 @@ into quadrants, not 2x2 cells); kept as written, since it defines the module."""
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import ChannelError, register
 
@@ -33,7 +34,7 @@ class LAWDS(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         if h % 2 or w % 2:
-            raise ValueError(f"LAWDS needs an even height and width, got {h} x {w}")
+            raise ArgumentError(f"LAWDS needs an even height and width, got {h} x {w}")
         weights = self.attention(x).reshape(b, c, 2, h // 2, 2, w // 2).permute(0, 1, 3, 5, 2, 4)
         weights = weights.reshape(b, c, h // 2, w // 2, 4).softmax(-1)
         candidates = self.ds_conv(x).reshape(b, 4, c, h // 2, w // 2).permute(0, 2, 3, 4, 1)

@@ -13,7 +13,7 @@ from torch import nn
 from blocks.registry import register
 
 
-@register("neck", channels="sum", c_in=False, example={"args": [], "shapes": [(2, 8, 16, 16), (2, 16, 8, 8)]})
+@register("neck", channels="sum", c_in=False, inputs=(2,), example={"args": [], "shapes": [(2, 8, 16, 16), (2, 16, 8, 8)]})
 class AdvPoolFusion(nn.Module):
     def __init__(self):
         super().__init__()

@@ -11,6 +11,7 @@ by x again, so the cross terms are x^2 * gate."""
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import register
 
@@ -22,7 +23,7 @@ class CGFM(nn.Module):
         reduction: SE bottleneck ratio (bias-free linear layers, as in the code)."""
         super().__init__()
         if len(c_in) != 2:
-            raise ValueError(f"CGFM fuses two inputs, got {len(c_in)}")
+            raise ArgumentError(f"CGFM fuses two inputs, got {len(c_in)}")
         width = c_in[1]
         self.align = Conv(c_in[0], width, 1) if c_in[0] != width else nn.Identity()
         self.squeeze = nn.Sequential(nn.Linear(2 * width, max(2 * width // reduction, 1), bias=False), nn.ReLU(),

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import ChannelError, register
 
@@ -94,7 +95,7 @@ class CSFCN(nn.Module):
         channels (even: the offsets act on two channel groups)."""
         super().__init__()
         if len(c_in) != 2:
-            raise ValueError(f"CSFCN fuses two inputs [low-resolution, high-resolution], got {len(c_in)}")
+            raise ArgumentError(f"CSFCN fuses two inputs [low-resolution, high-resolution], got {len(c_in)}")
         if c2 % _GROUPS:
             raise ChannelError(f"CSFCN resamples two channel groups and needs even c2, got {c2}")
         self.context = _ContextCalibration(c_in[0])

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import register
 
@@ -23,7 +24,7 @@ class DPCF(nn.Module):
         """c_in: [low-resolution, high-resolution] channels. c2: output channels."""
         super().__init__()
         if len(c_in) != 2:
-            raise ValueError(f"DPCF fuses two inputs [low, high], got {len(c_in)}")
+            raise ArgumentError(f"DPCF fuses two inputs [low, high], got {len(c_in)}")
         self.align = Conv(c_in[0], c_in[1], 1) if c_in[0] != c_in[1] else nn.Identity()
         self.blend = nn.Parameter(torch.randn(1))
         self.proj = Conv(c_in[1], c2, 1)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.conv.dilated_reparam_conv import DilatedReparamConv
 from blocks.norm._layer_norm2d import LayerNorm2d
@@ -99,7 +100,7 @@ class GDSAFusion(nn.Module):
         scaled-residual form. ls_init_value: initial layer scale (the plug-in's 1.0)."""
         super().__init__()
         if len(c_in) != 2:
-            raise ValueError(f"GDSAFusion fuses two inputs [map, context], got {len(c_in)}")
+            raise ArgumentError(f"GDSAFusion fuses two inputs [map, context], got {len(c_in)}")
         dim, ctx_dim = c_in
         if dim % (2 * num_heads) or (dim // 2) % num_heads:
             raise ChannelError(f"GDSAFusion needs the map's channels ({dim}) divisible by 2 * num_heads = "

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.neck._csp import C3k
 from blocks.registry import ChannelError, register
@@ -57,7 +58,7 @@ class _AdaptiveHypergraph(nn.Module):
     def __init__(self, dim: int, num_hyperedges: int, num_heads: int, dropout: float = 0.1, context: str = "both"):
         super().__init__()
         if context not in ("mean", "max", "both"):
-            raise ValueError(f"HyperACE context must be 'mean', 'max' or 'both', got {context!r}")
+            raise ArgumentError(f"HyperACE context must be 'mean', 'max' or 'both', got {context!r}")
         self.num_heads, self.num_hyperedges, self.context = num_heads, num_hyperedges, context
         self.prototypes = nn.Parameter(torch.empty(num_hyperedges, dim))
         nn.init.xavier_uniform_(self.prototypes)
@@ -114,7 +115,7 @@ class HyperACE(nn.Module):
         context: the hyperedge prototypes' global context ('mean', 'max' or 'both')."""
         super().__init__()
         if len(c_in) != 3:
-            raise ValueError(f"HyperACE fuses three levels [fine, middle, coarse], got {len(c_in)}")
+            raise ArgumentError(f"HyperACE fuses three levels [fine, middle, coarse], got {len(c_in)}")
         self.c = int(c2 * e1)
         if int(self.c * e2) % _HEAD_WIDTH or int(self.c * e2) == 0:
             raise ChannelError(f"HyperACE's hypergraph width int(c2 * e1 * e2) = {int(self.c * e2)} must be a "

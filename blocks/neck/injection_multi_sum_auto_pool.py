@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import ChannelError, register
 
@@ -23,12 +24,12 @@ class InjectionMultiSum_Auto_pool(nn.Module):
         channels split among the injection points (must sum to c_in[1]). flag: this point's part."""
         super().__init__()
         if len(c_in) != 2:
-            raise ValueError(f"InjectionMultiSum_Auto_pool takes [local, global], got {len(c_in)} inputs")
+            raise ArgumentError(f"InjectionMultiSum_Auto_pool takes [local, global], got {len(c_in)} inputs")
         if sum(global_inp) != c_in[1]:
             raise ChannelError(f"InjectionMultiSum_Auto_pool: global_inp {list(global_inp)} must sum to the global "
                                f"map's {c_in[1]} channels", hint="match the IFM/TopBasicLayer row's ouc list")
         if not 0 <= flag < len(global_inp):
-            raise ValueError(f"flag {flag} is out of range for global_inp {list(global_inp)}")
+            raise ArgumentError(f"flag {flag} is out of range for global_inp {list(global_inp)}")
         self.split, self.flag = list(global_inp), flag
         self.local_embedding = Conv(c_in[0], oup, 1, act=None)
         self.global_embedding = Conv(global_inp[flag], oup, 1, act=None)

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import register
 
@@ -33,7 +34,7 @@ class MPCA(nn.Module):
         size (MultiScalePCA_Down) rather than half (MultiScalePCA). gamma, bias: ECA kernel-size rule."""
         super().__init__()
         if len(c_in) != 2:
-            raise ValueError(f"MPCA fuses two inputs, got {len(c_in)}")
+            raise ArgumentError(f"MPCA fuses two inputs, got {len(c_in)}")
         self.split = tuple(c_in)
         self.conv_first = _channel_conv(eca_kernel(c_in[0], gamma, bias))
         self.conv_second = _channel_conv(eca_kernel(c_in[1], gamma, bias))

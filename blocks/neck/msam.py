@@ -14,6 +14,7 @@ passes the ReLU class where an activation module is expected)."""
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import ChannelError, register
 
@@ -64,11 +65,11 @@ class MSAM(nn.Module):
         c2: output channels (even). level: index of the level whose resolution the output has."""
         super().__init__()
         if len(c_in) != 4:
-            raise ValueError(f"MSAM fuses four consecutive pyramid levels, got {len(c_in)}")
+            raise ArgumentError(f"MSAM fuses four consecutive pyramid levels, got {len(c_in)}")
         if c2 % 2:
             raise ChannelError(f"MSAM's attention path works at c2 / 2 channels and needs even c2, got {c2}")
         if not 0 <= level < 4:
-            raise ValueError(f"MSAM's level indexes one of the four inputs (0-3), got {level}")
+            raise ArgumentError(f"MSAM's level indexes one of the four inputs (0-3), got {level}")
         self.branches = nn.ModuleList(_branch(c, c2, level - i) for i, c in enumerate(c_in))
         self.merge = Conv(4 * c2, c2, 1)
         self.bottlenecks = nn.Sequential(_Bottleneck(c2), _Bottleneck(c2))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import ChannelError, register
 
@@ -53,7 +54,7 @@ class _PyramidSparseAttention(nn.Module):
         b, c, h, w = x.shape
         h_up, w_up = upper_size
         if (h, w) != (2 * h_up, 2 * w_up):
-            raise ValueError(f"PST's sparse refinement needs the map at twice the coarse size, got {h}x{w} and {h_up}x{w_up}")
+            raise ArgumentError(f"PST's sparse refinement needs the map at twice the coarse size, got {h}x{w} and {h_up}x{w_up}")
         scores = similarity.mean(2)                                   # (B, heads, h_up * w_up)
         if self.training:   # Gumbel noise makes the selection stochastic while training (the paper's)
             scores = scores - torch.empty_like(scores).exponential_().log()
@@ -94,7 +95,7 @@ class PST(nn.Module):
         (0: coarse attention only, the paper's training setting)."""
         super().__init__()
         if len(c_in) != 2:
-            raise ValueError(f"PST fuses two inputs [map, coarser level], got {len(c_in)}")
+            raise ArgumentError(f"PST fuses two inputs [map, coarser level], got {len(c_in)}")
         hidden = int(c2 * e)
         if hidden % _HEAD_DIM or hidden == 0:
             raise ChannelError(f"PST needs int(c2 * e) to be a multiple of {_HEAD_DIM}, got {hidden} (c2={c2}, e={e})",

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import register
 
@@ -21,7 +22,7 @@ class PyramidPoolAgg(nn.Module):
         below the last input's size (Gold-YOLO's 2: the P5 map pooled to stride 64)."""
         super().__init__()
         if not isinstance(c_in, (list, tuple)):
-            raise ValueError("PyramidPoolAgg needs a list of inputs (`from` must be a list)")
+            raise ArgumentError("PyramidPoolAgg needs a list of inputs (`from` must be a list)")
         self.stride = stride
         self.conv = Conv(sum(c_in), c2, 1)
 

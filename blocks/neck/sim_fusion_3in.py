@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv.conv import Conv
 from blocks.registry import register
 
@@ -20,7 +21,7 @@ class SimFusion_3in(nn.Module):
         """c_in: [finer, target, coarser] channels. c2: output channels."""
         super().__init__()
         if len(c_in) != 3:
-            raise ValueError(f"SimFusion_3in aligns three levels [finer, target, coarser], got {len(c_in)}")
+            raise ArgumentError(f"SimFusion_3in aligns three levels [finer, target, coarser], got {len(c_in)}")
         self.align = nn.ModuleList(Conv(c, c2, 1, act="relu") if c != c2 else nn.Identity() for c in c_in)
         self.fuse = Conv(3 * c2, c2, 1, act="relu")
 

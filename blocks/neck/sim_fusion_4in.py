@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.registry import register
 
 
@@ -21,7 +22,7 @@ class SimFusion_4in(nn.Module):
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         if len(xs) != 4:
-            raise ValueError(f"SimFusion_4in aligns four levels [P2, P3, P4, P5], got {len(xs)}")
+            raise ArgumentError(f"SimFusion_4in aligns four levels [P2, P3, P4, P5], got {len(xs)}")
         size = xs[2].shape[-2:]
         return torch.cat((F.adaptive_avg_pool2d(xs[0], size), F.adaptive_avg_pool2d(xs[1], size), xs[2],
                           F.interpolate(xs[3], size=size, mode="bilinear", align_corners=False)), 1)

@@ -11,6 +11,7 @@ inverse transform and the new bands to the detail slots."""
 import torch
 from torch import nn
 
+from core.errors import ArgumentError
 from blocks.conv._haar import haar_forward, haar_inverse
 from blocks.conv.conv import Conv
 from blocks.registry import register
@@ -22,7 +23,7 @@ class WFU(nn.Module):
         """c_in: [large map, small map (half the large map's size)] channels. c2: output channels."""
         super().__init__()
         if len(c_in) != 2:
-            raise ValueError(f"WFU fuses two inputs [large, small], got {len(c_in)}")
+            raise ArgumentError(f"WFU fuses two inputs [large, small], got {len(c_in)}")
         big, small = c_in
         self.detail_block = nn.Sequential(nn.Conv2d(big, big, 3, padding=1), nn.ReLU(), nn.Conv2d(big, big, 3, padding=1))
         self.band_block = nn.Sequential(nn.Conv2d(big + small, big + small, 1), nn.ReLU(), nn.Conv2d(big + small, 3 * big, 1))
