@@ -128,7 +128,8 @@ def main(argv=None):
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     if not 0.0 <= args.conf <= 1.0:
-        raise ConfigError(f"the score threshold must be in [0, 1], got {args.conf}", where="-t/--conf")
+        raise ConfigError(f"the score threshold must be in [0, 1], got {args.conf}", where="-t/--conf",
+                          hint="a detection's score is a probability, e.g. -t 0.4")
     for flag in ("line_width", "font_size"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be a positive number of pixels", where=f"--{flag}")

@@ -120,7 +120,9 @@ def _section_error(err: pydantic.ValidationError, model: type[BaseModel], where:
     key = ".".join(filter(None, [where, *keys]))
     if first["type"] == "missing":
         return ConfigError(f"missing required key {keys[-1]!r}", where=key, hint="add it to the config")
-    if first["type"] == "value_error" or annotation is None or holder is not None:
+    if first["type"] == "list_type" and holder is not None:   # a list of sections given something else
+        problem = "must be a list of mappings"
+    elif first["type"] == "value_error" or annotation is None or holder is not None:
         problem = first["msg"].removeprefix("Value error, ")
         problem = problem[0].lower() + problem[1:]
     else:

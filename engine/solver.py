@@ -387,18 +387,21 @@ class Solver:
         try:
             return self._fit(max_epochs)
         except KeyboardInterrupt:
-            raise RunInterrupted(self._resume_hint("interrupted")) from None
+            message, hint = self._where_it_stopped("interrupted")
+            raise RunInterrupted(message, hint=hint) from None
         except DiskFullError as err:
-            raise DiskFullError(f"{err.message}; {self._resume_hint('stopped')}", where=err.where, hint=err.hint) from None
+            message, hint = self._where_it_stopped("stopped")
+            raise DiskFullError(f"{err.message}; {message}", where=err.where, hint=f"{err.hint}; then {hint}") from None
         finally:
             self.close()
 
-    def _resume_hint(self, what: str) -> str:
+    def _where_it_stopped(self, what: str) -> tuple[str, str]:
+        """(what happened and the last whole checkpoint, how to continue) for a run stopped early."""
         last = self.output_dir / "last.pth"
         if last.is_file():
-            return (f"{what} after epoch {self.epoch}; the last whole checkpoint is {last}: continue with "
-                    f"`-r {last}` (or --auto-resume with --output-dir {self.output_dir})")
-        return f"{what} before the first checkpoint; rerun with --auto-resume --output-dir {self.output_dir}"
+            return (f"{what} after epoch {self.epoch}; the last whole checkpoint is {last}",
+                    f"continue with `-r {last}` (or --auto-resume --output-dir {self.output_dir})")
+        return f"{what} before the first checkpoint", f"rerun with --auto-resume --output-dir {self.output_dir}"
 
     def _fit(self, max_epochs: int | None) -> dict:
         import data

@@ -257,7 +257,8 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
         raise GraphError(f"{spec.name} reads one map, but {given}", where=where,
                          hint="give it one map: one row (e.g. -1), an Index row picking one output, or a Concat/Add "
                               "row joining them")
-    if spec.multi_input and spec.channels not in ("sum", "first") and not isinstance(c_in, list) \
+    # (a block that takes no input channels, Index, reads its single row's outputs through its channel rule)
+    if spec.multi_input and spec.takes_c_in and spec.channels not in ("sum", "first") and not isinstance(c_in, list) \
             and 1 not in spec.extra.get("inputs", ()):
         raise GraphError(f"{spec.name} fuses several maps, but `from` is the single row {source!r}", where=where,
                          hint="list the rows it fuses in `from`, e.g. [-1, 4]")

@@ -114,7 +114,7 @@ def test_typed_errors_say_what_was_expected():
 
 def test_override_through_a_scalar_is_an_error(tmp_path):
     top = write(tmp_path / "c.yml", "epochs: 3\n")
-    with pytest.raises(ConfigError, match="epochs is a int"):
+    with pytest.raises(ConfigError, match="epochs is 'int' 3, not a mapping"):
         load_config(top, ["epochs.x=1"])
 
 
