@@ -17,9 +17,8 @@ import yaml
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, confloat
 
 from core.errors import ConfigError, DetrZooError
-from core.schema import Section, check_call, validate_section
+from core.schema import ImageSize, Section, check_call, validate_section
 from core.yaml_io import load_yaml
-from data.transforms import ImageSize
 from engine.vocabulary import translate
 
 INCLUDE = "__include__"
@@ -77,7 +76,8 @@ def _load_file(path: Path, stack: tuple[Path, ...], sources: dict) -> dict:
     if spec is None:
         return {}
     if not isinstance(spec, dict):
-        raise ConfigError("a config file must be a mapping of keys to values", where=str(path))
+        raise ConfigError("a config file must be a mapping of keys to values", where=str(path),
+                          hint="write `key: value` lines, e.g. `graph: graphs/deim/deim-n.yaml` and `epochs: 72`")
     spec = translate(coerce_numbers(spec), str(path))
     _anchor_graph(spec, path)
     includes = spec.pop(INCLUDE, None) or []
@@ -143,8 +143,9 @@ def _check_mapping_path(cfg: dict, spec: dict, text: str, prefix: tuple = ()) ->
         if isinstance(value, dict) and key in cfg:
             dotted = ".".join((*prefix, key))
             if not isinstance(cfg[key], dict) and cfg[key] is not None:
-                raise ConfigError(f"cannot set {dotted}.{next(iter(value))}: {dotted} is a {type(cfg[key]).__name__}, "
-                                  f"not a mapping", where="-u", hint=f"check the key of {text!r}")
+                raise ConfigError(f"cannot set {dotted}.{next(iter(value))}: {dotted} is {type(cfg[key]).__name__!r} "
+                                  f"{cfg[key]!r}, not a mapping", where="-u",
+                                  hint=f"set {dotted} itself, or check the key's spelling")
             if isinstance(cfg[key], dict):
                 _check_mapping_path(cfg[key], value, text, (*prefix, key))
 
