@@ -441,7 +441,7 @@ class Solver:
 
     def after_epoch(self, epoch: int, train_stats: dict, stats: dict, seconds: float) -> None:
         ap = stats["stats"][0]
-        improved = ap > self.best["ap"]
+        improved = ap > self.best["ap"] or self.best["epoch"] < 0  # the first evaluation is the best so far
         if improved:
             self.best = {"ap": ap, "epoch": epoch}
         if self.in_stage2(epoch):
@@ -455,7 +455,8 @@ class Solver:
                   **{f"test_yolo_{k}": v for k, v in stats.get("yolo", {}).items()},
                   "best_ap": self.best["ap"], "best_epoch": self.best["epoch"], "seconds": round(seconds, 2),
                   "bad_steps": self.bad_total, "dropped_predictions": stats.get("dropped", 0)}
-        if improved:
+        if improved:  # best.pth: the best of the run; the stage file too (stage 2 restarts from best_stg1)
+            self.save("best.pth", stats)
             self.save("best_stg2.pth" if self.in_stage2(epoch) else "best_stg1.pth", stats)
         freq = self.cfg["checkpoint_freq"]
         if freq and (epoch + 1) % freq == 0:
