@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.drawing import plot_fonts
 from core.errors import DetrZooError, cli_main
 
 MAIN_ERRORS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
@@ -266,6 +267,7 @@ def _summarise(col: _Collector) -> TideResult:
     return TideResult(base, main, special, counts)
 
 
+@plot_fonts()
 def plot(result: TideResult, path: str | Path, title: str = "TIDE"):
     """Pie of the main errors' share and bars of every dAP, saved as one PNG."""
     import matplotlib
