@@ -87,12 +87,12 @@ def default_line_width(image_size) -> int:
 
 
 def default_font_size(image_size) -> int:
-    return max(10, round(max(image_size) / 40))
+    return max(10, round(max(image_size) / 50))
 
 
 def draw_detections(pil_image, detections: list[dict], line_width: int | None = None, font_size: int | None = None):
     """A copy of the image with each detection ({label, class, box xyxy px, optional score}) boxed and
-    labelled; `line_width` and `font_size` in pixels (default: from the image size)."""
+    labelled; `line_width` and `font_size` in pixels (default: about 1/400 and 1/50 of the longer side)."""
     from PIL import ImageDraw
 
     image = pil_image.convert("RGB")

@@ -20,12 +20,18 @@ import functools
 import inspect
 import types
 import typing
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from core.errors import ConfigError
+
+
+MAX_IMGSZ = 8192  # a network input side above this is a typo (a detector at 8k px needs > 100 GB)
+# a square side or [h, w] in pixels, as configs write image sizes
+ImageSize = Annotated[int, Field(gt=0, le=MAX_IMGSZ)] | Annotated[list[Annotated[int, Field(gt=0, le=MAX_IMGSZ)]],
+                                                                  Field(min_length=2, max_length=2)]
 
 
 class Section(BaseModel):

@@ -25,7 +25,7 @@ COMMANDS = {
     "dataset": ("analyze.dataset", "class and box statistics of a COCO annotation file"),
     "heatmap": ("analyze.heatmap", "Grad-CAM style heatmaps of chosen rows"),
     "featuremap": ("analyze.featuremap", "feature maps of chosen rows"),
-    "tide": ("metrics.tide", "TIDE error breakdown of a predictions file"),
+    "tide": ("analyze.tide", "TIDE error breakdown of a predictions file"),
     "convert": ("models.convert", "map an official checkpoint onto a graph"),
     "checkpoint": ("engine.checkpoint", "rewrite a checkpoint (--ema-only inference weights, --trust)"),
     "blocks": ("blocks", "list the registered blocks"),

@@ -16,9 +16,8 @@ import yaml
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, confloat
 
 from core.errors import ConfigError, DetrZooError
-from core.schema import Section, check_call, validate_section
+from core.schema import ImageSize, Section, check_call, validate_section
 from core.yaml_io import load_yaml
-from data.transforms import ImageSize
 from engine.vocabulary import translate, translate_key
 
 INCLUDE = "__include__"

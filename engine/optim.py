@@ -22,9 +22,12 @@ from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveIn
 from torch import nn
 
 from core.errors import ConfigError
+from core.registry import Registry
 from core.schema import Section, validate_section
 
-OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD}
+OPTIMIZERS = Registry("optimizer type")
+for _cls in (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD):
+    OPTIMIZERS.register(_cls)
 
 
 class ParamGroupConfig(Section):
@@ -47,7 +50,7 @@ class ParamGroupConfig(Section):
 
 class OptimizerConfig(Section):
     """The `optimizer:` section (official keys). Unset settings keep torch's defaults."""
-    type: Literal["AdamW", "Adam", "SGD"] = "AdamW"
+    type: str = "AdamW"                          # a name in OPTIMIZERS
     params: list[ParamGroupConfig] = []
     lr: PositiveFloat = 1e-4
     betas: tuple[float, float] | None = None
@@ -56,6 +59,13 @@ class OptimizerConfig(Section):
     momentum: NonNegativeFloat | None = None     # SGD
     nesterov: bool | None = None                 # SGD
     rest: Literal["default", "error"] = "default"  # parameters no group claims: the top-level group, or an error
+
+    @field_validator("type")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer type {value!r}; {OPTIMIZERS.suggest(value)}")
+        return value
 
 
 class LRSchedulerConfig(Section):
@@ -141,7 +151,7 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     for g in groups:  # optimizer groups take only optimizer arguments
         g.pop("pattern", None)
     try:
-        optimizer = OPTIMIZERS[kind](groups, **cfg)
+        optimizer = OPTIMIZERS.get(kind)(groups, **cfg)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"bad {kind} arguments: {err}", where="optimizer") from None
     for group in optimizer.param_groups:

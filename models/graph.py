@@ -30,7 +30,7 @@ from torch import nn
 from blocks import registry
 from blocks.registry import BlockSpec, ChannelError, UnknownBlockError
 from core.errors import DetrZooError, GraphError
-from core.schema import type_error
+from core.schema import MAX_IMGSZ, type_error
 from core.yaml_io import load_yaml
 
 SECTIONS = ("backbone", "encoder", "decoder")
@@ -136,9 +136,13 @@ def _resolve_scale(spec, path, scale):
     if scale not in scales:
         raise GraphError(f"unknown scale {scale!r}", where=path, hint=f"choose one of {', '.join(map(str, scales))}")
     values = scales[scale]
-    if not (isinstance(values, list) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)):
+    if not (isinstance(values, list) and len(values) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
         raise GraphError(f"scale {scale!r} must be [depth, width, max_channels], got {values!r}", where=f"{path}: scales",
                          hint="three numbers, e.g. `n: [0.33, 0.25, 1024]`")
+    if not all(v > 0 for v in values):
+        raise GraphError(f"scale {scale!r} must have a positive depth, width and max_channels, got {values!r}",
+                         where=f"{path}: scales", hint="e.g. `n: [0.33, 0.25, 1024]` (depth and width are factors)")
     return float(values[0]), float(values[1]), values[2], scale
 
 
@@ -155,8 +159,10 @@ def _resolve_imgsz(imgsz, path):
         return DEFAULT_IMGSZ
     if isinstance(imgsz, int):
         imgsz = [imgsz, imgsz]
-    if not (isinstance(imgsz, (list, tuple)) and len(imgsz) == 2 and all(isinstance(v, int) and v > 0 for v in imgsz)):
-        raise GraphError(f"imgsz must be an int or [height, width], got {imgsz!r}", where=f"{path}: imgsz")
+    if not (isinstance(imgsz, (list, tuple)) and len(imgsz) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMGSZ for v in imgsz)):
+        raise GraphError(f"imgsz must be an int or [height, width] of positive sides up to {MAX_IMGSZ}, got {imgsz!r}",
+                         where=f"{path}: imgsz", hint="e.g. 640, or [384, 640] (multiples of 32)")
     if any(v % 32 for v in imgsz):
         raise GraphError(f"imgsz {list(imgsz)} must be divisible by 32", where=f"{path}: imgsz",
                          hint="use a multiple of 32, e.g. 640 or 320")
@@ -252,6 +258,10 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
         raise GraphError(f"{spec.name} reads one map, but {given}", where=where,
                          hint="give it one map: one row (e.g. -1), an Index row picking one output, or a Concat/Add "
                               "row joining them")
+    arity = spec.extra.get("inputs")
+    if arity is not None and (not multi or len(sources) != arity):
+        raise GraphError(f"{spec.name} reads {arity} maps, but `from` is {source!r}", where=where,
+                         hint=f"list {arity} rows in `from`, e.g. [-1, 3]")
     args, kwargs = _split_args(args, where)
     args = [_nested(a, where) for a in args]
     kwargs = {k: _nested(v, where) for k, v in kwargs.items()}
