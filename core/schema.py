@@ -99,7 +99,9 @@ def _field_path(model: type[BaseModel], loc) -> tuple[list[str], Any, type[BaseM
             keys[-1] = f"{keys[-1]}[{part}]" if keys else f"[{part}]"
         elif owner is not None and part in owner.model_fields:
             keys.append(part)
-            annotation = owner.model_fields[part].annotation
+            field = owner.model_fields[part]
+            # pydantic keeps a field's constraints (PositiveInt's > 0) apart from its annotation
+            annotation = typing.Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
             owner = next((a for a in (annotation, *typing.get_args(annotation))
                           if isinstance(a, type) and issubclass(a, BaseModel)), None)
         else:

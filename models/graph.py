@@ -258,10 +258,15 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
         raise GraphError(f"{spec.name} reads one map, but {given}", where=where,
                          hint="give it one map: one row (e.g. -1), an Index row picking one output, or a Concat/Add "
                               "row joining them")
-    arity = spec.extra.get("inputs")
-    if arity is not None and (not multi or len(sources) != arity):
-        raise GraphError(f"{spec.name} reads {arity} maps, but `from` is {source!r}", where=where,
-                         hint=f"list {arity} rows in `from`, e.g. [-1, 3]")
+    if spec.multi_input and spec.channels not in ("sum", "first") and not isinstance(c_in, list) \
+            and 1 not in spec.extra.get("inputs", ()):
+        raise GraphError(f"{spec.name} fuses several maps, but `from` is the single row {source!r}", where=where,
+                         hint="list the rows it fuses in `from`, e.g. [-1, 4]")
+    accepted = spec.extra.get("inputs")
+    if accepted is not None and (len(c_in) if isinstance(c_in, list) else 1) not in accepted:
+        counts = " or ".join(map(str, accepted))
+        raise GraphError(f"{spec.name} reads {counts} maps, but `from` is {source!r}", where=where,
+                         hint=f"list {counts} rows in `from`")
     args, kwargs = _split_args(args, where)
     args = [_nested(a, where) for a in args]
     kwargs = {k: _nested(v, where) for k, v in kwargs.items()}

@@ -104,7 +104,7 @@ def test_typos_and_wrong_types_anywhere_name_the_key(override, where, hint):
 def test_typed_errors_say_what_was_expected():
     from engine.config import resolve
 
-    with pytest.raises(ConfigError, match="epochs: must be an integer, got 'abc'"):
+    with pytest.raises(ConfigError, match=r"epochs: must be an integer \(> 0\), got 'abc'"):
         resolve(load_config(REPO / "configs/demo.yml", ["epochs=abc"]))
     with pytest.raises(ConfigError, match=r"RandomIoUCrop.p must be a number \(>= 0.0, <= 1.0\), got 2"):
         resolve(load_config(REPO / "configs/demo.yml", ["val_dataloader.dataset.transforms.ops=[{type: RandomIoUCrop, p: 2}]"]))
