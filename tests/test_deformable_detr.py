@@ -246,3 +246,18 @@ def test_flop_count_equals_calflops():
 
     model = deployed_copy(build_model(spec(two_stage=True, with_box_refine=True), check=False))
     assert count_flops(model, torch.zeros(1, 3, 128, 128)).flops == calflops_count(model, (1, 3, 128, 128))
+
+
+def test_padded_batches_need_a_graph_that_reads_the_mask(tmp_path):
+    # boxes normalised to each image rather than to the padded canvas would be wrong targets for a
+    # model that sees the whole canvas: the run stops before training on them
+    from core.errors import ConfigError
+    from engine.config import load_config
+    from engine.solver import Solver
+    from tests.engine_helpers import make_data, tiny_config, write_config
+
+    cfg = tiny_config(make_data(tmp_path / "data", train=4, val=2), epochs=1)
+    cfg["train_dataloader"]["collate_fn"]["padding_mask"] = True
+    with pytest.raises(ConfigError, match="no row of this graph does") as err:
+        Solver(load_config(write_config(cfg, tmp_path / "run.yml")), device="cpu", output_dir=str(tmp_path / "run"))
+    assert "train_dataloader.collate_fn.padding_mask" in str(err.value)

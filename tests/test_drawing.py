@@ -92,3 +92,13 @@ def test_per_class_table_columns_line_up_with_cjk_names():
     lines = format_per_class([row("car"), row("行人"), row("自転車に乗る人たちの長い名前"), row("a" * 30)]).splitlines()
     assert {display_width(line) for line in lines} == {len(lines[0])}
     assert {display_width(line[: line.index(" 3 ")]) for line in lines[1:]} == {19 + 1 + 4}   # name, gap, the `inst` column up to its digit
+
+
+def test_predict_table_lines_up_scores_under_cjk_and_long_names():
+    import predict
+
+    names = ["猫", "cat", "traffic light of a very long name"]
+    table = predict.format_table("x.jpg", [{"class": n, "score": 0.5, "box": [1, 2, 3, 4]} for n in names])
+    rows = table.splitlines()[1:]
+    assert [display_width(r[:r.index("0.500")]) for r in rows[:2]] == [23, 23]   # "  [i] " + 16 + " "
+    assert names[2] in rows[2]                                                     # never cut
