@@ -5,7 +5,7 @@ logit | feature | all, schedule, epoch window, feature pairs, foundation teacher
 engine/distill.py). The teacher is built from its own config and weights (train.py checkpoints or
 official releases), kept in eval mode and never saved. The rest is train.py's: -r -t -d --seed
 --use-amp -u --output-dir --summary-dir --auto-resume; `train.py -c STUDENT_CFG --test-only -r
-OUTPUT/best_stg2.pth` evaluates the distilled student. Multi-GPU: `torchrun --nproc_per_node=N distill.py ...`."""
+OUTPUT/best.pth` evaluates the distilled student. Multi-GPU: `torchrun --nproc_per_node=N distill.py ...`."""
 from __future__ import annotations
 
 import argparse

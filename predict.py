@@ -23,6 +23,7 @@ import torch
 from core.checkpoint_io import atomic_write_text
 from core.drawing import draw_detections
 from core.errors import ConfigError, DataError, cli_main
+from core.text import display_width
 from data.cache import load_rgb
 from data.pipeline import eval_preprocessing
 from engine.inference import IMAGE_SUFFIXES, Predictor, collect_inputs
@@ -61,7 +62,8 @@ def format_table(name: str, detections: list[dict]) -> str:
     lines = [f"{name}: {len(detections)} detections"]
     for i, det in enumerate(detections, 1):
         box = ", ".join(f"{v:.0f}" for v in det["box"])
-        lines.append(f"  [{i}] {det['class']:<16} {det['score']:.3f}  ({box})")
+        pad = " " * max(0, 16 - display_width(det["class"]))   # by display width: a CJK glyph takes two columns
+        lines.append(f"  [{i}] {det['class']}{pad} {det['score']:.3f}  ({box})")
     return "\n".join(lines)
 
 

@@ -1,7 +1,12 @@
-"""detrzoo: a modular research zoo for real-time DETR detectors (install with `pip install -e .[test]`)."""
+"""detrzoo: a modular research zoo for real-time DETR detectors (install with `pip install -e .[test]`).
+
+The install claims one top-level name, `detrzoo` (the launcher behind the `detrzoo` command); the
+checkout's own folders (`models`, `data`, `engine`, ...) stay off the import path of other projects,
+where such generic names would shadow the user's. The launcher puts the checkout on `sys.path` when
+it runs a command, so the install must be editable (`-e`)."""
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 requirements = [line.split("#")[0].strip() for line in Path(__file__).with_name("requirements.txt").read_text().splitlines()]
 
@@ -10,8 +15,8 @@ setup(
     version="0.1.0",
     description="Graph-YAML zoo of real-time DETR detectors (D-FINE, DEIM, DEIMv2, RT-DETRv2, RT-DETRv4)",
     python_requires=">=3.10",
-    packages=find_packages(include=["core*", "blocks*", "models*", "data*", "metrics*", "engine*", "analyze*"]),
-    py_modules=["train", "distill", "predict", "export"],
+    packages=["detrzoo"],
+    entry_points={"console_scripts": ["detrzoo = detrzoo.cli:main"]},
     install_requires=[r for r in requirements if r],
     extras_require={"test": ["pytest", "hypothesis", "calflops", "tidecv", "onnx", "onnxruntime", "onnxslim",
                              "import-linter"],

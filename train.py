@@ -30,7 +30,7 @@ def main(argv=None):
 
     check_weight_flags(args)
     if args.test_only and not args.resume:
-        raise ConfigError("--test-only needs the weights to evaluate", hint="add -r path/to/best_stg2.pth")
+        raise ConfigError("--test-only needs the weights to evaluate", hint="add -r path/to/best.pth")
     cfg = load_config(args.config, args.update)
     options = {k: v for k, v in vars(args).items() if k not in ("config", "update", "debug", "quiet")}
     options["config"], options["update"] = args.config, args.update

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from core.drawing import plot_fonts
 from core.errors import ConfigError, cli_main
 
 METRICS = ("AP50:95", "AP50", "AP75", "APs", "APm", "APl")
@@ -95,6 +96,7 @@ def write_reports(rows: list[dict], out_dir: Path, seeds: list[int]) -> None:
     _plot(rows, out_dir / "ablation.png")
 
 
+@plot_fonts()
 def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 

@@ -16,6 +16,8 @@ import numpy as np
 
 from data.coco import category_mapping
 from data.validate import validate_coco
+from core.drawing import plot_fonts
+from core.text import fit
 from core.errors import cli_main
 
 SMALL, MEDIUM = 32 ** 2, 96 ** 2  # COCO area ranges
@@ -60,11 +62,12 @@ def format_stats(stats: dict) -> str:
              f"COCO areas: small {stats['small']}, medium {stats['medium']}, large {stats['large']}",
              "", f"{'label':>5} {'id':>8}  {'name':<24} {'instances':>9} {'images':>7}"]
     for c in stats["classes"]:
-        lines.append(f"{c['label']:>5} {str(c['id']):>8}  {c['name'][:24]:<24} {c['instances']:>9} {c['images']:>7}")
+        lines.append(f"{c['label']:>5} {str(c['id']):>8}  {fit(c['name'], 24)} {c['instances']:>9} {c['images']:>7}")
     lines.append(f"{len(stats['classes'])} classes (num_classes = {len(stats['classes'])})")
     return "\n".join(lines)
 
 
+@plot_fonts()
 def plot_stats(stats: dict, out: Path, title: str = "") -> None:
     import matplotlib
 

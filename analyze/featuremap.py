@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.drawing import plot_fonts
 from core.errors import ConfigError, cli_main
 
 
@@ -18,6 +19,7 @@ def _normalise(array: np.ndarray) -> np.ndarray:
     return (array - low) / (high - low) if high > low else np.zeros_like(array)
 
 
+@plot_fonts()
 def save_feature_figures(feature: torch.Tensor, title: str, out_dir: Path, stem: str, channels: int = 32) -> list[Path]:
     """Save `<stem>_grid.png` (first `channels` maps) and `<stem>_mean.png` for a [C, H, W] feature."""
     import matplotlib

@@ -105,6 +105,30 @@ def parse_yaml(text: str, where: str = "<string>", error: type[DetrZooError] = Y
                     hint="a config needs only a few levels of nesting") from None
 
 
+def key_lines(text: str, where: str = "<string>") -> dict[str, int]:
+    """The 1-based line of every key and list item of a YAML document, by dotted path (`a.b`,
+    `a.ops[2].size`), from the node marks the composer records."""
+    try:
+        root = yaml.compose(text, Loader=SafeYamlLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as err:
+        raise YamlError(f"YAML syntax error: {getattr(err, 'problem', None) or err}", where=where) from None
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                dotted = f"{prefix}.{key.value}" if prefix else str(key.value)
+                lines[dotted] = key.start_mark.line + 1
+                walk(value, dotted)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[f"{prefix}[{i}]"] = item.start_mark.line + 1
+                walk(item, f"{prefix}[{i}]")
+
+    walk(root, "")
+    return lines
+
+
 def load_yaml(path: str | Path, error: type[DetrZooError] = YamlError) -> Any:
     """Read a YAML file safely: UTF-8, at most MAX_BYTES, with the loader's limits."""
     path = Path(path)

@@ -21,20 +21,32 @@ def generate_scales(base_size: int, base_size_repeat: int) -> list[int]:
     return [s for s in sizes if s >= 32]
 
 
-def pad_batch(images: list[torch.Tensor], targets: list[dict]):
+def pad_batch(images: list[torch.Tensor], targets: list[dict], keep_boxes: bool = False):
     """Stack images, padding each at the bottom/right to the largest height and width; normalised
-    boxes are rescaled to the padded canvas and `size` becomes the canvas size."""
+    boxes are rescaled to the padded canvas and `size` becomes the canvas size. With `keep_boxes`
+    (for models that take the padding mask), boxes stay normalised to each image and `size` stays
+    its own, from which `padding_mask` tells the model where each image is."""
     height, width = max(im.shape[-2] for im in images), max(im.shape[-1] for im in images)
     batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
     out = []
     for k, (im, t) in enumerate(zip(images, targets)):
         h, w = im.shape[-2:]
         batch[k, :, :h, :w] = im
-        if (h, w) != (height, width):
+        if (h, w) != (height, width) and not keep_boxes:
             t = dict(t, boxes=t["boxes"] * torch.tensor([w / width, h / height, w / width, h / height]),
                      size=torch.tensor([width, height], dtype=torch.int64))
         out.append(t)
     return batch, out
+
+
+def padding_mask(images: torch.Tensor, targets: list[dict]) -> torch.Tensor:
+    """[B, H, W] bool, True on each image's own pixels (its target's `size`, w h, from the top left)
+    of a batch padded by `pad_batch(..., keep_boxes=True)`: the `pixel_mask` Deformable DETR takes."""
+    mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device)
+    for k, t in enumerate(targets):
+        w, h = (int(v) for v in t["size"])
+        mask[k, :h, :w] = True
+    return mask
 
 
 class BatchImageCollateFunction:
@@ -42,9 +54,15 @@ class BatchImageCollateFunction:
                  base_size_repeat: int | None = None, mixup_prob: float = 0.0, mixup_epochs=(0, 0),
                  copyblend_prob: float = 0.0, copyblend_epochs=(0, 0), copyblend_type: str = "blend",
                  area_threshold: float = 100, num_objects: int = 3, with_expand: bool = False,
-                 expand_ratios=(0.1, 0.25), random_num_objects: bool = False):
+                 expand_ratios=(0.1, 0.25), random_num_objects: bool = False, padding_mask: bool = False):
+        """padding_mask: batch differently sized images for a model that takes the padding mask
+        (Deformable DETR): boxes and `size` stay each image's own (see `pad_batch`)."""
         if copyblend_type not in ("blend", "copy"):
             raise ConfigError(f"copyblend_type must be blend or copy, got {copyblend_type!r}", where="collate_fn")
+        if padding_mask and (mixup_prob > 0 or copyblend_prob > 0):
+            raise ConfigError("padding_mask keeps each image's own box coordinates, and MixUp/CopyBlend mix whole "
+                              "padded canvases", where="collate_fn", hint="set mixup_prob and copyblend_prob to 0")
+        self.padding_mask = padding_mask
         self.base_size = base_size
         self.scales = generate_scales(base_size, base_size_repeat) if base_size_repeat is not None else None
         self.stop_epoch = stop_epoch if stop_epoch is not None else 10**9
@@ -64,7 +82,7 @@ class BatchImageCollateFunction:
         return int(self._epoch.item())
 
     def __call__(self, items):
-        images, targets = pad_batch([x[0] for x in items], [x[1] for x in items])
+        images, targets = pad_batch([x[0] for x in items], [x[1] for x in items], keep_boxes=self.padding_mask)
         epoch, beta = self.epoch, random.uniform(0.45, 0.55)
         # one mixing op per batch: MixUp first, CopyBlend otherwise (as DEIMv2)
         if random.random() < self.mixup_prob and self.mixup_epochs[0] <= epoch < self.mixup_epochs[-1]:
@@ -73,6 +91,8 @@ class BatchImageCollateFunction:
             images, targets = copyblend(images, targets, beta, **self.copyblend_args)
         if self.scales is not None and epoch < self.stop_epoch:
             size = random.choice(self.scales)
+            factor = torch.tensor([size / images.shape[-1], size / images.shape[-2]])  # w, h
             images = F.interpolate(images, size=size)
-            targets = [dict(t, size=torch.tensor([size, size], dtype=torch.int64)) for t in targets]
+            # each image's own area scales with the canvas (the whole canvas without padding_mask)
+            targets = [dict(t, size=(t["size"] * factor).round().to(torch.int64)) for t in targets]
         return images, targets

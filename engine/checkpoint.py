@@ -8,6 +8,8 @@ the model without the dataset. `model` and `ema.module` keep the official key la
 
 A file that holds other Python objects is refused (unpickling them could run code). One from a
 source you trust is rewritten once as plain tensors: `python -m engine.checkpoint SRC OUT --trust`.
+`python -m engine.checkpoint SRC OUT --ema-only` writes the inference weights (as the official
+`convert_weight.py`): `{'model': EMA weights, 'meta': ...}`, no optimizer or training state.
 """
 from __future__ import annotations
 
@@ -113,20 +115,45 @@ def resave_trusted(source: str | Path, target: str | Path) -> dict:
     return plain
 
 
+def inference_weights(state: dict) -> tuple[dict, str]:
+    """What inference needs of a checkpoint: {'model': the EMA weights (the model's where the run kept
+    no EMA)} plus `meta` (class names, graph, sizes) when the checkpoint has it; and which weights
+    those were. It loads wherever a checkpoint does (-r --test-only, -t, predict.py, export.py,
+    official code reading `model`), and cannot resume training."""
+    weights, source = model_weights(state)
+    out = {"model": weights}
+    if isinstance(state.get("meta"), dict):
+        out["meta"] = state["meta"]
+    return out, source
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m engine.checkpoint", description=resave_trusted.__doc__)
-    parser.add_argument("source", help="a checkpoint that holds Python objects (refused by train.py -r/-t)")
-    parser.add_argument("target", help="where to write the plain-tensor copy")
-    parser.add_argument("--trust", action="store_true", help="required: you trust the file's source")
+    parser = argparse.ArgumentParser(prog="python -m engine.checkpoint",
+                                     description="Rewrite a checkpoint: --trust (plain tensors of a file that holds "
+                                                 "Python objects) and/or --ema-only (the inference weights).")
+    parser.add_argument("source", help="a checkpoint (ours or an official release)")
+    parser.add_argument("target", help="where to write the new file")
+    parser.add_argument("--trust", action="store_true",
+                        help="unpickle Python objects in SOURCE (refused by train.py -r/-t): only for a source you trust")
+    parser.add_argument("--ema-only", action="store_true",
+                        help="keep only the EMA weights (else the model's) and meta: no optimizer, no training state")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    if not args.trust:
-        raise CheckpointError("add --trust to confirm the file comes from a source you trust",
-                              hint="unpickling an untrusted file can run arbitrary code")
+    if not (args.trust or args.ema_only):
+        raise CheckpointError("say what to write: --ema-only (inference weights) and/or --trust (plain tensors of a "
+                              "file from a source you trust)", hint="unpickling an untrusted file can run arbitrary code")
     if not Path(args.source).is_file():
         raise CheckpointError(f"checkpoint not found: {args.source}")
-    plain = resave_trusted(args.source, args.target)
-    print(f"{args.target}: plain tensors of {args.source} (keys {sorted(plain)})")
+    if args.trust:
+        plain = resave_trusted(args.source, args.target)
+        print(f"{args.target}: plain tensors of {args.source} (keys {sorted(plain)})")
+        if not args.ema_only:
+            return
+    weights, source = inference_weights(read_checkpoint(args.target if args.trust else args.source))
+    save_atomic(weights, args.target)
+    before, after = Path(args.source).stat().st_size, Path(args.target).stat().st_size
+    print(f"{args.target}: the {source} weights of {args.source} ({len(weights['model'])} tensors), "
+          f"{before / 2 ** 20:.1f} MB -> {after / 2 ** 20:.1f} MB")
 
 
 if __name__ == "__main__":

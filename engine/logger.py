@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from core import dist
-from core.drawing import color
+from core.drawing import draw_detections
 
 
 class RunLogger:
@@ -54,7 +54,7 @@ class RunLogger:
 def plot_batch(images: torch.Tensor, targets: list[dict], path: Path, names: list[str] | None = None,
                max_images: int = 16) -> None:
     """A grid of the augmented training images with their boxes (cxcywh normalised) drawn."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     images = images[:max_images].detach().float().cpu().clamp(0, 1)
     count, _, height, width = images.shape
@@ -63,13 +63,11 @@ def plot_batch(images: torch.Tensor, targets: list[dict], path: Path, names: lis
     canvas = Image.new("RGB", (columns * width, rows * height), (114, 114, 114))
     for i in range(count):
         tile = Image.fromarray((images[i].permute(1, 2, 0).numpy() * 255).astype("uint8"))
-        draw = ImageDraw.Draw(tile)
         boxes = targets[i]["boxes"].detach().float().cpu()
-        labels = targets[i]["labels"].cpu().tolist()
-        for (cx, cy, w, h), label in zip(boxes.tolist(), labels):
-            x0, y0, x1, y1 = (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height
-            fill = color(label)
-            draw.rectangle([x0, y0, x1, y1], outline=fill, width=1)
-            draw.text((x0 + 1, y0 + 1), names[label] if names and label < len(names) else str(label), fill=fill)
-        canvas.paste(tile, ((i % columns) * width, (i // columns) * height))
+        detections = [{"label": label, "class": names[label] if names and label < len(names) else str(label),
+                       "box": [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]}
+                      for (cx, cy, w, h), label in zip(boxes.tolist(), targets[i]["labels"].cpu().tolist())]
+        # thin lines and small labels: a tile is one training image, often 64-640 px
+        canvas.paste(draw_detections(tile, detections, line_width=1, font_size=max(8, round(max(height, width) / 50))),
+                     ((i % columns) * width, (i // columns) * height))
     canvas.save(path)

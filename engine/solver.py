@@ -32,6 +32,7 @@ import torch
 from core import dist
 from core.checkpoint_io import DiskFullError, atomic_write_text, model_weights, read_checkpoint, save_atomic
 from core.errors import CheckpointError, ConfigError, DetrZooError, Interrupted
+from data.collate import padding_mask
 from engine import checkpoint
 from engine.config import resolve
 from engine.ema import ModelEMA
@@ -269,6 +270,7 @@ class Solver:
         self.bad_total = 0
         collate = (cfg["train_dataloader"] or {}).get("collate_fn") or {}
         self.stop_epoch = collate.get("stop_epoch") if cfg["restart_stage2"] else None
+        self.padded_splits = self._padded_splits(cfg)
         if not self.test_only:
             self.optimizer = build_optimizer(self.raw_model, cfg["optimizer"])
             for group in self.extra_param_groups():  # distillation adapters: trained, kept out of the model
@@ -445,7 +447,7 @@ class Solver:
 
     def after_epoch(self, epoch: int, train_stats: dict, stats: dict, seconds: float) -> None:
         ap = stats["stats"][0]
-        improved = ap > self.best["ap"]
+        improved = ap > self.best["ap"] or self.best["epoch"] < 0  # the first evaluation is the best so far
         if improved:
             self.best = {"ap": ap, "epoch": epoch}
         if self.in_stage2(epoch):
@@ -459,7 +461,8 @@ class Solver:
                   **{f"test_yolo_{k}": v for k, v in stats.get("yolo", {}).items()},
                   "best_ap": self.best["ap"], "best_epoch": self.best["epoch"], "seconds": round(seconds, 2),
                   "bad_steps": self.bad_total, "dropped_predictions": stats.get("dropped", 0)}
-        if improved:
+        if improved:  # best.pth: the best of the run; the stage file too (stage 2 restarts from best_stg1)
+            self.save("best.pth", stats)
             self.save("best_stg2.pth" if self.in_stage2(epoch) else "best_stg1.pth", stats)
         freq = self.cfg["checkpoint_freq"]
         if freq and (epoch + 1) % freq == 0:
@@ -513,12 +516,30 @@ class Solver:
             means.update(self.distiller.end_epoch(epoch, self.in_stage2(epoch)))
         return means
 
+    def _padded_splits(self, cfg: dict) -> set[str]:
+        """The splits whose collate keeps each image's size in a padded batch (collate_fn.padding_mask);
+        only a graph with a row that reads the padding mask may take them: another model would see
+        boxes normalised to each image, not to the padded canvas, and train on wrong targets."""
+        padded = {split for split in ("train", "val")
+                  if ((cfg[f"{split}_dataloader"] or {}).get("collate_fn") or {}).get("padding_mask")}
+        if padded and not any(row.takes_pixel_mask for row in self.raw_model.rows):
+            split = sorted(padded)[0]
+            raise ConfigError("padding_mask batches differently sized images for a model that reads the mask, and "
+                              "no row of this graph does", where=f"{split}_dataloader.collate_fn.padding_mask",
+                              hint="remove padding_mask (the images are resized to one size), or use a decoder "
+                                   "that takes pixel_mask (DeformableDETRDecoder)")
+        return padded
+
+    def pixel_mask(self, split: str, images, targets) -> dict:
+        """{'pixel_mask': [B, H, W]} for a padded split's batch, {} otherwise: the model's extra inputs."""
+        return {"pixel_mask": padding_mask(images, targets)} if split in self.padded_splits else {}
+
     def train_step(self, images, targets, epoch: int, index: int) -> dict | None:
         """One optimizer step; None when the step was skipped for a non-finite loss or gradient."""
         # a skipped step must leave no trace, but its forward already moved the BatchNorm statistics
         buffers = [b.detach().clone() for b in self.raw_model.buffers()]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            outputs = self.model(images, targets=targets)
+            outputs = self.model(images, targets=targets, **self.pixel_mask("train", images, targets))
         distiller = self.distiller
         with torch.autocast(self.device.type, enabled=False):  # losses in fp32
             outputs = _to_float(outputs)
@@ -591,7 +612,8 @@ class Solver:
         threshold = self.cfg["eval_score_threshold"]
         for images, targets in self.val_loader:
             images = images.to(self.device)
-            results = self.to_original_boxes(self.postprocessor, module(images), targets)
+            outputs = module(images, **self.pixel_mask("val", images, targets))
+            results = self.to_original_boxes(self.postprocessor, outputs, targets)
             if threshold > 0:
                 results = [{k: v[r["scores"] >= threshold] for k, v in r.items()} for r in results]
             self.evaluator.update({int(t["image_id"]): r for t, r in zip(targets, results)})

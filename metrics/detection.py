@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.drawing import plot_fonts
+from core.text import fit
 from metrics.tide import box_iou_xywh
 
 
@@ -44,7 +46,7 @@ def format_per_class(rows: list[dict]) -> str:
     lines = [f"{'class':<20}{'inst':>6}{'AP':>8}{'AP50':>8}{'AP75':>8}{'APs':>8}{'APm':>8}{'APl':>8}"]
     for r in rows:
         cells = "".join(f"{r[k]:>8.3f}" if r[k] == r[k] else f"{'-':>8}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
-        lines.append(f"{r['class'][:19]:<20}{r['instances']:>6}{cells}")
+        lines.append(f"{fit(r['class'], 19)} {r['instances']:>6}{cells}")  # by display width: CJK names take 2 columns
     return "\n".join(lines)
 
 
@@ -139,6 +141,7 @@ def confusion_matrix(coco, detections: list[dict], category_ids: list[int], conf
     return matrix
 
 
+@plot_fonts()
 def plot_confusion_matrix(matrix: np.ndarray, names: list[str], path: str | Path) -> None:
     import matplotlib
 

@@ -9,6 +9,9 @@ not count (operator `+`/`*` and Tensor.add/mul methods, which torch reports alik
 sigmoid, grid_sample) are not counted either, and an interpolation counts what calflops counts
 (its input elements for a scale factor, the product of `size` otherwise), so our totals and the
 official ones stay comparable.
+MACs are the multiply-accumulates of the product ops alone (convolutions, linears, matmuls,
+einsum, attention projections): half of those ops' FLOPs without the bias adds; element-wise ops,
+norms and pools have none. (calflops reports no MACs for einsum; we count them.)
 nn.MultiheadAttention's fused inference path is switched off while counting, so its projections
 and softmax are seen (calflops runs with grad enabled, which takes the same unfused path).
 """
@@ -18,7 +21,7 @@ import copy
 import inspect
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -42,27 +45,29 @@ def _conv(args, kwargs, out):
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     per_output = weight.shape[1] * math.prod(weight.shape[2:])  # (Cin / groups) x kernel area
     macs = out.numel() * per_output
-    return 2 * macs + (out.numel() if bias is not None else 0)
+    return 2 * macs + (out.numel() if bias is not None else 0), macs
 
 
 def _deform_conv(args, kwargs, out):
     """torchvision's deformable conv (input, weight, offset, mask, bias, ...): counted like a conv.
     calflops does not see it at all; no official model uses it, so the zoo figures are unaffected."""
     weight, bias = args[1], args[4]
-    return 2 * out.numel() * weight.shape[1] * math.prod(weight.shape[2:]) + (out.numel() if bias is not None else 0)
+    macs = out.numel() * weight.shape[1] * math.prod(weight.shape[2:])
+    return 2 * macs + (out.numel() if bias is not None else 0), macs
 
 
 def _conv_transpose(args, kwargs, out):
     x, weight = args[0], args[1]
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     macs = x.numel() * weight.shape[1] * math.prod(weight.shape[2:])
-    return 2 * macs + (out.numel() if bias is not None else 0)
+    return 2 * macs + (out.numel() if bias is not None else 0), macs
 
 
 def _linear(args, kwargs, out):
     # calflops: input elements x weight.shape[0] (for a 1-D weight that is its length again)
     weight = args[1] if len(args) > 1 else kwargs["weight"]
-    return 2 * _numel(args[0]) * weight.shape[0]
+    macs = _numel(args[0]) * weight.shape[0]
+    return 2 * macs, macs
 
 
 _MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
@@ -76,23 +81,26 @@ def _multi_head_attention(args, kwargs, out):
     a = bound.arguments
     query, key, value, heads = a["query"], a["key"], a["value"], a["num_heads"]
     dim = query.shape[-1]
-    flops = 2 * dim * (query.numel() + key.numel() + value.numel()) + 2 * query.numel() * dim
+    macs = dim * (query.numel() + key.numel() + value.numel()) + query.numel() * dim
+    flops = 2 * macs
     if a["need_weights"]:
         batch = query.numel() // (query.shape[0] * dim)
         scores = batch * heads * query.shape[0] * key.shape[0]
         flops += scores
         if a["attn_mask"] is not None:
+            macs += scores * (dim // heads)
             flops += 2 * scores * (dim // heads) + a["attn_mask"].numel()
-    return flops
+    return flops, macs
 
 
 def _matmul(args, kwargs, out):
-    a = args[0]
-    return 2 * out.numel() * a.shape[-1]
+    macs = out.numel() * args[0].shape[-1]
+    return 2 * macs, macs
 
 
 def _addmm(args, kwargs, out):
-    return 2 * out.numel() * args[1].shape[-1] + _numel(args[0])
+    macs = out.numel() * args[1].shape[-1]
+    return 2 * macs + _numel(args[0]), macs
 
 
 def _einsum(args, kwargs, out):
@@ -104,7 +112,8 @@ def _einsum(args, kwargs, out):
     for letters, tensor in zip(inputs, operands):
         for letter, size in zip(letters, tensor.shape):
             sizes[letter] = size
-    return 2 * math.prod(sizes.values())
+    macs = math.prod(sizes.values())
+    return 2 * macs, macs
 
 
 def _elementwise(args, kwargs, out):
@@ -155,13 +164,15 @@ _UNCOUNTED = {torch.Tensor.add, torch.Tensor.mul}
 
 
 class _FunctionCounter(TorchFunctionMode):
-    """Counts FLOPs of torch functions, attributed to every module on the call stack."""
+    """Counts FLOPs (and MACs) of torch functions, attributed to every module on the call stack."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.per_module: dict[nn.Module, float] = defaultdict(float)
+        self.per_module_macs: dict[nn.Module, float] = defaultdict(float)
         self.stack: list[nn.Module] = []
         self.total = 0.0
+        self.total_macs = 0.0
         self._handles = []
         for module in model.modules():
             self._handles.append(module.register_forward_pre_hook(self._enter))
@@ -183,10 +194,13 @@ class _FunctionCounter(TorchFunctionMode):
         out = func(*args, **kwargs)
         rule = None if func in _UNCOUNTED else _RULES.get(getattr(func, "__name__", ""))
         if rule is not None and isinstance(out, (torch.Tensor, tuple)):
-            flops = float(rule(args, kwargs, out))
+            counted = rule(args, kwargs, out)   # FLOPs, or (FLOPs, MACs) for a product op
+            flops, macs = (float(counted[0]), float(counted[1])) if isinstance(counted, tuple) else (float(counted), 0.0)
             self.total += flops
+            self.total_macs += macs
             for module in set(self.stack):
                 self.per_module[module] += flops
+                self.per_module_macs[module] += macs
         return out
 
 
@@ -195,10 +209,16 @@ class Profile:
     params: int
     flops: float                       # at batch 1
     per_module: dict                   # module -> FLOPs (includes its children)
+    macs: float = 0.0                  # at batch 1: multiply-accumulates of the product ops
+    per_module_macs: dict = field(default_factory=dict)  # module -> MACs (includes its children)
 
     @property
     def gflops(self) -> float:
         return self.flops / 1e9
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / 1e9
 
 
 def count_params(model: nn.Module) -> int:
@@ -223,7 +243,8 @@ def count_flops(model: nn.Module, inputs) -> Profile:
         counter.remove()
         torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
-    return Profile(count_params(model), counter.total, dict(counter.per_module))
+    return Profile(count_params(model), counter.total, dict(counter.per_module), counter.total_macs,
+                   dict(counter.per_module_macs))
 
 
 def deployed_copy(model: nn.Module) -> nn.Module:

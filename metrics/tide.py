@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.drawing import plot_fonts
 from core.errors import DataError
 from data.validate import check_structure, load_json
 
@@ -279,6 +280,7 @@ def _summarise(col: _Collector) -> TideResult:
     return TideResult(base, main, special, counts)
 
 
+@plot_fonts()
 def plot(result: TideResult, path: str | Path, title: str = "TIDE"):
     """Pie of the main errors' share and bars of every dAP, saved as one PNG."""
     import matplotlib

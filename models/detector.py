@@ -2,7 +2,9 @@
 
 Each row's module reads the outputs its `from` names; only outputs that a later row reads are
 kept. The last row, when it is a DETR decoder, also receives the training targets and returns
-the detection dict (`pred_logits`, `pred_boxes`, and in training the auxiliary outputs).
+the detection dict (`pred_logits`, `pred_boxes`, and in training the auxiliary outputs). Rows whose
+forward takes `pixel_mask` (Deformable DETR's encoder and decoder) receive the padding mask of a
+batch of differently sized images (`data.collate.padding_mask`); the others see the padded pixels.
 """
 from __future__ import annotations
 
@@ -27,11 +29,12 @@ class Detector(nn.Module):
         self.graph_spec = graph.raw
         self.deployed = False
 
-    def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
-        return self.run(images, targets)[0]
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None, pixel_mask: torch.Tensor | None = None):
+        return self.run(images, targets, pixel_mask=pixel_mask)[0]
 
-    def run(self, images: torch.Tensor, targets=None, taps=(), check: bool = False):
-        """Forward the graph; also return the outputs of the rows in `taps` (by index).
+    def run(self, images: torch.Tensor, targets=None, taps=(), check: bool = False, pixel_mask=None):
+        """Forward the graph; also return the outputs of the rows in `taps` (by index). `pixel_mask`
+        [B, H, W] (True on real pixels) reaches the rows that take it.
 
         With `check=True` an exception inside a row is re-raised as a GraphError naming the row."""
         taps = set(taps)
@@ -43,10 +46,12 @@ class Detector(nn.Module):
                 x = [images if s < 0 else kept[s] for s in row.sources]
             elif row.sources[0] != row.index - 1:
                 x = images if row.sources[0] < 0 else kept[row.sources[0]]
+            inputs = {**({"targets": targets} if row.takes_targets else {}),
+                      **({"pixel_mask": pixel_mask} if row.takes_pixel_mask and pixel_mask is not None else {})}
             if check:
-                x = self._checked_call(row, layer, x, targets)
+                x = self._checked_call(row, layer, x, inputs)
             else:
-                x = layer(x, targets=targets) if row.takes_targets else layer(x)
+                x = layer(x, **inputs)
             if row.index in self.save:
                 kept[row.index] = x
             if row.index in taps:
@@ -57,10 +62,10 @@ class Detector(nn.Module):
                 x.update(getattr(layer, "extra_outputs", None) or {})
         return x, tapped
 
-    def _checked_call(self, row: Row, layer: nn.Module, x, targets):
+    def _checked_call(self, row: Row, layer: nn.Module, x, inputs: dict):
         where = f"{self.graph_path}, row {row.index} ({row.section}) {row.module}"
         try:
-            out = layer(x, targets=targets) if row.takes_targets else layer(x)
+            out = layer(x, **inputs)
         except Exception as err:  # noqa: BLE001 (any failure inside a row is reported against the row)
             shapes = [tuple(t.shape) for t in x] if isinstance(x, (list, tuple)) else tuple(x.shape)
             raise GraphError(f"{row.module} failed on input of shape {shapes}: {type(err).__name__}: {err}",

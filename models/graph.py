@@ -52,6 +52,7 @@ class Row:
     c_out: Any
     section: str
     takes_targets: bool = False
+    takes_pixel_mask: bool = False   # forward(x, pixel_mask=...): padded batches (Deformable DETR)
 
 
 @dataclass
@@ -311,9 +312,10 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
                          where=where, hint=f"check the channel argument(s) of {spec.name} in this row")
     module = _construct(spec, bound, repeats, c_out, where)
     shown_args = [v for k, v in defaults.items() if k != spec.c_in_param]
-    takes_targets = "targets" in inspect.signature(module.forward).parameters
+    parameters = inspect.signature(module.forward).parameters
     row = Row(index, source, sources, multi, repeats, spec.name, shown_args,
-              {k: v for k, v in defaults.items() if k != spec.c_in_param}, c_out, section, takes_targets)
+              {k: v for k, v in defaults.items() if k != spec.c_in_param}, c_out, section,
+              "targets" in parameters, "pixel_mask" in parameters)
     return row, module
 
 

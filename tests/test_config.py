@@ -138,6 +138,32 @@ def test_analyze_config_cli_prints_merged_values_with_origins(tmp_path):
     assert "base.yml" in lines["epochs:"]
 
 
+def test_analyze_config_names_file_and_line_override_or_rule_of_every_value(tmp_path):
+    from analyze.config import explain
+
+    top = write(tmp_path / "top.yml", f"__include__: [{REPO / 'configs/demo.yml'}]\n"
+                                      "epoches: 30\n"                    # line 2, the official spelling
+                                      "criterion: DEIMCriterion\n"       # line 3: official named section
+                                      "DEIMCriterion:\n"
+                                      "  alpha: 0.5\n")                  # line 5
+    _, rows, reason = explain(str(top), ["seed=7"])
+    origin = {key: where for key, _, where in rows}
+    assert reason is None
+    assert origin["epochs"] == f"{top}:2"
+    assert origin["criterion.type"] == f"{top}:3" and origin["criterion.alpha"] == f"{top}:5"
+    assert origin["seed"] == "-u seed=7"
+    assert origin["flat_epoch"] == origin["train_dataloader.collate_fn.stop_epoch"] == \
+        "derived: from epochs 30 (engine.config.derive_epochs)"
+    assert origin["val_dataloader.dataset.transforms.ops[0].size"] == "derived: from imgsz [128, 128]"
+    demo_lines = (REPO / "configs/demo.yml").read_text().splitlines()
+    path, line = origin["output_dir"].rsplit(":", 1)                   # from the included file, at its line
+    assert Path(path).resolve() == (REPO / "configs/demo.yml").resolve() and demo_lines[int(line) - 1].startswith("output_dir:")
+    path, line = origin["train_dataloader.dataset.transforms.ops[2].type"].rsplit(":", 1)
+    assert "Resize" in demo_lines[int(line) - 1]
+    assert origin["progress_bar"] == "default"
+    assert all(where for where in origin.values())
+
+
 @pytest.mark.parametrize("recipe", ["deim", "dfine", "deimv2", "rtdetrv2", "rtdetrv4", "../demo"])
 def test_recipes_compose_and_their_criterion_and_optimizer_build(recipe):
     from engine.optim import build_optimizer

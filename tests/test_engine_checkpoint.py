@@ -4,6 +4,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from core.checkpoint_io import read_checkpoint, save_atomic
 from engine import checkpoint
@@ -95,7 +96,6 @@ def test_a_locked_folder_is_never_shared_and_a_stale_lock_is_taken_over(tmp_path
 
 def test_mismatch_is_described_by_tensor_name():
     import torch
-    from torch import nn
 
     from models.factory import describe_mismatch
 
@@ -115,3 +115,29 @@ def test_stale_temp_files_of_a_killed_save_are_removed(tmp_path):
     (tmp_path / ".last.pth.abc123.tmp").write_bytes(b"torn")
     save_atomic({"epoch": 1}, tmp_path / "last.pth")
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"] and load(tmp_path / "last.pth")["epoch"] == 1
+
+
+def test_ema_only_writes_the_ema_weights_and_meta_without_training_state(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.engine_helpers import REPO, subprocess_env
+
+    model, ema = nn.Linear(3, 2), nn.Linear(3, 2)
+    full = {"model": model.state_dict(), "ema": {"module": ema.state_dict(), "updates": 7, "decay": 0.9999},
+            "optimizer": torch.optim.AdamW(model.parameters()).state_dict(), "epoch": 4, "rng": checkpoint.rng_state(),
+            "meta": {"names": ["行人", "car"], "nc": 2}}
+    save_atomic(full, tmp_path / "last.pth")
+    done = subprocess.run([sys.executable, "-m", "engine.checkpoint", str(tmp_path / "last.pth"),
+                           str(tmp_path / "infer.pth"), "--ema-only"], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "the ema weights" in done.stdout
+    written = read_checkpoint(tmp_path / "infer.pth")
+    assert sorted(written) == ["meta", "model"] and written["meta"] == full["meta"]
+    for name, value in ema.state_dict().items():  # the EMA's tensors, not the model's
+        assert torch.equal(written["model"][name], value)
+    assert not torch.equal(written["model"]["weight"], model.weight)
+    # a run without EMA: the model's weights
+    no_ema, source = checkpoint.inference_weights({"model": model.state_dict(), "optimizer": {}})
+    assert source == "model" and sorted(no_ema) == ["model"]

@@ -28,6 +28,54 @@ def test_info_equals_hand_count_for_tiny_graph():
     per_layer = [row["gflops"] * 1e9 for row in info["layers"]]
     assert per_layer[0] == conv_flops(3, 8, 3, 32)
     assert sum(per_layer) == flops
+    # MACs: the convolutions' multiply-accumulates alone (no bias add, activation or upsample)
+    macs = [co * hw * hw * ci * k * k for (ci, co, k), hw in zip(convs, (32, 16, 16, 16, 32))]
+    assert info["macs"] == sum(macs) and info["gmacs"] == round(sum(macs) / 1e9, 4)
+    assert [round(row["gmacs"] * 1e9) for row in info["layers"]] == [macs[0], macs[1], macs[2] + macs[3], 0, 0, macs[4]]
+
+
+def test_macs_of_linear_matmul_einsum_and_attention_equal_a_hand_count():
+    import torch
+    from torch import nn
+
+    from metrics.flops import count_flops
+
+    class Products(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(6, 4)
+            self.attention = nn.MultiheadAttention(8, 2)
+
+        def forward(self, x):                              # x: [5, 6]
+            y = self.linear(x)                             # 5*6*4 MACs (the bias add is no MAC)
+            gram = y @ y.T                                 # [5,4]x[4,5]: 5*5*4
+            mix = torch.einsum("ij,jk->ik", gram, y)       # i5 j5 k4: 5*5*4
+            tokens = torch.relu(mix).repeat(1, 2).unsqueeze(1)  # [5 tokens, batch 1, 8]: no MACs
+            out, _ = self.attention(tokens, tokens, tokens, need_weights=False)
+            return out
+
+    # attention: q, k, v projections 5*8*8 each, output projection 5*8*8 (what calflops sees in it)
+    hand = 5 * 6 * 4 + 5 * 5 * 4 + 5 * 5 * 4 + 4 * 5 * 8 * 8
+    profile = count_flops(Products(), torch.randn(5, 6))
+    assert profile.macs == hand
+    assert profile.flops > 2 * hand                       # + bias adds, relu, as FLOPs only
+
+
+def test_info_of_a_run_config_is_info_of_its_graph_at_its_size_and_class_count():
+    import yaml
+
+    def info(*args):
+        out = subprocess.run([sys.executable, "-m", "analyze.info", *args, "--json"], capture_output=True, text=True,
+                             check=True).stdout
+        return json.loads(out)
+
+    from_config = info("-c", "configs/demo.yml", "-u", "imgsz=[96, 96]")
+    graph = yaml.safe_load(open("configs/demo.yml"))["graph"]
+    assert from_config["imgsz"] == [96, 96] and from_config["nc"] == graph["nc"] == 3
+    from analyze.info import model_info
+    direct = model_info(graph, imgsz=(96, 96), nc=3)
+    assert {k: from_config[k] for k in ("params", "params_deploy", "macs", "flops")} == \
+           {k: direct[k] for k in ("params", "params_deploy", "macs", "flops")}
 
 
 def test_info_imgsz_override_scales_flops():

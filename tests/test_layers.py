@@ -10,7 +10,7 @@ import grimp
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("core", "blocks", "models", "data", "metrics", "engine", "analyze")
+PACKAGES = ("core", "blocks", "models", "data", "metrics", "engine", "analyze", "detrzoo")
 ENTRY_POINTS = ("train", "distill", "predict", "export")
 
 

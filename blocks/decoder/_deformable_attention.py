@@ -18,8 +18,9 @@ class ProjectedDeformableAttention(MSDeformableAttention):
     """Queries sample `num_points` locations per head and level around their reference; the value
     is projected once per call (`value_proj`) and the heads' mix is projected back (`output_proj`).
 
-    References are boxes [B, Q, 1, 4] (cxcywh: offsets scale with the box, RT-DETRv2 and two-stage
-    Deformable DETR) or points [B, Q, levels, 2] (offsets in cells of each level, Deformable DETR)."""
+    References are boxes [B, Q, 1 or levels, 4] (cxcywh: offsets scale with the box, RT-DETRv2 and
+    two-stage Deformable DETR) or points [B, Q, levels, 2] (offsets in cells of each level, Deformable
+    DETR); per-level references differ where padding makes each level's real share differ."""
 
     def __init__(self, embed_dim: int = 256, num_heads: int = 8, num_levels: int = 4, num_points=4,
                  method: str = "default", offset_scale: float = 0.5):
@@ -44,12 +45,17 @@ class ProjectedDeformableAttention(MSDeformableAttention):
         points = sum(self.num_points_list)
         offsets = self.sampling_offsets(query).reshape(batch, num_query, self.num_heads, points, 2)
         weights = F.softmax(self.attention_weights(query).reshape(batch, num_query, self.num_heads, points), dim=-1)
+        def level_of_point():  # the level each of the `points` samples from
+            return torch.repeat_interleave(torch.arange(self.num_levels, device=query.device),
+                                           torch.tensor(self.num_points_list, device=query.device))
+
         if reference_points.shape[-1] == 2:
-            level_of_point = torch.repeat_interleave(torch.arange(self.num_levels, device=query.device),
-                                                     torch.tensor(self.num_points_list, device=query.device))
+            levels = level_of_point()
             cells = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
-            locations = reference_points[:, :, None, level_of_point] + offsets / cells[level_of_point]
+            locations = reference_points[:, :, None, levels] + offsets / cells[levels]
         elif reference_points.shape[-1] == 4:
+            if reference_points.shape[2] > 1:  # one box per level: each point takes its level's
+                reference_points = reference_points[:, :, level_of_point()]
             scale = self.num_points_scale.to(dtype=query.dtype).unsqueeze(-1)
             offset = offsets * scale * reference_points[:, :, None, :, 2:] * self.offset_scale
             locations = reference_points[:, :, None, :, :2] + offset

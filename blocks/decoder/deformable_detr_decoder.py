@@ -5,6 +5,9 @@ The Deformable DETR decoder and heads over DeformableEncoder's maps: `num_querie
 self-attention and multi-scale deformable cross-attention; class and box heads read every layer.
 Options as in the paper: iterative box refinement (each layer refines the previous box; heads not
 shared) and two-stage. Submodule names follow HF transformers' DeformableDetrForObjectDetection.
+A padded batch passes the same `pixel_mask` as DeformableEncoder: padded values are not attended to,
+references are scaled to each image's real area, and two-stage proposals come from real cells only
+(boxes stay normalised to each image's real area, as HF's).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from torch.nn import init
 from core.errors import ArgumentError
 from blocks.decoder._deformable_attention import ProjectedDeformableAttention, generate_anchors
 from blocks.decoder._dfine_parts import MLP, prior_logit
-from blocks.encoder.deformable_encoder import FFN
+from blocks.encoder.deformable_encoder import FFN, level_masks, valid_ratios
 from blocks.registry import register
 from core.box_ops import inverse_sigmoid
 
@@ -59,30 +62,35 @@ class DecoderLayer(nn.Module):
         self.mlp = FFN(dim, dim_feedforward, dropout, act)
         self.final_layer_norm = nn.LayerNorm(dim)
 
-    def forward(self, target, query_pos, reference_points, memory, spatial_shapes):
+    def forward(self, target, query_pos, reference_points, memory, spatial_shapes, memory_mask=None):
         target = self.self_attn_layer_norm(target + self.dropout(self.self_attn(target, query_pos)))
-        sampled = self.encoder_attn(target + query_pos, reference_points, memory, spatial_shapes)
+        sampled = self.encoder_attn(target + query_pos, reference_points, memory, spatial_shapes, memory_mask)
         target = self.encoder_attn_layer_norm(target + self.dropout(sampled))
         return self.final_layer_norm(target + self.mlp(target))
 
 
 class Decoder(nn.Module):
     """The layer stack; with box refinement (`bbox_embed` given) each layer's box becomes the next
-    layer's (detached) reference."""
+    layer's (detached) reference. With padding, `ratios` [B, levels, 2] (the real share of each level)
+    scale the references, normalised to the real area, to each level's padded canvas."""
 
     def __init__(self, layer: DecoderLayer, num_layers: int):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
-    def forward(self, target, query_pos, reference_points, memory, spatial_shapes, bbox_embed=None):
+    def forward(self, target, query_pos, reference_points, memory, spatial_shapes, bbox_embed=None,
+                memory_mask=None, ratios=None):
         hidden, references = [], []
         num_levels = len(spatial_shapes)
         for i, layer in enumerate(self.layers):
-            if reference_points.shape[-1] == 4:
+            if ratios is not None:
+                scale = torch.cat([ratios, ratios], -1) if reference_points.shape[-1] == 4 else ratios
+                layer_reference = reference_points[:, :, None] * scale[:, None]
+            elif reference_points.shape[-1] == 4:
                 layer_reference = reference_points[:, :, None]
             else:
                 layer_reference = reference_points[:, :, None].expand(-1, -1, num_levels, -1)
-            target = layer(target, query_pos, layer_reference, memory, spatial_shapes)
+            target = layer(target, query_pos, layer_reference, memory, spatial_shapes, memory_mask)
             if bbox_embed is not None:
                 delta = bbox_embed[i](target)
                 if reference_points.shape[-1] == 4:
@@ -93,6 +101,25 @@ class Decoder(nn.Module):
             hidden.append(target)
             references.append(reference_points)
         return hidden, references
+
+
+def padded_anchors(masks: list[Tensor], eps: float = 1e-2, grid_size: float = 0.05):
+    """generate_anchors for a padded batch: [B, sum(H*W), 4] anchor logits, each cell's centre in its
+    image's real area (so normalised as the predicted boxes are), size grid_size * 2^level; and the
+    mask [B, L, 1] of real cells whose anchor lies inside (eps, 1 - eps). Others are +inf."""
+    anchors, real = [], []
+    for level, mask in enumerate(masks):
+        batch, h, w = mask.shape
+        grid_y, grid_x = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=mask.device),
+                                        torch.arange(w, dtype=torch.float32, device=mask.device), indexing="ij")
+        real_size = torch.stack((mask[:, 0, :].sum(1), mask[:, :, 0].sum(1)), -1).float().view(batch, 1, 1, 2)
+        centres = (torch.stack([grid_x, grid_y], dim=-1)[None] + 0.5) / real_size
+        sizes = torch.full_like(centres, grid_size * 2.0 ** level)
+        anchors.append(torch.cat([centres, sizes], dim=-1).reshape(batch, h * w, 4))
+        real.append(mask.reshape(batch, h * w, 1))
+    anchors, real = torch.cat(anchors, dim=1), torch.cat(real, dim=1)
+    valid = ((anchors > eps) & (anchors < 1 - eps)).all(-1, keepdim=True) & real
+    return torch.where(valid, torch.log(anchors / (1 - anchors)), torch.inf), valid
 
 
 def proposal_position_embedding(proposals_unact: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -152,8 +179,11 @@ class DeformableDETRDecoder(nn.Module):
             self.class_embed = nn.ModuleList([class_head] * num_heads)
             self.bbox_embed = nn.ModuleList([box_head] * num_heads)
 
-    def _two_stage_queries(self, memory: Tensor, spatial_shapes):
-        anchors, valid = generate_anchors(spatial_shapes, eps=0.01, device=memory.device)
+    def _two_stage_queries(self, memory: Tensor, spatial_shapes, masks=None):
+        if masks is None:
+            anchors, valid = generate_anchors(spatial_shapes, eps=0.01, device=memory.device)
+        else:
+            anchors, valid = padded_anchors(masks, eps=0.01)
         proposal_memory = self.enc_output_norm(self.enc_output(memory * valid.to(memory.dtype)))
         enc_logits = self.class_embed[-1](proposal_memory)
         enc_boxes_unact = self.bbox_embed[-1](proposal_memory) + anchors
@@ -166,20 +196,24 @@ class DeformableDETRDecoder(nn.Module):
         enc_outputs = {"pred_logits": enc_logits[..., :1], "pred_boxes": enc_boxes_unact.sigmoid()}
         return target, query_pos, boxes_unact.sigmoid(), enc_outputs
 
-    def forward(self, feats: list[Tensor]) -> dict:
+    def forward(self, feats: list[Tensor], pixel_mask: Tensor | None = None) -> dict:
+        """feats: DeformableEncoder's maps; pixel_mask [B, H, W]: True on real pixels of a padded batch."""
         feats = [feats] if isinstance(feats, Tensor) else feats
         spatial_shapes = [tuple(f.shape[2:]) for f in feats]
         memory = torch.cat([f.flatten(2).transpose(1, 2) for f in feats], 1)
         batch = memory.shape[0]
+        masks = None if pixel_mask is None else level_masks(pixel_mask, spatial_shapes)
+        memory_mask = None if masks is None else torch.cat([m.flatten(1) for m in masks], 1)
+        ratios = None if masks is None else valid_ratios(masks, memory.dtype)
         enc_outputs = None
         if self.two_stage:
-            target, query_pos, reference_points, enc_outputs = self._two_stage_queries(memory, spatial_shapes)
+            target, query_pos, reference_points, enc_outputs = self._two_stage_queries(memory, spatial_shapes, masks)
         else:
             query_pos, target = self.query_position_embeddings.weight.split(self.hidden_dim, dim=1)
             query_pos, target = query_pos.expand(batch, -1, -1), target.expand(batch, -1, -1)
             reference_points = self.reference_points(query_pos).sigmoid()
         hidden, references = self.decoder(target, query_pos, reference_points, memory, spatial_shapes,
-                                          self.bbox_embed if self.with_box_refine else None)
+                                          self.bbox_embed if self.with_box_refine else None, memory_mask, ratios)
         logits, boxes = [], []
         for i, (h, previous) in enumerate(zip(hidden, [reference_points] + references[:-1])):
             delta = self.bbox_embed[i](h)

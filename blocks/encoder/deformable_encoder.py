@@ -4,12 +4,17 @@ The Deformable DETR encoder: 1x1 conv + GroupNorm projections of the backbone ma
 stride-2 3x3 convs on the coarsest input), sine position + learned level embeddings, and
 `num_layers` post-norm layers of multi-scale deformable self-attention and FFN over all levels'
 pixels at once. Returns one hidden_dim map per level. Submodule names follow HF transformers'
-DeformableDetrModel (input_proj, level_embed, layers.<i>.self_attn ... final_layer_norm)."""
+DeformableDetrModel (input_proj, level_embed, layers.<i>.self_attn ... final_layer_norm).
+
+Batches of images of different sizes, padded at the bottom and right, pass `pixel_mask` [B, H, W]
+(True on real pixels), as HF's model takes it: positions count real pixels only, padded values are
+not attended to, and reference points live in each image's real area (`valid_ratios`)."""
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
@@ -20,24 +25,37 @@ from blocks.registry import register
 
 
 def sine_position_embedding(height: int, width: int, dim: int, temperature: float = 10000.0,
-                            device=None, dtype=torch.float32) -> Tensor:
+                            device=None, dtype=torch.float32, mask: Tensor | None = None) -> Tensor:
     """[1, dim, H, W] DETR sine embedding with normalised coordinates (cell centres scaled to 2*pi):
-    dim/2 channels for y then dim/2 for x, sin and cos interleaved."""
+    dim/2 channels for y then dim/2 for x, sin and cos interleaved. With `mask` [B, H, W] (True on
+    real cells), [B, dim, H, W] with coordinates counted over each image's real cells only."""
     half = dim // 2
     eps, scale = 1e-6, 2 * math.pi
-    y = torch.arange(1, height + 1, dtype=dtype, device=device)
-    x = torch.arange(1, width + 1, dtype=dtype, device=device)
-    y = (y - 0.5) / (height + eps) * scale
-    x = (x - 0.5) / (width + eps) * scale
+    if mask is None:
+        y = torch.arange(1, height + 1, dtype=dtype, device=device)[None, :, None].expand(1, height, width)
+        x = torch.arange(1, width + 1, dtype=dtype, device=device)[None, None, :].expand(1, height, width)
+    else:
+        y, x = mask.to(dtype).cumsum(1), mask.to(dtype).cumsum(2)
+    y = (y - 0.5) / (y[:, -1:, :] + eps) * scale
+    x = (x - 0.5) / (x[:, :, -1:] + eps) * scale
     dim_t = temperature ** (2 * torch.div(torch.arange(half, device=device), 2, rounding_mode="floor").to(dtype) / half)
 
-    def embed(coords):  # [N] -> [N, half]: sin on even channels, cos on odd ones
-        angles = coords[:, None] / dim_t
-        return torch.stack((angles[:, 0::2].sin(), angles[:, 1::2].cos()), dim=2).flatten(1)
+    def embed(coords):  # [B, H, W] -> [B, half, H, W]: sin on even channels, cos on odd ones
+        angles = coords[..., None] / dim_t
+        return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=4).flatten(3).permute(0, 3, 1, 2)
 
-    pos_y = embed(y)[:, None, :].expand(height, width, half)
-    pos_x = embed(x)[None, :, :].expand(height, width, half)
-    return torch.cat((pos_y, pos_x), dim=2).permute(2, 0, 1)[None]
+    return torch.cat((embed(y), embed(x)), dim=1)
+
+
+def level_masks(pixel_mask: Tensor, spatial_shapes) -> list[Tensor]:
+    """The image-size mask [B, H, W] (True on real pixels) at each level's size (nearest, as HF)."""
+    return [F.interpolate(pixel_mask[None].float(), size=shape).to(torch.bool)[0] for shape in spatial_shapes]
+
+
+def valid_ratios(masks: list[Tensor], dtype) -> Tensor:
+    """[B, levels, 2]: the real share of each level's width and height (1 without padding)."""
+    return torch.stack([torch.stack((m[:, 0, :].sum(1) / m.shape[2], m[:, :, 0].sum(1) / m.shape[1]), -1).to(dtype)
+                        for m in masks], 1)
 
 
 class FFN(nn.Module):
@@ -67,8 +85,9 @@ class EncoderLayer(nn.Module):
         self.mlp = FFN(dim, dim_feedforward, dropout, act)
         self.final_layer_norm = nn.LayerNorm(dim)
 
-    def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes) -> Tensor:
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes)
+    def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes,
+                value_mask: Tensor | None = None) -> Tensor:
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, value_mask)
         src = self.self_attn_layer_norm(src + self.dropout(attended))
         return self.final_layer_norm(src + self.mlp(src))
 
@@ -113,24 +132,35 @@ class DeformableEncoder(nn.Module):
             projected.append(proj(feats[-1] if i == 0 else projected[-1]))
         return projected
 
-    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+    def forward(self, feats: list[Tensor], pixel_mask: Tensor | None = None) -> list[Tensor]:
+        """feats: the backbone maps, finest first; pixel_mask [B, H, W]: True on real pixels of a
+        padded batch (None: every pixel is real)."""
         feats = [feats] if isinstance(feats, Tensor) else feats
         maps = self.project(feats)
         spatial_shapes = [tuple(m.shape[2:]) for m in maps]
+        masks = [None] * len(maps) if pixel_mask is None else level_masks(pixel_mask, spatial_shapes)
         src = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
         pos = torch.cat([
-            (sine_position_embedding(h, w, self.hidden_dim, self.pe_temperature, src.device, src.dtype)
+            (sine_position_embedding(h, w, self.hidden_dim, self.pe_temperature, src.device, src.dtype, mask)
              .flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1))
-            for level, (h, w) in enumerate(spatial_shapes)], 1)
-        # every pixel's centre, in [0, 1], as its reference on every level
+            for level, ((h, w), mask) in enumerate(zip(spatial_shapes, masks))], 1)
+        # every pixel's centre, in [0, 1] of the real area, as its reference on every level (HF's rule:
+        # divided by the pixel's own level's real share, then scaled to each level's)
+        ratios = None if pixel_mask is None else valid_ratios(masks, src.dtype)
         centres = []
-        for h, w in spatial_shapes:
+        for level, (h, w) in enumerate(spatial_shapes):
             ys = (torch.arange(h, dtype=src.dtype, device=src.device) + 0.5) / h
             xs = (torch.arange(w, dtype=src.dtype, device=src.device) + 0.5) / w
             grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-            centres.append(torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), -1))
-        reference_points = torch.cat(centres, 0)[None, :, None].expand(src.shape[0], -1, len(spatial_shapes), -1)
+            centre = torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), -1)[None]
+            centres.append(centre if ratios is None else centre / ratios[:, None, level])
+        reference_points = torch.cat(centres, 1)[:, :, None]
+        if ratios is None:
+            reference_points = reference_points.expand(src.shape[0], -1, len(spatial_shapes), -1)
+        else:
+            reference_points = reference_points * ratios[:, None]
+        value_mask = None if pixel_mask is None else torch.cat([m.flatten(1) for m in masks], 1)
         for layer in self.layers:
-            src = layer(src, pos, reference_points, spatial_shapes)
+            src = layer(src, pos, reference_points, spatial_shapes, value_mask)
         outputs = src.transpose(1, 2).split([h * w for h, w in spatial_shapes], dim=2)
         return [o.reshape(src.shape[0], self.hidden_dim, h, w) for o, (h, w) in zip(outputs, spatial_shapes)]
