@@ -1,7 +1,9 @@
 """`python -m analyze.info GRAPH [--imgsz H W] [--scale s] [--nc N] [--per-layer] [--json]`
 
-Params in train mode, params after deploy(), and GFLOPs of the deploy model at the graph's eval
-size (batch 1, FLOPs = 2 x MACs plus element-wise ops, as the official model zoos count)."""
+Params in train mode, params after deploy() (every conv+BN folded) and after the official deploy
+(which keeps HGNetv2's, ResNet's and the decoder projections' BNs: the official zoos' `params_deploy`),
+and GFLOPs at the graph's eval size (batch 1, FLOPs = 2 x MACs plus element-wise ops, as the official
+model zoos count them, on the official deploy form; `gflops_deploy` on ours)."""
 import argparse
 import json
 
@@ -51,19 +53,22 @@ def format_layer_table(table: list[dict], imgsz) -> str:
 
 def model_info(graph, imgsz=None, scale=None, nc=None, per_layer=False) -> dict:
     model = build_model(graph, nc=nc, scale=scale, imgsz=imgsz, check=False)
-    deployed = deployed_copy(model)
+    official = deployed_copy(model, official=True)
     height, width = model.imgsz
     image = torch.zeros(1, 3, height, width)
     try:
-        profile = count_flops(deployed, image)
+        profile = count_flops(official, image)
     except Exception:
         with torch.no_grad():
-            deployed.run(image, check=True)  # reports the failing row as a GraphError
+            official.run(image, check=True)  # reports the failing row as a GraphError
         raise
+    deployed = deployed_copy(model)
+    ours = count_flops(deployed, image)
     info = {"graph": str(graph), "scale": model.scale, "imgsz": [height, width], "nc": model.nc,
-            "params": count_params(model), "params_deploy": profile.params, "gflops": round(profile.gflops, 4), "flops": int(profile.flops)}
+            "params": count_params(model), "params_deploy": ours.params, "params_deploy_official": profile.params,
+            "gflops": round(profile.gflops, 4), "flops": int(profile.flops), "gflops_deploy": round(ours.gflops, 4)}
     if per_layer:
-        info["layers"] = layer_table(deployed, profile)
+        info["layers"] = layer_table(official, profile)
     return info
 
 
@@ -86,8 +91,9 @@ def main(argv=None):
     if args.per_layer:
         print(format_layer_table(info["layers"], info["imgsz"]))
     scale = f" (scale {info['scale']})" if info["scale"] else ""
-    print(f"{info['graph']}{scale}: {info['params']:,} params, {info['params_deploy']:,} after deploy, "
-          f"{info['gflops']:.3f} GFLOPs at {info['imgsz'][0]}x{info['imgsz'][1]}")
+    print(f"{info['graph']}{scale}: {info['params']:,} params, {info['params_deploy']:,} after deploy "
+          f"({info['params_deploy_official']:,} after the official deploy), {info['gflops']:.3f} GFLOPs at "
+          f"{info['imgsz'][0]}x{info['imgsz'][1]} ({info['gflops_deploy']:.3f} with every BN folded)")
 
 
 if __name__ == "__main__":
