@@ -293,6 +293,13 @@ def prepare(settings: dict) -> None:
     from data.demo import make_demo
 
     make_demo(Path(settings["data"]), train=settings["train_images"], val=settings["val_images"], imgsz=640, seed=0)
+    for split in ("train", "val"):
+        # category ids 0..2: the official COCO loader (remap_mscoco_category off) takes ids as labels
+        path = Path(settings["data"]) / split / "_annotations.coco.json"
+        coco = json.loads(path.read_text())
+        for entry in coco["categories"] + coco["annotations"]:
+            entry["id" if "name" in entry else "category_id"] -= 1
+        path.write_text(json.dumps(coco))
     solver = our_solver({**settings, "out": str(Path(settings["tmp"]) / "prepare")})
     import data
     data.set_epoch(solver.train_loader, 0)

@@ -42,6 +42,10 @@ from models.criterion.targets import check_targets
 from core.errors import ConfigError
 
 CLASS_TERMS = ("focal", "vfl", "mal")
+# the terms computed densely over every query (fixed shapes per layer kind): what `compile_dense_terms` compiles
+DENSE_TERMS = {"sigmoid_focal_loss": sigmoid_focal_loss, "varifocal_loss": varifocal_loss,
+               "matchability_aware_loss": matchability_aware_loss,
+               "decoupled_distillation_loss": decoupled_distillation_loss}
 BOX_TERMS = ("boxes", "local")  # the terms that use the union set
 TERMS = CLASS_TERMS + BOX_TERMS + ("distill",)
 
@@ -129,6 +133,13 @@ class DETRCriterion(nn.Module):
         self.share_matched_indices = share_matched_indices
         self.use_uni_set = use_uni_set
         self.ddf_temperature = ddf_temperature
+        self.dense = dict(DENSE_TERMS)
+
+    def compile_dense_terms(self, **options) -> None:
+        """torch.compile the dense terms (classification losses over all queries, DDF over all edges):
+        element-wise chains that the compiler fuses into a few kernels. The matching, the gathers of
+        matched pairs and the terms on them keep eager mode (their sizes change every step)."""
+        self.dense = {name: torch.compile(function, **options) for name, function in DENSE_TERMS.items()}
 
     # ---------------------------------------------------------------- the forward pass
     def forward(self, outputs: dict, targets: list[dict], epoch: int = 0, **_) -> dict[str, torch.Tensor]:
@@ -219,7 +230,8 @@ class DETRCriterion(nn.Module):
         classes[batch_idx, query_idx] = matched.labels.to(torch.int64)
         one_hot = F.one_hot(classes, num_classes + 1)[..., :-1].to(logits.dtype)
         if name == "focal":
-            return {"loss_focal": sigmoid_focal_loss(logits, one_hot, self.alpha, self.gamma).sum() / num_boxes}
+            return {"loss_focal": self.dense["sigmoid_focal_loss"](logits, one_hot, self.alpha, self.gamma).sum()
+                    / num_boxes}
 
         src_boxes = layer["pred_boxes"][batch_idx, query_idx]
         target_boxes = matched.boxes
@@ -230,9 +242,9 @@ class DETRCriterion(nn.Module):
         score[batch_idx, query_idx] = iou.to(logits.dtype)
         score = score.unsqueeze(-1) * one_hot
         if name == "vfl":
-            loss = varifocal_loss(logits, one_hot, score, self.alpha, self.gamma)
+            loss = self.dense["varifocal_loss"](logits, one_hot, score, self.alpha, self.gamma)
         else:
-            loss = matchability_aware_loss(logits, one_hot, score, self.gamma, self.mal_alpha)
+            loss = self.dense["matchability_aware_loss"](logits, one_hot, score, self.gamma, self.mal_alpha)
         return {f"loss_{name}": loss.sum() / num_boxes}
 
     def _box_losses(self, layer: dict, matched: _Matched, num_boxes: torch.Tensor):
@@ -279,7 +291,7 @@ class DETRCriterion(nn.Module):
             # per-GPU batch size should not change the balance: count as if 8 images
             batch_scale = 8 / layer["pred_boxes"].shape[0]
             state.ddf_balance = ((matched.sum() * batch_scale) ** 0.5, ((~matched).sum() * batch_scale) ** 0.5)
-        terms["loss_ddf"] = decoupled_distillation_loss(all_corners, teacher_corners, weight, matched,
+        terms["loss_ddf"] = self.dense["decoupled_distillation_loss"](all_corners, teacher_corners, weight, matched,
                                                         *state.ddf_balance, temperature=self.ddf_temperature)
         return terms
 
