@@ -312,15 +312,15 @@ def prepare(settings: dict) -> None:
 def measure_all(settings: dict, parts: list[str], repeats: int) -> dict:
     sides = ["ours", "official"] if settings.get("official") else ["ours"]
     results: dict = {}
-    for _ in range(repeats):
+    for repeat in range(repeats):
         for part in parts:
-            if part == "latency":
-                for name, ms in run_child("latency", "both", settings).items():
-                    results.setdefault(("latency", name), []).append(ms)
-                continue
-            for side in sides:  # alternating, so a change of load hits both sides alike
-                for key, value in run_child(part, side, settings).items():
-                    results.setdefault((part, f"{side}_{key}"), []).append(value)
+            # alternating, so a change of load hits both sides alike; latency interleaves inside one process
+            for side in (["both"] if part == "latency" else sides):
+                measured = run_child(part, side, settings)
+                print(json.dumps({"repeat": repeat, "part": part, "side": side, **measured,
+                                  "load": round(os.getloadavg()[0], 2)}), file=sys.stderr, flush=True)
+                for key, value in measured.items():
+                    results.setdefault((part, key if side == "both" else f"{side}_{key}"), []).append(value)
     return {key: statistics.median(values) for key, values in results.items()}
 
 
