@@ -1,10 +1,13 @@
 """Detect objects in images, a folder or a video with a trained checkpoint.
 
-    python predict.py -c CONFIG -r CKPT -i INPUT [-o OUT] [--conf 0.45] [--classes "a,b,c"] [-d cpu]
+    python predict.py -c CONFIG -r CKPT -i INPUT [-o OUT] [-t 0.45] [--classes "a,b,c"] [-d cpu]
+                      [--line-width N] [--font-size N]
     python predict.py --backend onnx -m model.onnx -i INPUT [-c CONFIG] ...   # a file from export.py
 
 Writes annotated images (or an annotated video) and `detections.json` under OUT, and prints a
-table of detections. Class names default to those stored in the checkpoint. Preprocessing is the
+table of detections. With one image as input and `-o result.jpg` (an image name), that file is
+written, with `result.json` beside it. An input that cannot be read is skipped and listed (in the
+printout and in the JSON's `skipped`); the others are still predicted. Class names default to those stored in the checkpoint. Preprocessing is the
 evaluation pipeline (`data.transforms.preprocess_image`), so predictions equal what --test-only saw.
 With `--backend onnx` onnxruntime runs the exported file; its preprocessing and class names come
 from the file's metadata (or from -c's val pipeline when given).
@@ -17,13 +20,15 @@ from pathlib import Path
 
 import torch
 
+from core.checkpoint_io import atomic_write_text
 from core.drawing import draw_detections
-from core.errors import ConfigError, cli_main
+from core.errors import ConfigError, DataError, cli_main
+from data.cache import load_rgb
 from data.pipeline import eval_preprocessing
-from engine.inference import Predictor, collect_inputs
+from engine.inference import IMAGE_SUFFIXES, Predictor, collect_inputs
 from models.factory import load_detector
 
-def predict_video(predictor: Predictor, path: Path, out_dir: Path) -> list[dict]:
+def predict_video(predictor: Predictor, path: Path, out_dir: Path, style: dict) -> list[dict]:
     import cv2
     import numpy as np
     from PIL import Image
@@ -43,7 +48,7 @@ def predict_video(predictor: Predictor, path: Path, out_dir: Path) -> list[dict]
             break
         image = Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
         detections = predictor(image)
-        writer.write(cv2.cvtColor(np.asarray(draw_detections(image, detections)), cv2.COLOR_RGB2BGR))
+        writer.write(cv2.cvtColor(np.asarray(draw_detections(image, detections, **style)), cv2.COLOR_RGB2BGR))
         frames.append({"frame": index, "detections": detections})
         index += 1
     capture.release()
@@ -86,6 +91,26 @@ def onnx_predictor(args) -> Predictor:
     return Predictor(detector, None, preprocessing, torch.device("cpu"), args.conf, names)
 
 
+def output_paths(inputs: Path, images: list[Path], videos: list[Path], output: str) -> tuple[Path, Path | None]:
+    """(folder for the annotated files, or the single annotated image's own path; the JSON's path)."""
+    out = Path(output)
+    if out.suffix.lower() in IMAGE_SUFFIXES:
+        if len(images) != 1 or videos:
+            raise ConfigError(f"-o {out} names one image, but the input holds {len(images) + len(videos)} files",
+                              where="-o", hint="give -o a folder for several inputs")
+        return out, out.with_suffix(".json")
+    return out, out / "detections.json"
+
+
+def check_output(output: Path, inputs: Path) -> None:
+    """Refuse to write into the input folder (annotated images would replace the originals)."""
+    source = (inputs if inputs.is_dir() else inputs.parent).resolve()
+    folder = (output.parent if output.suffix.lower() in IMAGE_SUFFIXES else output).resolve()
+    if folder == source or source in folder.parents or output.resolve() == inputs.resolve():
+        raise ConfigError(f"-o {output} writes inside the input {inputs}", where="-o",
+                          hint="choose an output folder outside the input folder")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", help="run config (required with the torch backend)")
@@ -93,18 +118,29 @@ def main(argv=None):
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     parser.add_argument("-m", "--model", help="ONNX file written by export.py (--backend onnx)")
     parser.add_argument("-i", "--input", required=True, help="image, video or folder")
-    parser.add_argument("-o", "--output", default="predictions", help="output folder")
-    parser.add_argument("--conf", type=float, default=0.45, help="score threshold")
+    parser.add_argument("-o", "--output", default="predictions", help="output folder, or an image file for one image")
+    parser.add_argument("-t", "--conf", "--threshold", dest="conf", type=float, default=0.45, help="score threshold")
     parser.add_argument("--classes", help='class names, comma separated: "a,b,c" (default: from the checkpoint)')
+    parser.add_argument("--line-width", type=int, help="box line width in pixels (default: from the image size)")
+    parser.add_argument("--font-size", type=int, help="label font size in pixels (default: from the image size)")
     parser.add_argument("-d", "--device", default=None)
     parser.add_argument("-u", "--update", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.conf <= 1.0:
+        raise ConfigError(f"the score threshold must be in [0, 1], got {args.conf}", where="-t/--conf",
+                          hint="a detection's score is a probability, e.g. -t 0.4")
+    for flag in ("line_width", "font_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be a positive number of pixels", where=f"--{flag}")
 
-    from PIL import Image
-
+    from core.dist import parse_device
     from engine.config import load_config
 
+    inputs = Path(args.input)
+    images, videos = collect_inputs(inputs)
+    target, json_path = output_paths(inputs, images, videos, args.output)
+    check_output(target, inputs)
     if args.backend == "onnx":
         predictor = onnx_predictor(args)
     else:
@@ -112,24 +148,40 @@ def main(argv=None):
             raise ConfigError("the torch backend needs -c CONFIG and -r CKPT", where="-c/-r",
                               hint="or run an exported file: --backend onnx -m model.onnx")
         cfg = load_config(args.config, args.update)
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = parse_device(args.device)
         model, postprocessor, meta = load_detector(args.resume, cfg, device)
         names = class_names(args.classes, list(meta.get("names") or []), model.nc)
         predictor = Predictor(model, postprocessor, eval_preprocessing(cfg, model.imgsz), device, args.conf, names)
-    images, videos = collect_inputs(Path(args.input))
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = {}
+    single = target.suffix.lower() in IMAGE_SUFFIXES
+    (target.parent if single else target).mkdir(parents=True, exist_ok=True)
+    style = {"line_width": args.line_width, "font_size": args.font_size}
+    results, skipped = {}, {}
     for path in images:
-        with Image.open(path) as image:
-            detections = predictor(image)
-            draw_detections(image, detections).save(out_dir / f"{path.stem}.jpg", quality=95)
+        try:
+            image = load_rgb(path)
+        except DataError as err:  # one broken file must not cost the others' results
+            skipped[path.name] = err.message
+            print(f"skipped {path}: {err.message}")
+            continue
+        detections = predictor(image)
+        draw_detections(image, detections, **style).save(target if single else target / f"{path.stem}.jpg",
+                                                         quality=95)
         print(format_table(path.name, detections))
         results[path.name] = detections
     for path in videos:
-        results[path.name] = predict_video(predictor, path, out_dir)
-    (out_dir / "detections.json").write_text(json.dumps(results, indent=1))
-    print(f"annotated output and detections.json written to {out_dir}")
+        try:
+            results[path.name] = predict_video(predictor, path, target, style)
+        except ConfigError as err:
+            skipped[path.name] = err.message
+            print(f"skipped {path}: {err.message}")
+    atomic_write_text(json_path, json.dumps({**results, **({"skipped": skipped} if skipped else {})}, indent=1,
+                                            ensure_ascii=False))
+    print(f"annotated output written to {target}, detections to {json_path}")
+    if skipped:
+        print(f"{len(skipped)} of {len(images) + len(videos)} inputs skipped: {', '.join(skipped)}")
+        if not results:
+            raise DataError(f"no input could be read ({len(skipped)} skipped)", where=str(inputs),
+                            hint="check the files listed above")
     return results
 
 

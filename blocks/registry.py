@@ -128,6 +128,8 @@ def register(category: str, channels: ChannelRule = "same", example: dict | None
     c_in       whether the constructor's first parameter receives the input channels
     repeat_arg constructor parameter that takes a row's `repeats` (C2f's n); otherwise the
                parser stacks `repeats` copies in sequence
+    inputs     (keyword, in **extra) the numbers of input maps a multi-input block accepts, e.g.
+               (1, 2) for SEFN (a map, and optionally its spatial guide); the parser checks `from`
     """
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")

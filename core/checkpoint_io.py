@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def read_checkpoint(path: str | Path) -> dict:
             raise _unreadable(path, err) from None
         # torch's message goes on to suggest allow-listing the refused global; for an untrusted file
         # that is the advice to run its code, so only the refused name is kept
-        refused = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
+        refused = re.search(r"GLOBAL (\S+)", str(err))
+        refused = f"it names {refused.group(1)}" if refused else ""
         raise CheckpointError(f"cannot read checkpoint {path}: refused to unpickle Python objects other than "
                               f"tensors, which could run code ({refused or 'not a plain weights file'})",
                               hint="only if you trust where the file came from: `python -m engine.checkpoint SRC OUT "

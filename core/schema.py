@@ -20,12 +20,18 @@ import functools
 import inspect
 import types
 import typing
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from core.errors import ConfigError
+
+
+MAX_IMGSZ = 8192  # a network input side above this is a typo (a detector at 8k px needs > 100 GB)
+# a square side or [h, w] in pixels, as configs write image sizes
+ImageSize = Annotated[int, Field(gt=0, le=MAX_IMGSZ)] | Annotated[list[Annotated[int, Field(gt=0, le=MAX_IMGSZ)]],
+                                                                  Field(min_length=2, max_length=2)]
 
 
 class Section(BaseModel):
@@ -93,7 +99,9 @@ def _field_path(model: type[BaseModel], loc) -> tuple[list[str], Any, type[BaseM
             keys[-1] = f"{keys[-1]}[{part}]" if keys else f"[{part}]"
         elif owner is not None and part in owner.model_fields:
             keys.append(part)
-            annotation = owner.model_fields[part].annotation
+            field = owner.model_fields[part]
+            # pydantic keeps a field's constraints (PositiveInt's > 0) apart from its annotation
+            annotation = typing.Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
             owner = next((a for a in (annotation, *typing.get_args(annotation))
                           if isinstance(a, type) and issubclass(a, BaseModel)), None)
         else:
@@ -112,7 +120,9 @@ def _section_error(err: pydantic.ValidationError, model: type[BaseModel], where:
     key = ".".join(filter(None, [where, *keys]))
     if first["type"] == "missing":
         return ConfigError(f"missing required key {keys[-1]!r}", where=key, hint="add it to the config")
-    if first["type"] == "value_error" or annotation is None or holder is not None:
+    if first["type"] == "list_type" and holder is not None:   # a list of sections given something else
+        problem = "must be a list of mappings"
+    elif first["type"] == "value_error" or annotation is None or holder is not None:
         problem = first["msg"].removeprefix("Value error, ")
         problem = problem[0].lower() + problem[1:]
     else:

@@ -16,6 +16,7 @@ from core.errors import DetrZooError
 
 MAX_BYTES = 16 * 2 ** 20      # a graph or recipe is a few KB; a COCO-sized data.yaml stays far below this
 MAX_ALIASES = 1000            # anchors are for sharing a few settings, not for building data
+MAX_EXPANDED_NODES = 10 ** 6  # values once every alias is expanded (a COCO-sized data.yaml has ~100)
 MAX_DEPTH = 100               # the deepest shipped config nests 7 levels
 
 
@@ -49,9 +50,29 @@ class SafeYamlLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def compose_document(self):
+        # a few aliases of aliases expand geometrically (10 levels of 10 make 10^10 values once merged or
+        # copied): count the values as expanded, each shared node once per use, before constructing
+        document = super().compose_document()
+        sizes: dict[int, int] = {}
+
+        def expanded(node) -> int:
+            if id(node) not in sizes:
+                children = node.value if isinstance(node, yaml.SequenceNode) else \
+                    [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+                sizes[id(node)] = 1 + sum(expanded(child) for child in children)
+            return sizes[id(node)]
+
+        if document is not None and expanded(document) > MAX_EXPANDED_NODES:
+            raise _Limits(None, None, f"its aliases (*name) expand to more than {MAX_EXPANDED_NODES:,} values; "
+                                      "this looks like an alias bomb", document.start_mark)
+        return document
+
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *base`; its keys may be overridden here
+                continue
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (list, dict)):
                 raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a scalar",

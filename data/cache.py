@@ -31,6 +31,9 @@ def load_rgb(path: Path) -> PIL.Image.Image:
             if im.mode.startswith("I"):  # I;16 / I;16B / I: 16-bit greyscale
                 im = PIL.Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
             return im.convert("RGB")
+    except PIL.Image.DecompressionBombError as err:
+        raise DataError(f"image above PIL's pixel limit: {str(err).split(',')[0]}", where=str(path),
+                        hint="downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise DataError(f"image cannot be decoded: {err}", where=str(path),
                         hint="re-export or remove this image (the header was readable, the pixels are not)") from None

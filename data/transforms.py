@@ -24,10 +24,10 @@ from pydantic import Field, PositiveInt
 
 from core.errors import ConfigError
 from core.registry import Registry
+from core.schema import ImageSize
 
 TRANSFORMS = Registry("transform")  # data.mosaic adds Mosaic
 PER_BOX_KEYS = ("labels", "area", "iscrowd")
-MAX_IMGSZ = 8192  # a network input side above this is a typo (a detector at 8k px needs > 100 GB)
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -122,10 +122,6 @@ def resize_image(image: PIL.Image.Image, size_hw, letterbox: bool = False, fill:
 def as_size_hw(size) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
-
-# a square side or [h, w] in pixels, as configs write image sizes
-ImageSize = Annotated[int, Field(gt=0, le=MAX_IMGSZ)] | Annotated[list[Annotated[int, Field(gt=0, le=MAX_IMGSZ)]],
-                                                                  Field(min_length=2, max_length=2)]
 
 
 @register_transform

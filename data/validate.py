@@ -22,6 +22,7 @@ from core.errors import DataError
 ERROR_KINDS = {
     "image_missing": "image file not found",
     "image_unreadable": "image file cannot be read",
+    "image_too_large": "image above PIL's pixel limit (a decompression-bomb guard)",
     "image_bad_entry": "image entry without an integer `id` or a `file_name`",
     "duplicate_image_id": "two images share an id",
     "duplicate_annotation_id": "two annotations share an id",
@@ -113,17 +114,52 @@ def load_json(ann_file: str | Path) -> dict:
         raise DataError("annotation file not found", where=str(ann_file),
                         hint="check `ann_file` in the dataset config") from None
     except json.JSONDecodeError as err:
-        raise DataError(f"not valid JSON: {err}", where=str(ann_file)) from None
+        raise DataError(f"not valid JSON: {err}", where=str(ann_file),
+                        hint="is this the annotation file? re-export it as COCO JSON") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})", where=str(ann_file),
+                        hint="a COCO file is UTF-8 JSON; is this an image or an archive?") from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply to read", where=str(ann_file),
+                        hint="a COCO file nests three levels; is this the annotation file?") from None
+    except IsADirectoryError:
+        raise DataError("is a folder, not an annotation file", where=str(ann_file),
+                        hint="point `ann_file` at the .json inside it") from None
 
 
-def read_image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file header without decoding pixels; None when unreadable."""
+class TooLarge(str):
+    """read_image_size's answer for an image PIL refuses to open: the reason, as PIL gives it."""
+
+
+def read_image_size(path: Path) -> tuple[int, int] | TooLarge | None:
+    """(width, height) from the file header without decoding pixels; None when unreadable, TooLarge
+    (PIL's message) when its pixel count exceeds PIL's decompression-bomb limit."""
     try:
         with Image.open(path) as im:
             # EXIF orientations 5-8 turn the image a quarter: it is loaded (and annotated) upright
             return im.size[::-1] if im.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8) else im.size
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as err:
+        return TooLarge(str(err))
+    except (OSError, ValueError):
         return None
+
+
+def check_structure(raw, name: str) -> None:
+    """The COCO layout itself: a mapping whose `images`, `annotations` and `categories` are lists of
+    mappings. Anything else (a list at the top, `images: {...}`, strings as entries) stops here, named."""
+    if not isinstance(raw, dict):
+        raise DataError(f"a COCO annotation file is a mapping with images/annotations/categories, got a "
+                        f"{type(raw).__name__}", where=name, hint="is this a COCO detection file? (predictions "
+                                                               "files are lists; pass the annotation file)")
+    for key in ("images", "annotations", "categories"):
+        value = raw.get(key, [])
+        if not isinstance(value, list):
+            raise DataError(f"`{key}` must be a list, got {type(value).__name__}", where=f"{name}: {key}",
+                            hint="re-export the annotations in COCO format")
+        bad = next((i for i, entry in enumerate(value) if not isinstance(entry, dict)), None)
+        if bad is not None:
+            raise DataError(f"`{key}[{bad}]` must be a mapping, got {type(value[bad]).__name__} {value[bad]!r:.60}",
+                            where=f"{name}: {key}[{bad}]", hint="re-export the annotations in COCO format")
 
 
 def _is_number(v) -> bool:
@@ -136,6 +172,7 @@ def validate_coco(ann_file: str | Path | dict, img_folder: str | Path | None = N
     folder. Returns a Report whose `dataset` is the repaired dict; `report.raise_for_errors()` stops the run."""
     raw = ann_file if isinstance(ann_file, dict) else load_json(ann_file)
     name = name or ("<dict>" if isinstance(ann_file, dict) else str(ann_file))
+    check_structure(raw, name)
     problems: list[Problem] = []
 
     categories = raw.get("categories")
@@ -228,7 +265,11 @@ def _check_image_files(images: list[dict], img_folder, check_images: bool, worke
     with ThreadPoolExecutor(max(1, workers)) as pool:
         sizes = list(pool.map(lambda im: read_image_size(folder / im["file_name"]), todo))
     for im, size in zip(todo, sizes):
-        if size is None:
+        if isinstance(size, TooLarge):
+            problems.append(Problem("image_too_large", im["id"], im["file_name"],
+                                    detail=f"{size.split(',')[0]}; downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
+                                           "if you trust the file"))
+        elif size is None:
             kind = "image_missing" if not (folder / im["file_name"]).is_file() else "image_unreadable"
             problems.append(Problem(kind, im["id"], im["file_name"], detail=str(folder / im["file_name"])))
         elif not (_is_number(im.get("width")) and _is_number(im.get("height"))):

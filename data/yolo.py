@@ -10,30 +10,39 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
-from data.coco import CocoDetection
 from core.errors import DataError
-from data.validate import read_image_size
+from core.yaml_io import load_yaml
+from data.coco import CocoDetection
+from data.validate import TooLarge, read_image_size
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def load_data_yaml(data_yaml) -> dict:
-    try:
-        with open(data_yaml, encoding="utf-8") as f:
-            spec = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise DataError("data.yaml not found", where=str(data_yaml)) from None
+    """The data.yaml as a dict whose `names` is {class id: name}: a list gives ids 0..n-1, a mapping keeps
+    its own keys (1-based or gapped ids are what the label files use, so they are never renumbered)."""
+    spec = load_yaml(data_yaml, error=DataError)
+    if not isinstance(spec, dict):
+        raise DataError(f"data.yaml must be a mapping (path, train, val, names), got {type(spec).__name__}",
+                        where=str(data_yaml))
     names = spec.get("names")
-    if isinstance(names, dict):
-        names = [names[k] for k in sorted(names)]
+    if isinstance(names, list):
+        names = dict(enumerate(names))
+    elif isinstance(names, dict):
+        bad = [k for k in names if isinstance(k, bool) or not isinstance(k, int) or k < 0]
+        if bad:
+            raise DataError(f"`names` keys must be the class ids of the label files (integers >= 0), got {bad}",
+                            where=f"{data_yaml}: names", hint="write `names: {0: cat, 1: dog}` or `names: [cat, dog]`")
+    elif names is not None:
+        raise DataError(f"`names` must be a list or a mapping of class names, got {type(names).__name__} {names!r}",
+                        where=f"{data_yaml}: names", hint="write `names: [cat]` for one class, or `names: {0: cat}`")
     if not names:
         raise DataError("no `names` (class names) in data.yaml", where=str(data_yaml),
                         hint="add `names: [cat, dog, ...]` or `names: {0: cat, 1: dog}`")
     if "nc" in spec and spec["nc"] != len(names):
-        raise DataError(f"nc is {spec['nc']} but names lists {len(names)} classes", where=str(data_yaml))
-    spec["names"] = [str(n) for n in names]
+        raise DataError(f"nc is {spec['nc']} but names lists {len(names)} classes", where=str(data_yaml),
+                        hint="make nc equal the number of names, or drop nc")
+    spec["names"] = {int(k): str(v) for k, v in sorted(names.items())}
     return spec
 
 
@@ -72,7 +81,7 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def read_labels(path: Path, nc: int) -> list[tuple[int, float, float, float, float]]:
+def read_labels(path: Path, names: dict) -> list[tuple[int, float, float, float, float]]:
     """Rows (class, cx, cy, w, h) of one label file; a missing file is an image without objects."""
     if not path.is_file():
         return []
@@ -89,8 +98,9 @@ def read_labels(path: Path, nc: int) -> list[tuple[int, float, float, float, flo
             cls, values = int(fields[0]), [float(v) for v in fields[1:]]
         except ValueError:
             raise DataError(f"not numbers: {line.strip()!r}", where=where) from None
-        if not 0 <= cls < nc:
-            raise DataError(f"class {cls} outside 0..{nc - 1} (data.yaml names {nc} classes)", where=where)
+        if cls not in names:
+            raise DataError(f"class {cls} is not in data.yaml's names (ids {sorted(names)})", where=where,
+                            hint="fix the label, or add the class to `names`")
         if not all(math.isfinite(v) for v in values):
             raise DataError(f"non-finite coordinates: {line.strip()!r}", where=where)
         rows.append((cls, *values))
@@ -105,12 +115,23 @@ def yolo_to_coco(data_yaml, split: str = "train", workers: int = 8) -> tuple[dic
         sizes = list(pool.map(read_image_size, images))
     unreadable = [str(p) for p, s in zip(images, sizes) if s is None]
     if unreadable:
-        raise DataError(f"{len(unreadable)} unreadable images: {', '.join(unreadable[:10])}", where=str(data_yaml))
+        raise DataError(f"{len(unreadable)} unreadable images: {', '.join(unreadable[:10])}", where=str(data_yaml),
+                        hint="re-export or remove these images")
+    too_large = [(p, s) for p, s in zip(images, sizes) if isinstance(s, TooLarge)]
+    if too_large:
+        raise DataError(f"{len(too_large)} images above PIL's pixel limit, e.g. {too_large[0][0]}: "
+                        f"{too_large[0][1].split(',')[0]}", where=str(data_yaml),
+                        hint="downscale them, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the files")
+    labels = [label_path(p) for p in images]
+    if images and not any(p.is_file() for p in labels):
+        raise DataError(f"none of the {len(images)} `{split}` images has a label file (looked for e.g. {labels[0]})",
+                        where=str(data_yaml), hint="labels live in a `labels/` folder beside `images/`, one NAME.txt "
+                                                   "per image; an image without objects may simply have no file")
     coco = {"images": [], "annotations": [],
-            "categories": [{"id": i, "name": n, "supercategory": "none"} for i, n in enumerate(names)]}
-    for image_id, (path, (w, h)) in enumerate(zip(images, sizes)):
+            "categories": [{"id": i, "name": n, "supercategory": "none"} for i, n in names.items()]}
+    for image_id, (path, label, (w, h)) in enumerate(zip(images, labels, sizes)):
         coco["images"].append({"id": image_id, "file_name": str(path), "width": w, "height": h})
-        for cls, cx, cy, bw, bh in read_labels(label_path(path), len(names)):
+        for cls, cx, cy, bw, bh in read_labels(label, names):
             box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
             coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": cls,
                                         "bbox": box, "area": box[2] * box[3], "iscrowd": 0})

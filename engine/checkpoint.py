@@ -21,19 +21,8 @@ from torch import nn
 
 from core.checkpoint_io import model_weights, read_checkpoint, save_atomic
 from core.errors import CheckpointError, cli_main
-
-
-def convert_if_official(sd: dict, model: nn.Module) -> tuple[dict, str | None]:
-    """Official-layout weights (backbone./encoder./decoder. keys, or HF Deformable DETR's) go through
-    models.convert."""
-    try:
-        from models import convert
-    except ImportError:
-        return sd, None
-    if not (convert.is_official_layout(sd) or convert.is_hf_layout(sd)):
-        return sd, None
-    converted, report = convert.convert_official(sd, model)
-    return converted, report
+from models.convert import convert_if_official
+from models.factory import fits
 
 
 def load_matching(model: nn.Module, sd: dict) -> dict:
@@ -44,9 +33,9 @@ def load_matching(model: nn.Module, sd: dict) -> dict:
     matched, mismatched = {}, []
     for name, value in sd.items():
         if name in own:
-            if own[name].shape == value.shape:
+            if fits(own[name], value):
                 matched[name] = value
-            else:
+            else:  # another shape (another class count), or integers where the model has floats
                 mismatched.append((name, tuple(value.shape), tuple(own[name].shape)))
     model.load_state_dict(matched, strict=False)
     return {"loaded": len(matched), "mismatched": mismatched,

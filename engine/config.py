@@ -16,9 +16,8 @@ import yaml
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, confloat
 
 from core.errors import ConfigError, DetrZooError
-from core.schema import Section, check_call, validate_section
+from core.schema import ImageSize, Section, check_call, validate_section
 from core.yaml_io import load_yaml
-from data.transforms import ImageSize
 from engine.vocabulary import translate, translate_key
 
 INCLUDE = "__include__"
@@ -76,7 +75,8 @@ def _load_file(path: Path, stack: tuple[Path, ...], sources: dict) -> dict:
     if spec is None:
         return {}
     if not isinstance(spec, dict):
-        raise ConfigError("a config file must be a mapping of keys to values", where=str(path))
+        raise ConfigError("a config file must be a mapping of keys to values", where=str(path),
+                          hint="write `key: value` lines, e.g. `graph: graphs/deim/deim-n.yaml` and `epochs: 72`")
     spec = translate(coerce_numbers(spec), str(path))
     includes = spec.pop(INCLUDE, None) or []
     if isinstance(includes, str):
@@ -128,8 +128,9 @@ def apply_update(cfg: dict, text: str, sources: dict | None = None) -> None:
         if child is None:
             child = node[key] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"cannot set {'.'.join(keys)}: {'.'.join(keys[:depth + 1])} is a "
-                              f"{type(child).__name__}, not a mapping", where="-u")
+            raise ConfigError(f"cannot set {'.'.join(keys)}: {'.'.join(keys[:depth + 1])} is "
+                              f"{type(child).__name__!r} {child!r}, not a mapping", where="-u",
+                              hint=f"set {'.'.join(keys[:depth + 1])} itself, or check the key's spelling")
         node = child
     deep_merge(node, {keys[-1]: value}, sources, "-u " + text, ".".join(keys[:-1]) + "." if len(keys) > 1 else "")
 

@@ -23,9 +23,12 @@ from torch import nn
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from core.errors import ConfigError
+from core.registry import Registry
 from core.schema import Section, validate_section
 
-OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD}
+OPTIMIZERS = Registry("optimizer type")
+for _cls in (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD):
+    OPTIMIZERS.register(_cls)
 
 
 class ParamGroupConfig(Section):
@@ -48,7 +51,7 @@ class ParamGroupConfig(Section):
 
 class OptimizerConfig(Section):
     """The `optimizer:` section (official keys). Unset settings keep torch's defaults."""
-    type: Literal["AdamW", "Adam", "SGD"] = "AdamW"
+    type: str = "AdamW"                          # a name in OPTIMIZERS
     params: list[ParamGroupConfig] = []
     lr: PositiveFloat = 1e-4
     betas: tuple[float, float] | None = None
@@ -60,6 +63,13 @@ class OptimizerConfig(Section):
     # how torch runs the update: one fused kernel over all parameters, per-op over lists (foreach), or a
     # Python loop per parameter (torch's default on the CPU). auto = fused where torch has it for the device.
     implementation: Literal["auto", "fused", "foreach", "loop"] = "auto"
+
+    @field_validator("type")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer type {value!r}; {OPTIMIZERS.suggest(value)}")
+        return value
 
 
 class LRSchedulerConfig(Section):
@@ -164,7 +174,7 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
         g.pop("pattern", None)
     flags = implementation_flags(cfg.pop("implementation"), [p for g in groups for p in g["params"]])
     try:
-        optimizer = OPTIMIZERS[kind](groups, **cfg, **flags)
+        optimizer = OPTIMIZERS.get(kind)(groups, **cfg, **flags)
     except (TypeError, ValueError, RuntimeError) as err:
         raise ConfigError(f"bad {kind} arguments: {err}", where="optimizer",
                           hint="optimizer.implementation: foreach or loop where fused is not supported") from None

@@ -29,7 +29,7 @@ import torch
 
 from core import dist
 from core.checkpoint_io import DiskFullError, atomic_write_text, model_weights, read_checkpoint, save_atomic
-from core.errors import CheckpointError, ConfigError, DetrZooError
+from core.errors import CheckpointError, ConfigError, DetrZooError, Interrupted
 from engine import checkpoint
 from engine.config import resolve
 from engine.ema import ModelEMA
@@ -48,7 +48,7 @@ class TrainingDiverged(DetrZooError):
     """Too many consecutive steps with a non-finite loss, boxes or gradients."""
 
 
-class RunInterrupted(DetrZooError):
+class RunInterrupted(Interrupted):
     """Ctrl-C during training: the message says where the last whole checkpoint is."""
 
 
@@ -163,6 +163,10 @@ class Solver:
         for split, dataset in datasets.items():
             dataset.use_categories(self.category_ids, self.names, source=self._mapping_source)
         self.nc = len(self.category_ids)
+        if dist.is_main():
+            shown = ", ".join(f"{i}={n!r}" for i, n in zip(self.category_ids[:12], self.names[:12]))
+            print(f"{self.nc} classes ({self._mapping_source}): labels 0..{self.nc - 1} are category ids "
+                  f"{shown}{', ...' if self.nc > 12 else ''}")
         if cfg["nc"] is not None and cfg["nc"] != self.nc and dist.is_main():
             print(f"note: config nc={cfg['nc']} but the dataset has {self.nc} classes; using {self.nc}")
         if not self.test_only:
@@ -398,18 +402,21 @@ class Solver:
         try:
             return self._fit(max_epochs)
         except KeyboardInterrupt:
-            raise RunInterrupted(self._resume_hint("interrupted")) from None
+            message, hint = self._where_it_stopped("interrupted")
+            raise RunInterrupted(message, hint=hint) from None
         except DiskFullError as err:
-            raise DiskFullError(f"{err.message}; {self._resume_hint('stopped')}", where=err.where, hint=err.hint) from None
+            message, hint = self._where_it_stopped("stopped")
+            raise DiskFullError(f"{err.message}; {message}", where=err.where, hint=f"{err.hint}; then {hint}") from None
         finally:
             self.close()
 
-    def _resume_hint(self, what: str) -> str:
+    def _where_it_stopped(self, what: str) -> tuple[str, str]:
+        """(what happened and the last whole checkpoint, how to continue) for a run stopped early."""
         last = self.output_dir / "last.pth"
         if last.is_file():
-            return (f"{what} after epoch {self.epoch}; the last whole checkpoint is {last}: continue with "
-                    f"`-r {last}` (or --auto-resume with --output-dir {self.output_dir})")
-        return f"{what} before the first checkpoint; rerun with --auto-resume --output-dir {self.output_dir}"
+            return (f"{what} after epoch {self.epoch}; the last whole checkpoint is {last}",
+                    f"continue with `-r {last}` (or --auto-resume --output-dir {self.output_dir})")
+        return f"{what} before the first checkpoint", f"rerun with --auto-resume --output-dir {self.output_dir}"
 
     def _fit(self, max_epochs: int | None) -> dict:
         import data
@@ -482,6 +489,8 @@ class Solver:
         if dist.is_main():
             print(f"epoch {epoch}: AP50:95 {ap:.4f}  AP50 {stats['stats'][1]:.4f}  best {self.best['ap']:.4f} "
                   f"(epoch {self.best['epoch']})  {seconds:.1f}s")
+            if stats.get("dropped"):
+                print(f"warning: {stats['dropped']} predictions with a non-finite box or score were not scored")
         dist.barrier()
 
     def train_one_epoch(self, epoch: int) -> dict:

@@ -38,16 +38,23 @@ class CocoEvaluator:
         self.names = list(names)
         self.results: dict[int, list[dict]] = {}  # image id -> its detections (COCO json)
         self.cocoeval = None
+        self.dropped = 0  # non-finite detections left out
 
     @property
     def detections(self) -> list[dict]:
         return [d for image_id in sorted(self.results) for d in self.results[image_id]]
 
     def reset(self) -> None:
-        self.results, self.cocoeval = {}, None
+        self.results, self.cocoeval, self.dropped = {}, None, 0
 
     def update(self, results: dict[int, dict]) -> None:
+        """Add per-image results; a detection with a non-finite box or score is dropped and counted
+        (NaN boxes would otherwise match as hits and inflate AP)."""
         for image_id, result in results.items():
+            finite = torch.isfinite(result["boxes"]).all(-1) & torch.isfinite(result["scores"])
+            if not bool(finite.all()):
+                self.dropped += int((~finite).sum())
+                result = {k: v[finite] for k, v in result.items()}
             self.results[int(image_id)] = to_coco_json(image_id, result, self.category_ids)
 
     def synchronize(self) -> None:
@@ -56,6 +63,7 @@ class CocoEvaluator:
             for part in dist.gather_objects(self.results):
                 for image_id, dets in part.items():
                     self.results.setdefault(image_id, dets)
+            self.dropped = sum(dist.gather_objects(self.dropped))
 
     def evaluate(self, verbose: bool = True) -> dict:
         """Run COCOeval; return {'stats': 12 numbers, 'per_class': [...], 'yolo': {...}}."""
@@ -65,7 +73,8 @@ class CocoEvaluator:
         detections = self.detections
         if not detections:
             self.cocoeval = None
-            return {"stats": [0.0] * 12, "per_class": [], "yolo": {}, "summary": "no detections"}
+            return {"stats": [0.0] * 12, "per_class": [], "yolo": {}, "summary": "no detections",
+                    "dropped": self.dropped}
         with contextlib.redirect_stdout(io.StringIO()):
             detections = self.coco.loadRes(copy.deepcopy(detections))
         cocoeval = COCOeval(self.coco, detections, "bbox")
@@ -79,7 +88,7 @@ class CocoEvaluator:
             print(_summary_lines(buffer.getvalue()))
         self.cocoeval = cocoeval
         return {"stats": [float(v) for v in cocoeval.stats], "per_class": per_class_table(cocoeval, self),
-                "yolo": yolo_metrics(cocoeval), "summary": _summary_lines(buffer.getvalue())}
+                "yolo": yolo_metrics(cocoeval), "summary": _summary_lines(buffer.getvalue()), "dropped": self.dropped}
 
     def save_predictions(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.detections))

@@ -8,11 +8,10 @@ false positive scored 0) and FalseNeg (AP with every missed box removed). Defini
 the 101-point COCO AP follow the reference `tidecv`; this implementation works on box-only COCO files
 with any category ids and is vectorised per image.
 
-`python -m metrics.tide --gt ANN.json --pred RESULTS.json [--out DIR] [--json]`
+The command line is `python -m analyze.tide --gt ANN.json --pred RESULTS.json [--out DIR] [--json]`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import DetrZooError, cli_main
+from core.errors import DataError
+from data.validate import check_structure, load_json
 
 MAIN_ERRORS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 SPECIAL_ERRORS = ("FalsePos", "FalseNeg")
@@ -194,39 +194,52 @@ def _mean_ap(cls: np.ndarray, score: np.ndarray, tp: np.ndarray, gt_count: dict[
 
 
 def _load(source, kind: str):
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise DetrZooError(f"{kind} file not found: {path}", hint="check the path")
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise DetrZooError(f"{path} is not valid JSON: {err}") from None
-    return source
+    return load_json(source) if isinstance(source, (str, Path)) else source
+
+
+def check_predictions(preds, where: str = "predictions") -> None:
+    """A COCO results list: mappings with image_id, category_id, a 4-number bbox and a score."""
+    if isinstance(preds, dict):
+        raise DataError("predictions must be a COCO results list, got a mapping (an annotation file?)", where=where,
+                        hint="pass the predictions.json that --test-only writes as --pred, the annotations as --gt")
+    if not isinstance(preds, list):
+        raise DataError(f"predictions must be a COCO results list, got {type(preds).__name__}", where=where)
+    for i, det in enumerate(preds):
+        bbox = det.get("bbox") if isinstance(det, dict) else None
+        if not (isinstance(det, dict) and "image_id" in det and "category_id" in det
+                and isinstance(bbox, list) and len(bbox) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*bbox, det.get("score")])):
+            raise DataError(f"detection {i} is not {{image_id, category_id, bbox: [x, y, w, h], score}}: "
+                            f"{str(det)[:80]}", where=f"{where}[{i}]", hint="pass a COCO results file")
 
 
 def evaluate(gt, preds, pos_thresh: float = 0.5, bg_thresh: float = 0.1, max_dets: int = 100) -> TideResult:
-    """TIDE on a COCO ground-truth dict/path and a COCO results list/path (boxes only is fine)."""
+    """TIDE on a COCO ground-truth dict/path and a COCO results list/path (boxes only is fine; category
+    ids of any kind, mapped to integers here)."""
+    gt_name, pred_name = (str(x) if isinstance(x, (str, Path)) else kind
+                          for x, kind in ((gt, "ground truth"), (preds, "predictions")))
     gt, preds = _load(gt, "ground truth"), _load(preds, "predictions")
-    if not isinstance(gt, dict) or "annotations" not in gt or "images" not in gt:
-        raise DetrZooError("ground truth must be a COCO dict with 'images' and 'annotations'")
+    check_structure(gt, gt_name)
+    check_predictions(preds, pred_name)
+    index = {c: i for i, c in enumerate(dict.fromkeys([*(a["category_id"] for a in gt.get("annotations", [])),
+                                                        *(d["category_id"] for d in preds)]))}
     gt_by_image = defaultdict(list)
-    for ann in gt["annotations"]:
+    for ann in gt.get("annotations", []):
         gt_by_image[ann["image_id"]].append(ann)
     det_by_image = defaultdict(list)
     for det in preds:
         det_by_image[det["image_id"]].append(det)
 
     col = _Collector()
-    for image in gt["images"]:
+    for image in gt.get("images", []):
         anns, dets = gt_by_image.get(image["id"], []), det_by_image.get(image["id"], [])
         _evaluate_image(
             col,
             np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4),
-            np.array([d["category_id"] for d in dets], dtype=np.int64),
+            np.array([index[d["category_id"]] for d in dets], dtype=np.int64),
             np.array([d["score"] for d in dets], dtype=np.float64),
             np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4),
-            np.array([a["category_id"] for a in anns], dtype=np.int64),
+            np.array([index[a["category_id"]] for a in anns], dtype=np.int64),
             np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
             pos_thresh, bg_thresh, max_dets)
     return _summarise(col)
@@ -290,28 +303,3 @@ def plot(result: TideResult, path: str | Path, title: str = "TIDE"):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m metrics.tide", description=__doc__.split("\n")[0])
-    parser.add_argument("--gt", required=True, help="COCO annotation JSON")
-    parser.add_argument("--pred", required=True, help="COCO results JSON (list of detections)")
-    parser.add_argument("--out", help="folder for tide.json and tide.png")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    parser.add_argument("--pos-thresh", type=float, default=0.5)
-    parser.add_argument("--bg-thresh", type=float, default=0.1)
-    parser.add_argument("--max-dets", type=int, default=100)
-    parser.add_argument("--debug", action="store_true")
-    args = parser.parse_args(argv)
-    result = evaluate(args.gt, args.pred, args.pos_thresh, args.bg_thresh, args.max_dets)
-    print(json.dumps(result.as_dict(), indent=1) if args.json else result.summary())
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "tide.json").write_text(json.dumps(result.as_dict(), indent=1))
-        plot(result, out / "tide.png")
-        print(f"wrote {out / 'tide.json'} and {out / 'tide.png'}")
-
-
-if __name__ == "__main__":
-    cli_main(main)

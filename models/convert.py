@@ -207,6 +207,14 @@ def _describe(report: ConversionReport, limit: int = 8) -> str:
     return "; ".join(parts)
 
 
+def convert_if_official(weights: dict, model: nn.Module) -> tuple[dict, ConversionReport | None]:
+    """Official-layout weights (backbone./encoder./decoder. keys, or HF Deformable DETR's) mapped onto
+    `model`'s rows, with the report; our own layout unchanged (report None)."""
+    if not (is_official_layout(weights) or is_hf_layout(weights)):
+        return weights, None
+    return convert_official(weights, model)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m models.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

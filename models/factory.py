@@ -60,19 +60,23 @@ def load_detector(checkpoint: str | Path, cfg: dict | None = None, device: torch
 def load_weights(model: nn.Module, weights: dict, source) -> str | None:
     """Load `weights` exactly (official layouts converted first); return the conversion report.
     A checkpoint that does not fit names its first differing tensors."""
-    from models import convert
+    from models.convert import convert_if_official
 
-    report = None
-    if convert.is_official_layout(weights) or convert.is_hf_layout(weights):
-        weights, report = convert.convert_official(weights, model)
+    weights, report = convert_if_official(weights, model)
     mismatch = describe_mismatch(model, weights)
     if mismatch:
         raise CheckpointError(f"{source} does not fit this model: {mismatch}", where=str(source),
                               hint="pass the config the checkpoint was trained with; to fine-tune other weights "
                                    "use train.py -t")
-    _check_dtypes(model, weights, source)
     model.load_state_dict(weights)
     return report
+
+
+def fits(own: torch.Tensor, value) -> bool:
+    """Whether a checkpoint tensor can load into a model tensor: same shape, and no integers or booleans
+    for floats (those are a broken file, which load_state_dict would silently cast)."""
+    return (isinstance(value, torch.Tensor) and own.shape == value.shape
+            and (value.is_floating_point() or not own.is_floating_point()))
 
 
 def describe_mismatch(model: nn.Module, weights: dict) -> str | None:
@@ -80,19 +84,11 @@ def describe_mismatch(model: nn.Module, weights: dict) -> str | None:
     own = model.state_dict()
     shapes = [f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
               for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    dtypes = [f"{k}: checkpoint {v.dtype} vs model {own[k].dtype}"
+              for k, v in weights.items() if k in own and own[k].shape == v.shape and not fits(own[k], v)]
     missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     parts = ([f"{len(shapes)} tensors of another shape, e.g. {shapes[0]}"] if shapes else []) + \
+            ([f"{len(dtypes)} integer tensors where the model has floats, e.g. {dtypes[0]}"] if dtypes else []) + \
             ([f"{len(missing)} model tensors missing, e.g. {missing[0]}"] if missing else []) + \
             ([f"{len(unexpected)} unexpected tensors, e.g. {unexpected[0]}"] if unexpected else [])
     return "; ".join(parts) or None
-
-
-def _check_dtypes(model: nn.Module, weights: dict, source) -> None:
-    """Integer or boolean tensors for float parameters are a broken file, not weights to cast."""
-    own = model.state_dict()
-    wrong = [f"{k} ({v.dtype})" for k, v in weights.items()
-             if k in own and own[k].is_floating_point() and not v.is_floating_point()]
-    if wrong:
-        raise CheckpointError(f"{source}: {len(wrong)} tensors hold integers where the model has floats, e.g. "
-                              f"{wrong[0]}", where=str(source),
-                              hint="the file is not a float checkpoint of this model; re-export it")

@@ -30,7 +30,7 @@ from torch import nn
 from blocks import registry
 from blocks.registry import BlockSpec, ChannelError, UnknownBlockError
 from core.errors import DetrZooError, GraphError
-from core.schema import type_error
+from core.schema import MAX_IMGSZ, type_error
 from core.yaml_io import load_yaml
 
 SECTIONS = ("backbone", "encoder", "decoder")
@@ -135,9 +135,13 @@ def _resolve_scale(spec, path, scale):
     if scale not in scales:
         raise GraphError(f"unknown scale {scale!r}", where=path, hint=f"choose one of {', '.join(map(str, scales))}")
     values = scales[scale]
-    if not (isinstance(values, list) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)):
+    if not (isinstance(values, list) and len(values) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
         raise GraphError(f"scale {scale!r} must be [depth, width, max_channels], got {values!r}", where=f"{path}: scales",
                          hint="three numbers, e.g. `n: [0.33, 0.25, 1024]`")
+    if not all(v > 0 for v in values):
+        raise GraphError(f"scale {scale!r} must have a positive depth, width and max_channels, got {values!r}",
+                         where=f"{path}: scales", hint="e.g. `n: [0.33, 0.25, 1024]` (depth and width are factors)")
     return float(values[0]), float(values[1]), values[2], scale
 
 
@@ -154,8 +158,10 @@ def _resolve_imgsz(imgsz, path):
         return DEFAULT_IMGSZ
     if isinstance(imgsz, int):
         imgsz = [imgsz, imgsz]
-    if not (isinstance(imgsz, (list, tuple)) and len(imgsz) == 2 and all(isinstance(v, int) and v > 0 for v in imgsz)):
-        raise GraphError(f"imgsz must be an int or [height, width], got {imgsz!r}", where=f"{path}: imgsz")
+    if not (isinstance(imgsz, (list, tuple)) and len(imgsz) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMGSZ for v in imgsz)):
+        raise GraphError(f"imgsz must be an int or [height, width] of positive sides up to {MAX_IMGSZ}, got {imgsz!r}",
+                         where=f"{path}: imgsz", hint="e.g. 640, or [384, 640] (multiples of 32)")
     if any(v % 32 for v in imgsz):
         raise GraphError(f"imgsz {list(imgsz)} must be divisible by 32", where=f"{path}: imgsz",
                          hint="use a multiple of 32, e.g. 640 or 320")
@@ -251,6 +257,16 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
         raise GraphError(f"{spec.name} reads one map, but {given}", where=where,
                          hint="give it one map: one row (e.g. -1), an Index row picking one output, or a Concat/Add "
                               "row joining them")
+    # (a block that takes no input channels, Index, reads its single row's outputs through its channel rule)
+    if spec.multi_input and spec.takes_c_in and spec.channels not in ("sum", "first") and not isinstance(c_in, list) \
+            and 1 not in spec.extra.get("inputs", ()):
+        raise GraphError(f"{spec.name} fuses several maps, but `from` is the single row {source!r}", where=where,
+                         hint="list the rows it fuses in `from`, e.g. [-1, 4]")
+    accepted = spec.extra.get("inputs")
+    if accepted is not None and (len(c_in) if isinstance(c_in, list) else 1) not in accepted:
+        counts = " or ".join(map(str, accepted))
+        raise GraphError(f"{spec.name} reads {counts} maps, but `from` is {source!r}", where=where,
+                         hint=f"list {counts} rows in `from`")
     args, kwargs = _split_args(args, where)
     args = [_nested(a, where) for a in args]
     kwargs = {k: _nested(v, where) for k, v in kwargs.items()}

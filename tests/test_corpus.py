@@ -513,13 +513,3 @@ def test_official_layout_checkpoint_is_converted_by_finetune(demo, tmp_path):
     code, text = run_cli(train.main, train_argv(tiny_config(demo, epochs=1, graph=WHOLE, criterion={"reg_max": 8}), tmp_path, "-t", path))
     check_message(BY_ID["official_layout"], code, text)
     assert f"loaded {len(source.state_dict())} tensors" in text
-
-
-# ---------------------------------------------------------------------------------------------- README
-def test_readme_troubleshooting_section_is_rendered_from_the_corpus():
-    from tests.corpus.make_troubleshooting import readme_section, render
-
-    assert len(CASES) == 40 and len(BY_ID) == 40
-    assert [sum(c.group == g for c in CASES) for g in ("graph", "dataset", "checkpoint")] == [20, 15, 5]
-    assert readme_section((REPO / "README.md").read_text()) == render(CASES), (
-        "README.md is out of date: run python tests/corpus/make_troubleshooting.py")

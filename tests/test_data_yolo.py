@@ -83,11 +83,11 @@ def test_wrong_column_count_names_file_and_line(tmp_path):
     labels = tmp_path / "x.txt"
     labels.write_text("0 0.5 0.5 0.2 0.2\n\n1 0.5 0.5 0.2\n")
     with pytest.raises(DataError) as err:
-        read_labels(labels, nc=2)
+        read_labels(labels, {0: "a", 1: "b"})
     assert f"{labels}:3" in str(err.value) and "found 4" in str(err.value)
     labels.write_text("5 0.5 0.5 0.2 0.2\n")
-    with pytest.raises(DataError, match=r"x.txt:1: class 5 outside 0..1"):
-        read_labels(labels, nc=2)
+    with pytest.raises(DataError, match=r"x.txt:1: class 5 is not in data.yaml's names \(ids \[0, 1\]\)"):
+        read_labels(labels, {0: "a", 1: "b"})
 
 
 def test_label_path_follows_the_ultralytics_rule(tmp_path):

@@ -138,6 +138,8 @@ def assert_not_a_block_bug(err: DetrZooError, graph: dict) -> None:
     spec = next((s for s in SPECS if isinstance(row, list) and len(row) == 4 and row[2] == s.name), None)
     if spec is None or row[3] != example_form(spec) or row[1] != 1:
         return
+    if spec.multi_input and "failed on input of shape" in err.message:
+        return  # maps of other sizes than the block fuses (a pyramid, equal sizes): the message shows the shapes
     cause = err.__cause__
     while cause is not None and not isinstance(cause, DetrZooError):
         origin = raised_in(cause)

@@ -31,13 +31,17 @@ def _undilate(kernel: torch.Tensor, rate: int) -> torch.Tensor:
 
 @register("conv", channels="same", example={"args": [7], "shape": (2, 16, 16, 16)})
 class DilatedReparamConv(nn.Module):
-    def __init__(self, c: int, k: int = 13):
+    def __init__(self, c: int, k: int = 13, branches=None):
+        """branches: (kernel sizes, dilation rates) of the parallel branches, to override the paper's table
+        (MHAF-YOLO's RepHMS uses its own); each branch must fit inside the k x k kernel."""
         super().__init__()
-        if k not in BRANCHES:
+        if branches is None and k not in BRANCHES:
             raise ArgumentError(f"DilatedReparamConv supports kernel sizes {sorted(BRANCHES)}, got {k}")
         self.large = nn.Conv2d(c, c, k, 1, k // 2, groups=c, bias=False)
         self.large_bn = nn.BatchNorm2d(c)
-        sizes, rates = BRANCHES[k]
+        sizes, rates = branches or BRANCHES[k]
+        if any(rate * (size - 1) + 1 > k for size, rate in zip(sizes, rates)):
+            raise ArgumentError(f"DilatedReparamConv: branches {branches} do not fit in a {k} x {k} kernel")
         self.rates = rates
         self.dilated = nn.ModuleList(nn.Conv2d(c, c, size, 1, rate * (size - 1) // 2, rate, groups=c, bias=False)
                                      for size, rate in zip(sizes, rates))

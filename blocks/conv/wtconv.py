@@ -3,10 +3,9 @@
 Depth-wise small-kernel convs applied to the Haar sub-bands of 1..L cascaded wavelet levels, summed
 back through the inverse transform, plus a scaled depth-wise conv of the input. Keeps channels."""
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from blocks.conv._haar import haar_forward, haar_inverse
+from blocks.conv._haar import wavelet_band_path
 from blocks.registry import register
 
 
@@ -24,19 +23,5 @@ class WTConv(nn.Module):
                                             for _ in range(wt_levels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        filtered, sizes = [], []
-        low = x
-        for conv, scale in zip(self.band_convs, self.band_scales):
-            height, width = low.shape[-2:]
-            sizes.append((height, width))
-            low = F.pad(low, (0, width % 2, 0, height % 2))
-            bands = haar_forward(low)                                   # (B, C, 4, h, w)
-            low = bands[:, :, 0]
-            b, c, _, h, w = bands.shape
-            filtered.append((scale * conv(bands.reshape(b, 4 * c, h, w))).reshape(b, c, 4, h, w))
-        recon = torch.zeros_like(filtered[-1][:, :, 0])
-        for bands, (height, width) in zip(reversed(filtered), reversed(sizes)):
-            bands = torch.cat(((bands[:, :, 0] + recon).unsqueeze(2), bands[:, :, 1:]), dim=2)
-            recon = haar_inverse(bands)[..., :height, :width]
-        y = self.base_scale * self.base(x) + recon
+        y = self.base_scale * self.base(x) + wavelet_band_path(x, self.band_convs, self.band_scales)
         return y[..., ::self.stride, ::self.stride] if self.stride > 1 else y

@@ -29,3 +29,29 @@ def selective_scan(u, delta, A, B, C, D, delta_bias):
         states.append(state)
     y = (torch.stack(states, 2) * C.transpose(2, 3)).sum(-1)
     return y + u * D[:, None]
+
+
+def route_scan(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, routes: str = "cross"):
+    """VMamba's multi-route 2-D scan. x: (B, d, H, W); the K routes are "cross" (row-major, column-major
+    and both reversed; K = 4) or "bidi" (row-major and reversed; K = 2). Each route projects its own
+    dt, B, C (x_proj_weight (K, rank + 2n, d), dt_projs_weight (K, d, rank), dt_projs_bias (K, d));
+    A_logs: (K*d, n), Ds: (K*d). Returns the routes' outputs summed back in raster order, (B, d, H*W)."""
+    b, d, h, w = x.shape
+    length = h * w
+    row = x.flatten(2)
+    if routes == "cross":
+        col = x.transpose(2, 3).flatten(2)
+        xs = torch.stack((row, col, row.flip(-1), col.flip(-1)), 1)
+    else:
+        xs = torch.stack((row, row.flip(-1)), 1)
+    k = xs.shape[1]
+    rank, n = dt_projs_weight.shape[2], A_logs.shape[1]
+    proj = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight)
+    dts, Bs, Cs = proj.split([rank, n, n], 2)
+    dts = torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight)
+    y = selective_scan(xs.reshape(b, -1, length), dts.reshape(b, -1, length), -torch.exp(A_logs),
+                       Bs, Cs, Ds, dt_projs_bias.flatten()).view(b, k, d, length)
+    if routes != "cross":
+        return y[:, 0] + y[:, 1].flip(-1)
+    y_col = y[:, 1] + y[:, 3].flip(-1)
+    return y[:, 0] + y[:, 2].flip(-1) + y_col.view(b, d, w, h).transpose(2, 3).reshape(b, d, length)

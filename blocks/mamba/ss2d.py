@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocks.mamba._scan import selective_scan
+from blocks.mamba._scan import route_scan
 from blocks.registry import register
 
 ROUTES = 4
@@ -39,20 +39,8 @@ class SS2D(nn.Module):
 
     def _scan(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, inner, H, W) -> the four routes' outputs summed on the grid, (B, H*W, inner)."""
-        b, d, h, w = x.shape
-        length = h * w
-        row_major = x.flatten(2)
-        col_major = x.transpose(2, 3).flatten(2)
-        routes = torch.stack((row_major, col_major, row_major.flip(-1), col_major.flip(-1)), 1)  # (B, 4, d, L)
-        proj = torch.einsum("bkdl,kcd->bkcl", routes, self.x_proj_weight)
-        dts, Bs, Cs = proj.split([self.dt_rank, self.d_state, self.d_state], 2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        y = selective_scan(routes.reshape(b, -1, length), dts.reshape(b, -1, length), -torch.exp(self.A_logs),
-                           Bs, Cs, self.Ds, self.dt_projs_bias.flatten()).view(b, ROUTES, d, length)
-        y_row = y[:, 0] + y[:, 2].flip(-1)
-        y_col = y[:, 1] + y[:, 3].flip(-1)
-        y_col = y_col.view(b, d, w, h).transpose(2, 3).reshape(b, d, length)
-        return (y_row + y_col).transpose(1, 2)
+        return route_scan(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
+                          self.Ds).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

@@ -8,12 +8,18 @@ class PatchFFTFilter(nn.Module):
     """A learnable per-channel filter on the 2-D spectrum of every non-overlapping p x p patch (FFTformer).
 
     Maps whose sides are not multiples of p are reflect-padded (replicate when too small to reflect) and
-    cropped back, as EVSSM does. The weights start at one: the filter starts as the identity."""
+    cropped back, as EVSSM does. The weights start at one: the filter starts as the identity. With
+    complex_weight the filter is complex (real and imaginary parts in the last axis; FAT's frequency
+    modulation), else real (FFTformer)."""
 
-    def __init__(self, c: int, patch_size: int = 8):
+    def __init__(self, c: int, patch_size: int = 8, complex_weight: bool = False):
         super().__init__()
-        self.patch_size = patch_size
-        self.weight = nn.Parameter(torch.ones(c, 1, 1, patch_size, patch_size // 2 + 1))
+        self.patch_size, self.complex_weight = patch_size, complex_weight
+        shape = (c, 1, 1, patch_size, patch_size // 2 + 1)
+        if complex_weight:
+            self.weight = nn.Parameter(torch.stack((torch.ones(shape), torch.zeros(shape)), -1))
+        else:
+            self.weight = nn.Parameter(torch.ones(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -23,7 +29,8 @@ class PatchFFTFilter(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if pad_h < h and pad_w < w else "replicate")
         hp, wp = x.shape[2] // p, x.shape[3] // p
         patches = x.reshape(b, c, hp, p, wp, p).transpose(3, 4)  # (B, C, hp, wp, p, p)
-        spectrum = torch.fft.rfft2(patches.float()) * self.weight  # FFTs in fp32: half precision needs 2^n sizes
+        weight = torch.view_as_complex(self.weight) if self.complex_weight else self.weight
+        spectrum = torch.fft.rfft2(patches.float()) * weight  # FFTs in fp32: half precision needs 2^n sizes
         patches = torch.fft.irfft2(spectrum, s=(p, p)).to(x.dtype)
         return patches.transpose(3, 4).reshape(b, c, hp * p, wp * p)[:, :, :h, :w]
 

@@ -12,7 +12,7 @@ from blocks.norm._layer_norm2d import LayerNorm2d
 from blocks.registry import register
 
 
-@register("mlp", channels="first", example={"args": [], "shapes": [(2, 16, 16, 16), (2, 16, 16, 16)]})
+@register("mlp", channels="first", inputs=(1, 2), example={"args": [], "shapes": [(2, 16, 16, 16), (2, 16, 16, 16)]})
 class SEFN(nn.Module):
     def __init__(self, c, ffn_expansion_factor: float = 2, bias: bool = False):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Pieces shared by the CSP containers (C2f, C3k2): the YOLO bottleneck and the C3k stack."""
+"""Pieces shared by the CSP containers (C2f, C3k2, C3): the YOLO bottleneck and the C3k stack."""
 import torch
 from torch import nn
 
@@ -22,17 +22,20 @@ class Bottleneck(nn.Module):
 
 
 class C3k(nn.Module):
-    """C3 with a k x k bottleneck stack (YOLO11): two 1x1 branches, one through n inner blocks."""
+    """C3 with a k x k bottleneck stack (YOLO11): two 1x1 branches, one through n inner blocks.
+
+    k: the bottlenecks' kernel, an int (k x k then k x k) or a pair (YOLOv5's C3 uses (1, 3))."""
 
     def __init__(self, c1: int, c2: int, n: int = 2, shortcut: bool = True, g: int = 1, e: float = 0.5,
-                 k: int = 3, block=None):
+                 k: int | tuple[int, int] = 3, block=None):
         super().__init__()
         hidden = int(c2 * e)
+        kernels = (k, k) if isinstance(k, int) else tuple(k)
         self.cv1 = Conv(c1, hidden, 1, 1)
         self.cv2 = Conv(c1, hidden, 1, 1)
         self.cv3 = Conv(2 * hidden, c2, 1)
         self.m = nn.Sequential(*(build_inner(block, hidden) if block is not None
-                                 else Bottleneck(hidden, hidden, shortcut, g, k=(k, k), e=1.0) for _ in range(n)))
+                                 else Bottleneck(hidden, hidden, shortcut, g, k=kernels, e=1.0) for _ in range(n)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))

@@ -34,6 +34,9 @@ class MASAG(nn.Module):
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         x, g = (align(t) for align, t in zip(self.align, xs))
+        if x.shape[-2:] != g.shape[-2:]:
+            raise ArgumentError(f"MASAG fuses [x, g] of one size, got {tuple(x.shape[-2:])} and {tuple(g.shape[-2:])}",
+                                hint="resize one of them first (an nn.Upsample or a downsample row)")
         pooled = torch.cat((g.mean(1, keepdim=True), g.amax(1, keepdim=True)), 1)
         context = self.fuse_norm(self.local_context(x) + self.global_context(pooled))
         pick_x, pick_g = self.selection(context).softmax(1).split(1, 1)

@@ -1,4 +1,5 @@
-"""Render README.md's Troubleshooting section from the broken-input corpus (tests/test_corpus.py).
+"""Render README.md's Troubleshooting section from the broken-input corpus (tests/test_corpus.py and
+tests/test_corpus_hardening.py).
 
     python tests/corpus/make_troubleshooting.py    # rewrite the section at the end of README.md
 
@@ -13,7 +14,21 @@ ROOT = Path(__file__).resolve().parents[2]
 HEADING = "## Troubleshooting"
 GROUPS = {"graph": "Graphs (`python -m analyze.info GRAPH`, `train.py`)",
           "dataset": "Datasets (`train.py`)",
-          "checkpoint": "Checkpoints (`train.py -r / -t`)"}
+          "checkpoint": "Checkpoints (`train.py -r / -t`)",
+          "config": "Run configs (`train.py -c`, `-u`)",
+          "command": "Command lines (`train.py`, `distill.py`, `predict.py`, `analyze.*`)",
+          "labels": "Labels and splits (`train.py`, `--test-only`)",
+          "files": "Files and runs (`predict.py -o`, `train.py -r`, `--auto-resume`, Ctrl-C)",
+          "resources": "Resource limits and weights files"}
+
+
+def all_cases() -> list:
+    """Every corpus case, in the order the README lists them."""
+    sys.path.insert(0, str(ROOT))
+    from tests.test_corpus import CASES
+    from tests.test_corpus_hardening import CASES as HARDENING
+
+    return [*CASES, *HARDENING]
 
 
 def _code(text: str) -> str:
@@ -23,8 +38,8 @@ def _code(text: str) -> str:
 def render(cases) -> str:
     lines = [HEADING, "",
              "Every message below comes from a file in the broken-input corpus (`pytest -m corpus` runs each",
-             "one through the command line). Commands stop with exit code 2 and print `error: FILE, row/id: "
-             "message`",
+             "one through the command line). Commands stop with exit code 2 (130 after Ctrl-C) and print "
+             "`error: FILE, row/id: message`",
              "and a `fix:` line; add `--debug` for the traceback. Inputs marked *(warning)* are repaired (the",
              "message is printed) and *(accepted)* ones train as they are.", ""]
     for group, title in GROUPS.items():
@@ -52,19 +67,17 @@ def readme_section(readme: str) -> str:
 
 
 def main() -> None:
-    sys.path.insert(0, str(ROOT))
-    from tests.test_corpus import CASES
-
+    cases = all_cases()
     path = ROOT / "README.md"
     readme = path.read_text()
     span = section_span(readme)
     if span:
         following = readme[span[1]:]
-        readme = readme[:span[0]] + render(CASES) + ("\n" + following if following else "")
+        readme = readme[:span[0]] + render(cases) + ("\n" + following if following else "")
     else:
-        readme = readme.rstrip("\n") + "\n\n" + render(CASES)
+        readme = readme.rstrip("\n") + "\n\n" + render(cases)
     path.write_text(readme)
-    print(f"{path}: Troubleshooting section {'rewritten' if span else 'appended'} ({len(CASES)} cases)")
+    print(f"{path}: Troubleshooting section {'rewritten' if span else 'appended'} ({len(cases)} cases)")
 
 
 if __name__ == "__main__":
