@@ -15,7 +15,7 @@ import yaml
 from core.errors import ConfigError, cli_main
 from core.yaml_io import key_lines, load_yaml
 from engine.config import load_config, resolve
-from engine.vocabulary import COCO_REMAP, NAMED_SECTIONS, RENAMES, VALUE_RENAMES
+from engine.vocabulary import COCO_REMAP, NAMED_SECTIONS, RENAMES
 
 
 def flatten(cfg, prefix: str = "") -> list[tuple[str, object]]:
@@ -52,7 +52,8 @@ def _file(path: str) -> tuple[dict, dict]:
 def official_spellings(dotted: str, raw: dict) -> list[str]:
     """Where a key of ours may stand in a file that uses the official vocabulary (engine.vocabulary)."""
     spellings = [dotted]
-    for official, ours in [*RENAMES.items(), *((o, v[0]) for o, v in VALUE_RENAMES.items())]:
+    renames = [(official, key) for official, keys in RENAMES.items() for key in keys]
+    for official, ours in [*renames, ("lrsheduler", "lr_scheduler.type")]:
         if dotted == ours or dotted.startswith(ours + "."):
             spellings.append(official + dotted[len(ours):])
     section, _, rest = dotted.partition(".")

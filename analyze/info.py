@@ -1,12 +1,14 @@
 """`python -m analyze.info GRAPH | -c RUN_CONFIG [-u k=v ...] [--imgsz H W] [--scale s] [--nc N]
 [--per-layer] [--json]`
 
-Params in train mode, params after deploy(), and GMACs and GFLOPs of the deploy model at the eval
-size, batch 1. MACs are the multiply-accumulates of convolutions, linears, matmuls, einsum and
-attention projections; FLOPs count 2 per MAC plus bias adds and element-wise ops (activations, norms,
-pools, interpolation), as the official model zoos count them (calflops). A run config (`-c`, as the
-official get_info takes) gives the graph, scale, eval size and class count (`nc`, else `classes`)
-that training would use; its dataset's own class count, which training reads, is not opened here."""
+Params in train mode, params after deploy() (every conv+BN folded) and after the official deploy
+(which keeps HGNetv2's, ResNet's and the decoder projections' BNs: the official zoos' `params_deploy`),
+and GMACs and GFLOPs at the eval size, batch 1, on the official deploy form (`gflops_deploy`: on ours).
+MACs are the multiply-accumulates of convolutions, linears, matmuls, einsum and attention projections;
+FLOPs count 2 per MAC plus bias adds and element-wise ops (activations, norms, pools, interpolation),
+as the official model zoos count them (calflops). A run config (`-c`, as the official get_info takes)
+gives the graph, scale, eval size and class count (`nc`, else `classes`) that training would use; its
+dataset's own class count, which training reads, is not opened here."""
 import argparse
 import json
 
@@ -59,20 +61,23 @@ def format_layer_table(table: list[dict], imgsz) -> str:
 
 def model_info(graph, imgsz=None, scale=None, nc=None, per_layer=False) -> dict:
     model = build_model(graph, nc=nc, scale=scale, imgsz=imgsz, check=False)
-    deployed = deployed_copy(model)
+    official = deployed_copy(model, official=True)
     height, width = model.imgsz
     image = torch.zeros(1, 3, height, width)
     try:
-        profile = count_flops(deployed, image)
+        profile = count_flops(official, image)
     except Exception:
         with torch.no_grad():
-            deployed.run(image, check=True)  # reports the failing row as a GraphError
+            official.run(image, check=True)  # reports the failing row as a GraphError
         raise
+    deployed = deployed_copy(model)
+    ours = count_flops(deployed, image)
     info = {"graph": str(model.graph_path or graph), "scale": model.scale, "imgsz": [height, width], "nc": model.nc,
-            "params": count_params(model), "params_deploy": profile.params, "gmacs": round(profile.gmacs, 4),
-            "macs": int(profile.macs), "gflops": round(profile.gflops, 4), "flops": int(profile.flops)}
+            "params": count_params(model), "params_deploy": ours.params, "params_deploy_official": profile.params,
+            "gmacs": round(profile.gmacs, 4), "macs": int(profile.macs), "gflops": round(profile.gflops, 4),
+            "flops": int(profile.flops), "gflops_deploy": round(ours.gflops, 4)}
     if per_layer:
-        info["layers"] = layer_table(deployed, profile)
+        info["layers"] = layer_table(official, profile)
     return info
 
 
@@ -114,8 +119,10 @@ def main(argv=None):
     scale = f" (scale {info['scale']})" if info["scale"] else ""
     graph = info["graph"] if isinstance(model["graph"], str) else "inline"
     source = f"{args.config} (graph {graph}, nc {info['nc']})" if args.config else graph
-    print(f"{source}{scale}: {info['params']:,} params, {info['params_deploy']:,} after deploy, "
-          f"{info['gmacs']:.3f} GMACs, {info['gflops']:.3f} GFLOPs at {info['imgsz'][0]}x{info['imgsz'][1]}")
+    print(f"{source}{scale}: {info['params']:,} params, {info['params_deploy']:,} after deploy "
+          f"({info['params_deploy_official']:,} after the official deploy), {info['gmacs']:.3f} GMACs, "
+          f"{info['gflops']:.3f} GFLOPs at {info['imgsz'][0]}x{info['imgsz'][1]} "
+          f"({info['gflops_deploy']:.3f} with every BN folded)")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
-"""CPU forward latency of graphs: PyTorch eval form, PyTorch deploy form, onnxruntime (batch 1).
+"""CPU forward latency of graphs: PyTorch eval form, PyTorch deploy form, onnxruntime fp32 and int8 (batch 1).
 
     python bench/latency.py                              # the default graphs (see DEFAULT_GRAPHS) at their eval size
-    python bench/latency.py graphs/dfine/dfine-m.yaml --imgsz 320 --repeats 20 --threads 2
+    python bench/latency.py graphs/dfine/dfine-m.yaml --imgsz 320 --repeats 20 --threads 1 2
+    python bench/latency.py graphs/dfine/dfine-n.yaml --int8   # also the int8 file (calibrated on demo images)
     python bench/latency.py --no-onnx                    # PyTorch columns only (no onnxruntime needed)
     python bench/latency.py graphs/deim/deim-n.yaml --rows   # also each row's share of FLOPs and time
 
 Eval = the trained network in eval mode; deploy = after Detector.deploy() (BN folded,
 RepVGG branches merged, decoder cut to its eval layer); onnxrt = the file export.py writes (deploy
 network plus post-processor, whose top-k adds well under a millisecond) run by onnxruntime with the
-same thread count. The three run in turn within each repeat, so a load change on a shared machine
+same thread count; int8 = that file after `engine.onnx_export.quantize_int8` (its convolutions int8),
+calibrated on generated demo images (latency does not depend on what the ranges are). Each thread
+count (`--threads 1 2`) is its own table. The three run in turn within each repeat, so a load change on a shared machine
 hits them alike. Median and 90th percentile in ms; GFLOP/s = the deploy model's FLOPs (counted as
 `python -m analyze.info` counts them) over the median time, and "% peak" relates that to this
 machine's fp32 matmul rate with the same threads, measured in the same run (the better of torch.mm
@@ -16,7 +19,6 @@ and onnxruntime's MatMul, best of before and after the graphs). Figures depend o
 from __future__ import annotations
 
 import argparse
-import copy
 import copy
 import os
 import statistics
@@ -93,18 +95,28 @@ def interleaved_ms(runners: dict, repeats: int, warmup: int) -> dict[str, list[f
     return times
 
 
-def onnx_runner(deployed, imgsz, threads: int, folder: Path):
-    """Export the deploy network plus post-processor and return a call of its onnxruntime session."""
+def onnx_runners(deployed, imgsz, threads: int, folder: Path, int8: bool = False) -> dict:
+    """Export the deploy network plus post-processor; {name: a call of its onnxruntime session} for
+    the fp32 file and, with `int8`, its int8 copy."""
+    from data.demo import make_demo
     from engine import onnx_export as export
     from engine.onnx_runtime import OnnxDetector
 
     detector = export.DeployModel(copy.deepcopy(deployed), PostProcessor(deployed.nc))
-    path = export.export_onnx(detector, folder / "model.onnx", imgsz)
-    # no busy-waiting between runs: the idle pool would take the cores from the PyTorch runs in turn
-    session = OnnxDetector(path, threads=threads, spinning=False)
+    paths = {"onnxrt": export.export_onnx(detector, folder / "model.onnx", imgsz)}
+    if int8:
+        make_demo(folder / "calib", train=8, val=1, imgsz=max(imgsz))
+        preprocessing = {"imgsz": list(imgsz), "letterbox": False, "normalize": False}
+        paths["int8"] = export.quantize_int8(paths["onnxrt"], folder / "model.int8.onnx", folder / "calib/train",
+                                             preprocessing, max_images=8)
     height, width = imgsz
     images, sizes = torch.rand(1, 3, height, width), torch.tensor([[width, height]])
-    return lambda: session(images, sizes)
+    runners = {}
+    for name, path in paths.items():
+        # no busy-waiting between runs: the idle pool would take the cores from the PyTorch runs in turn
+        session = OnnxDetector(path, threads=threads, spinning=False)
+        runners[name] = lambda session=session: session(images, sizes)
+    return runners
 
 
 @torch.no_grad()
@@ -135,7 +147,8 @@ def format_rows(model, profile, ms: list[float]) -> str:
     return "\n".join(lines)
 
 
-def measure(path: str, imgsz, threads: int, repeats: int, warmup: int, with_onnx: bool, rows: bool = False) -> dict:
+def measure(path: str, imgsz, threads: int, repeats: int, warmup: int, with_onnx: bool, rows: bool = False,
+            int8: bool = False) -> dict:
     torch.manual_seed(0)
     model = build_model(path, imgsz=imgsz, check=False).eval()
     height, width = model.imgsz
@@ -145,10 +158,10 @@ def measure(path: str, imgsz, threads: int, repeats: int, warmup: int, with_onnx
     runners = {"eval": lambda: model(images), "deploy": lambda: deployed(images)}
     with tempfile.TemporaryDirectory() as folder:
         if with_onnx:
-            runners["onnxrt"] = onnx_runner(deployed, [height, width], threads, Path(folder))
+            runners.update(onnx_runners(deployed, [height, width], threads, Path(folder), int8))
         torch.set_num_threads(threads)
         times = interleaved_ms(runners, repeats, warmup)
-    result = {"graph": path, "imgsz": [height, width], "gflops": profile.gflops,
+    result = {"graph": path, "imgsz": [height, width], "gflops": profile.gflops, "threads": threads,
               **{f"{name}_ms": statistics.median(t) for name, t in times.items()},
               **{f"{name}_p90_ms": percentile(t, 0.9) for name, t in times.items()}}
     if rows:
@@ -179,8 +192,9 @@ def main(argv=None):
     parser.add_argument("--imgsz", type=int, help="square input size (default: each graph's eval size)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime column")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="one table per thread count")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime columns")
+    parser.add_argument("--int8", action="store_true", help="also time the int8 file (onnxruntime static quantization)")
     parser.add_argument("--rows", action="store_true", help="also print each row's share of FLOPs and of deploy time")
     args = parser.parse_args(argv)
     with_onnx = not args.no_onnx
@@ -190,28 +204,38 @@ def main(argv=None):
         except ImportError:
             print('onnxruntime is not installed (pip install -e ".[export]"): timing PyTorch only')
             with_onnx = False
+    tables = []
+    for threads in args.threads:
+        tables.append(run_table(args, threads, with_onnx))
+    return tables
+
+
+def run_table(args, threads: int, with_onnx: bool):
     load_before = os.getloadavg()[0]
-    peaks_before = matmul_peak_gflops(args.threads, with_onnx)
+    peaks_before = matmul_peak_gflops(threads, with_onnx)
     rows = []
     for path in args.graphs:  # the table waits for the closing peak measurement; progress goes to stderr
-        rows.append(measure(path, args.imgsz, args.threads, args.repeats, args.warmup, with_onnx, args.rows))
+        rows.append(measure(path, args.imgsz, threads, args.repeats, args.warmup, with_onnx, args.rows,
+                            args.int8 and with_onnx))
         print(f"{path}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[-1].items() if k.endswith("_ms")),
               file=sys.stderr, flush=True)
-    peaks = {name: max(rate, peaks_before[name]) for name, rate in matmul_peak_gflops(args.threads, with_onnx).items()}
+    peaks = {name: max(rate, peaks_before[name]) for name, rate in matmul_peak_gflops(threads, with_onnx).items()}
     peak = max(peaks.values())
     # the load average says how much other work shared the cores (2-thread runs suffer most from it)
-    print(f"CPU, {args.threads} threads, batch 1, median and p90 of {args.repeats} (ms); fp32 matmul peak "
-          f"{peak:.1f} GFLOP/s ({', '.join(f'{name} {rate:.1f}' for name, rate in peaks.items())}; best of before "
-          f"and after); load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print(f"CPU, {threads} thread{'s' if threads > 1 else ''}, batch 1, median and p90 of {args.repeats} (ms); "
+          f"fp32 matmul peak {peak:.1f} GFLOP/s ({', '.join(f'{name} {rate:.1f}' for name, rate in peaks.items())}; "
+          f"best of before and after); load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     names = ("eval", "deploy", "onnxrt") if with_onnx else ("eval", "deploy")
+    if with_onnx and args.int8:
+        names += ("int8",)
     print(header(names))
     for row in rows:
         print(format_row(row, peak, names))
     for row in rows:
         if "rows" in row:
             print(f"\n{row['graph']}: where the deploy model's FLOPs and PyTorch time go\n{row['rows']}")
+    print()
     return rows, peak
-
 
 if __name__ == "__main__":
     main()

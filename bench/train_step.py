@@ -1,12 +1,14 @@
 """Training-step throughput: images/s, peak memory and where the time goes.
 
     python bench/train_step.py [--graph graphs/deim/deim-n.yaml] [--sizes 320 640] [--batch 4] [--steps 5] [-d cpu]
+    python bench/train_step.py --sizes 320 -u compile=true optimizer.implementation=loop   # run options
 
 Each size runs in its own process (so peak memory is that size's own) with the DEIM recipe: the
 demo data (generated in a temp folder) through the recipe's train augmentations, the DEIM
 criterion, AdamW and EMA. Time is split into data (loading + augmentation + collate), forward,
 loss, backward and optimizer (step + EMA update). Peak memory is the process's max RSS on CPU, or
-torch's peak allocation on CUDA.
+torch's peak allocation on CUDA. `first s` is the first step alone (with `compile=true`: the compile
+time); `cpu ms` the process CPU time per timed step (steadier than wall time on a shared machine).
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def bench_one(graph: str, size: int, batch: int, steps: int, warmup: int, device: str, data_root: Path) -> dict:
+def bench_one(graph: str, size: int, batch: int, steps: int, warmup: int, device: str, data_root: Path,
+              updates=()) -> dict:
     import torch
     import yaml
 
@@ -44,7 +47,7 @@ def bench_one(graph: str, size: int, batch: int, steps: int, warmup: int, device
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.yml"
         path.write_text(yaml.safe_dump(cfg))
-        solver = Solver(load_config(path), device=device, output_dir=str(Path(tmp) / "run"))
+        solver = Solver(load_config(path, updates), device=device, output_dir=str(Path(tmp) / "run"))
         solver.model.train()
         dev = solver.device
 
@@ -54,9 +57,13 @@ def bench_one(graph: str, size: int, batch: int, steps: int, warmup: int, device
 
         shares = dict.fromkeys(("data", "forward", "loss", "backward", "optimizer"), 0.0)
         batches = iter(solver.train_loader)
+        first = cpu_start = None
         for step in range(warmup + steps):
+            if step == 1:
+                first = sum(shares.values())
             if step == warmup:
                 shares = dict.fromkeys(shares, 0.0)
+                cpu_start = time.process_time()
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
             marks = [time.perf_counter()]
@@ -86,10 +93,12 @@ def bench_one(graph: str, size: int, batch: int, steps: int, warmup: int, device
             for name, start, end in zip(shares, marks, marks[1:]):
                 shares[name] += end - start
     total = sum(shares.values())
+    cpu = time.process_time() - cpu_start
     peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"size": size, "batch": batch, "steps": steps, "device": str(dev), "threads": torch.get_num_threads(),
             "images_per_s": batch * steps / total, "ms_per_step": 1000 * total / steps, "peak_mem_mb": peak / 2 ** 20,
+            "first_step_s": first, "cpu_ms_per_step": 1000 * cpu / steps,
             "shares": {k: v / total for k, v in shares.items()}}
 
 
@@ -101,28 +110,32 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("-d", "--device", default="cpu")
+    parser.add_argument("-u", "--update", nargs="+", default=[], metavar="KEY=VALUE", help="run config overrides")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(bench_one(args.graph, args.one, args.batch, args.steps, args.warmup, args.device, Path(args.data))))
+        print(json.dumps(bench_one(args.graph, args.one, args.batch, args.steps, args.warmup, args.device, Path(args.data),
+                                   args.update)))
         return
     from data.demo import make_demo
 
     with tempfile.TemporaryDirectory() as tmp:
         make_demo(Path(tmp), train=max(16, args.batch * (args.steps + args.warmup)), val=4, imgsz=640, seed=0)
         print(f"{args.graph}, batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up, {args.device}")
-        print(f"{'size':>5}{'img/s':>8}{'ms/step':>9}{'peak MB':>9}  data  fwd   loss  bwd   optim")
+        print(f"{'size':>5}{'img/s':>8}{'ms/step':>9}{'cpu ms':>9}{'first s':>9}{'peak MB':>9}  data  fwd   loss  bwd   optim")
         for size in args.sizes:
             command = [sys.executable, __file__, "--one", str(size), "--graph", args.graph, "--batch", str(args.batch),
-                       "--steps", str(args.steps), "--warmup", str(args.warmup), "-d", args.device, "--data", tmp]
+                       "--steps", str(args.steps), "--warmup", str(args.warmup), "-d", args.device, "--data", tmp,
+                       *(["-u", *args.update] if args.update else [])]
             done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
             if done.returncode:
                 print(done.stderr[-2000:])
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
             shares = "  ".join(f"{100 * r['shares'][k]:3.0f}%" for k in ("data", "forward", "loss", "backward", "optimizer"))
-            print(f"{size:>5}{r['images_per_s']:>8.2f}{r['ms_per_step']:>9.0f}{r['peak_mem_mb']:>9.0f}  {shares}")
+            print(f"{size:>5}{r['images_per_s']:>8.2f}{r['ms_per_step']:>9.0f}{r['cpu_ms_per_step']:>9.0f}"
+                  f"{r['first_step_s']:>9.1f}{r['peak_mem_mb']:>9.0f}  {shares}")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,32 @@ def build_inner(factory, c: int) -> nn.Module:
     return factory(*widths)
 
 
+def is_batch_norm_2d(module: nn.Module) -> bool:
+    """A 2-d batch norm in eval form (torch's, or a frozen one holding its statistics as buffers)."""
+    return isinstance(module, nn.BatchNorm2d) or (
+        type(module).__name__ == "FrozenBatchNorm2d" and all(
+            hasattr(module, name) for name in ("weight", "bias", "running_mean", "running_var", "eps")))
+
+
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """Fold every remaining conv -> BN pair of an eval-mode model into the conv (the BN becomes Identity).
+
+    Two places hold such pairs: adjacent `Conv2d, BatchNorm2d` entries of an `nn.Sequential` (ResNet
+    conv_norm units, decoder input projections, adapter stems), and blocks that apply `bn(conv(x))`
+    from named attributes, which say so with a `fold_bn()` method (HGNetv2's ConvBNAct, DINOv3STAs).
+    The official deploy() keeps these BNs; folding them changes the output by float rounding only."""
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            children = list(module._modules.items())
+            for (conv_name, conv), (norm_name, norm) in zip(children, children[1:]):
+                if type(conv) is nn.Conv2d and is_batch_norm_2d(norm):
+                    module._modules[conv_name] = fuse_conv_bn(conv, norm)
+                    module._modules[norm_name] = nn.Identity()
+        elif callable(getattr(type(module), "fold_bn", None)):
+            module.fold_bn()
+    return model
+
+
 def fuse_modules(model: nn.Module) -> nn.Module:
     """Call `fuse()` on `model` and every submodule that defines it, innermost first.
 

@@ -211,6 +211,11 @@ class RunConfig(Section):
     find_unused_parameters: bool = False
     max_bad_steps: PositiveInt = 10
     progress_bar: bool = True
+    # training speed (engine.solver; bench/vs_official.py measures them): channels-last memory for the
+    # convolutions (no gain on this project's CPUs, so off), and torch.compile of the graph rows before the
+    # decoder and of the criterion's dense terms (compiling costs minutes on a CPU; the run prints how long)
+    channels_last: bool = False
+    compile: bool = False
 
 
 def derive_epochs(epochs: int, no_aug_epoch: int | None = None) -> dict:

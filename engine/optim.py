@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 from torch import nn
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from core.errors import ConfigError
 from core.registry import Registry
@@ -59,6 +60,9 @@ class OptimizerConfig(Section):
     momentum: NonNegativeFloat | None = None     # SGD
     nesterov: bool | None = None                 # SGD
     rest: Literal["default", "error"] = "default"  # parameters no group claims: the top-level group, or an error
+    # how torch runs the update: one fused kernel over all parameters, per-op over lists (foreach), or a
+    # Python loop per parameter (torch's default on the CPU). auto = fused where torch has it for the device.
+    implementation: Literal["auto", "fused", "foreach", "loop"] = "auto"
 
     @field_validator("type")
     @classmethod
@@ -141,6 +145,24 @@ def param_groups(model: nn.Module, cfg: dict) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def implementation_flags(implementation: str, params: list[torch.Tensor]) -> dict:
+    """torch's `fused` / `foreach` arguments for an `optimizer.implementation`.
+
+    Fused and foreach updates compute the same formula as the per-parameter loop; they differ from it
+    by float rounding only (tests/test_engine_optim.py). `auto` takes fused when every parameter is a
+    floating-point tensor on a device with fused kernels (CPU, CUDA), else torch's own choice."""
+    if implementation == "loop":
+        return {"foreach": False}
+    if implementation == "foreach":
+        return {"foreach": True}
+    if implementation == "fused":
+        return {"fused": True}
+    fused_devices = _get_fused_kernels_supported_devices()
+    if params and all(p.is_floating_point() and p.device.type in fused_devices for p in params):
+        return {"fused": True}
+    return {}
+
+
 def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     """The optimizer of an `optimizer:` section (validated by OptimizerConfig here)."""
     cfg = validate_section(OptimizerConfig, cfg, "optimizer").model_dump(exclude_none=True)
@@ -150,10 +172,12 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
         cfg.pop(key)
     for g in groups:  # optimizer groups take only optimizer arguments
         g.pop("pattern", None)
+    flags = implementation_flags(cfg.pop("implementation"), [p for g in groups for p in g["params"]])
     try:
-        optimizer = OPTIMIZERS.get(kind)(groups, **cfg)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"bad {kind} arguments: {err}", where="optimizer") from None
+        optimizer = OPTIMIZERS.get(kind)(groups, **cfg, **flags)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"bad {kind} arguments: {err}", where="optimizer",
+                          hint="optimizer.implementation: foreach or loop where fused is not supported") from None
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return optimizer

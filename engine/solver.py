@@ -229,8 +229,23 @@ class Solver:
             if dist.is_main():
                 print(checkpoint.format_finetune_report(self.finetune_report))
         self.raw_model = model.to(self.device)
+        if self.cfg["channels_last"]:
+            self.raw_model.to(memory_format=torch.channels_last)  # 4-d weights; inputs follow in train_one_epoch
         self.criterion = criterion.to(self.device) if criterion is not None else None
+        if self.cfg["compile"] and not self.test_only:
+            self._compile()
         self.postprocessor = postprocessor.to(self.device)
+
+    def _compile(self) -> None:
+        """torch.compile, in place (state-dict names unchanged): every graph row that does not take the
+        targets (backbone, encoder; the decoder builds Python lists of queries per step) and the
+        criterion's dense terms. Compilation happens in the first steps; `compile_seconds` records them."""
+        for row, layer in zip(self.raw_model.rows, self.raw_model.layers):
+            if not row.takes_targets:
+                layer.compile()
+        if self.criterion is not None:
+            self.criterion.compile_dense_terms()
+        self.compile_seconds = None  # set after the first step, which pays for compiling
 
     def _build_distiller(self):
         if self.test_only or self.cfg["distill"] is None:
@@ -488,10 +503,17 @@ class Solver:
         bar = self.logger.bar(loader, len(loader), f"epoch {epoch}/{self.epochs - 1}")
         for i, (images, targets) in enumerate(bar):
             images = images.to(self.device, non_blocking=True)
+            if self.cfg["channels_last"]:
+                images = images.contiguous(memory_format=torch.channels_last)
             targets = _to_device(targets, self.device)
             if i == 0 and plot_freq and epoch % plot_freq == 0 and dist.is_main():
                 plot_batch(images, targets, self.output_dir / f"train_batch_epoch{epoch}.jpg", self.names)
+            started = time.perf_counter()
             loss_terms = self.train_step(images, targets, epoch, i)
+            if self.cfg["compile"] and self.compile_seconds is None and dist.is_main():
+                self.compile_seconds = time.perf_counter() - started
+                print(f"compile: the first step took {self.compile_seconds:.1f} s (torch.compile of the backbone, "
+                      "encoder and dense loss terms)")
             self.global_step += 1
             # the next step's lr, set once this one is done (the official order)
             self.schedule.set(self.global_step, self.global_step // len(loader))

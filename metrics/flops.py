@@ -247,11 +247,12 @@ def count_flops(model: nn.Module, inputs) -> Profile:
                    dict(counter.per_module_macs))
 
 
-def deployed_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in its inference form (conv+BN fused, blocks re-parameterised)."""
+def deployed_copy(model: nn.Module, official: bool = False) -> nn.Module:
+    """A deep copy in its inference form (blocks re-parameterised, every conv+BN folded; with
+    `official`, the official deploy form, which keeps the BNs the official code keeps)."""
     clone = copy.deepcopy(model).eval()
     if hasattr(clone, "deploy"):
-        clone.deploy()
+        clone.deploy(official=official)
     else:
         from blocks.common import fuse_modules
         fuse_modules(clone)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from blocks.common import fuse_modules
+from blocks.common import fold_batch_norms, fuse_modules
 from core.errors import GraphError
 from models.graph import Graph, Row
 
@@ -86,10 +86,16 @@ class Detector(nn.Module):
             self.run(torch.zeros(1, 3, imgsz, imgsz), check=True)
         self.train(was_training)
 
-    def deploy(self) -> "Detector":
-        """Switch to the inference form in place: eval mode, conv+BN fused, blocks re-parameterised."""
+    def deploy(self, official: bool = False) -> "Detector":
+        """Switch to the inference form in place: eval mode, blocks re-parameterised (each block's
+        `fuse()`), then every remaining conv+BN pair folded (HGNetv2, ResNet, decoder projections).
+
+        `official=True` stops after the blocks' `fuse()`: the deploy form of the official code, which
+        keeps those BNs; its parameter count is the official zoos' `params_deploy`."""
         self.eval()
         fuse_modules(self)
+        if not official:
+            fold_batch_norms(self)
         self.deployed = True
         return self
 

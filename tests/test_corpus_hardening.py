@@ -231,7 +231,7 @@ def _(ctx):
 
 
 @case("test_only_without_weights", "command", "--test-only needs the weights to evaluate",
-      "add -r path/to/best_stg2.pth")
+      "add -r path/to/best.pth")
 def _(ctx):
     return ctx.train("--test-only")
 

@@ -268,7 +268,7 @@ def _rank_worker(rank, world, init_file, results):
 
     from models.criterion.set_criterion import average_over_ranks
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    results.put((rank, average_over_ranks([2, 6][rank], torch.device("cpu"))))
+    results.put((rank, float(average_over_ranks([2, 6][rank], torch.device("cpu")))))
     dist.destroy_process_group()
 
 

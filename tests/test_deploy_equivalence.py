@@ -47,3 +47,18 @@ def test_deploy_gives_the_eval_outputs(graph):
         distance = torch.cdist(rows[0][image], rows[1][image], p=float("inf"))
         assert distance.min(1).values.max() < 1e-4  # every eval row is in the deployed output
         assert distance.min(0).values.max() < 1e-4  # and every deployed row in the eval output
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_deploy_folds_every_batch_norm_the_official_deploy_keeps(graph):
+    from blocks.common import is_batch_norm_2d
+    from metrics.flops import count_params
+
+    model = build_model(graph, imgsz=96, check=False)
+    official = copy.deepcopy(model).deploy(official=True)
+    kept = [m for m in official.modules() if is_batch_norm_2d(m)]
+    assert kept  # the official deploy keeps HGNetv2's / ResNet's / the decoder projections' BNs
+    ours = copy.deepcopy(model).deploy()
+    assert not any(is_batch_norm_2d(m) for m in ours.modules())
+    # each folded BN trades its weight and bias (2 per channel) for the conv's bias (1 per channel)
+    assert count_params(official) - count_params(ours) == sum(m.num_features for m in kept)

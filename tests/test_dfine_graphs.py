@@ -41,7 +41,7 @@ def test_params_equal_official_count(name, reference):
 
 @pytest.mark.parametrize("name", ["dfine-n", "dfine-s", "deim-l"])
 def test_params_deploy_equal_official_count(name, reference):
-    model = build_model(graph(name), check=False).deploy()
+    model = build_model(graph(name), check=False).deploy(official=True)
     assert count_params(model) == reference[name]["params_deploy"]
 
 
@@ -103,7 +103,7 @@ def test_ablations_equal_their_base_graph_params(reference):
     assert count_params(rows) == reference["dfine-s"]["params"]
     one_backbone_row = build_model(GRAPHS / "ablations/dfine-n-hgnetv2-block.yaml", check=False)
     assert count_params(one_backbone_row) == reference["dfine-n"]["params"]
-    assert count_params(one_backbone_row.deploy()) == reference["dfine-n"]["params_deploy"]
+    assert count_params(one_backbone_row.deploy(official=True)) == reference["dfine-n"]["params_deploy"]
 
 
 def test_sincos_embedding_matches_hand_values():

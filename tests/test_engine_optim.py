@@ -1,4 +1,5 @@
 """Optimizer groups by qualified name, learning-rate schedules, linear lr scaling, EMA."""
+import copy
 import math
 
 import pytest
@@ -123,3 +124,26 @@ def test_ema_follows_the_warmed_up_decay():
     restored = ModelEMA(model, decay=0.5)
     restored.load_state_dict(ema.state_dict())
     assert restored.updates == 2 and restored.decay == 0.9
+
+
+@pytest.mark.parametrize("kind", ["AdamW", "SGD"])
+def test_fused_and_foreach_updates_equal_the_per_parameter_loop(tiny, kind):
+    # auto picks the fused kernel on the CPU; 20 steps of the same gradients give the loop's weights
+    # to float rounding (the kernels reorder the arithmetic, nothing else)
+    cfg = {"type": kind, "lr": 0.01, "weight_decay": 0.01, "params": [{"params": "backbone", "lr": 0.002}],
+           **({"momentum": 0.9} if kind == "SGD" else {})}
+    models = {impl: copy.deepcopy(tiny) for impl in ("loop", "foreach", "auto")}
+    optimizers = {impl: build_optimizer(m, {**cfg, "implementation": impl}) for impl, m in models.items()}
+    assert optimizers["auto"].defaults["fused"] and not optimizers["loop"].defaults["foreach"]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        grads = [torch.randn(p.shape, generator=generator) for p in tiny.parameters()]
+        for impl, model in models.items():
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            optimizers[impl].step()
+    reference = list(models["loop"].parameters())
+    for impl in ("foreach", "auto"):
+        for p, q in zip(models[impl].parameters(), reference):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(p, q) for p, q in zip(tiny.parameters(), reference))  # the steps did move them

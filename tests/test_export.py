@@ -158,8 +158,34 @@ def test_latency_bench_times_three_backends_and_uses_analyze_info_flops():
 
     row = latency.measure("graphs/examples/tiny_deim.yaml", 64, threads=1, repeats=2, warmup=1, with_onnx=True,
                           rows=True)
-    assert row["gflops"] == pytest.approx(model_info("graphs/examples/tiny_deim.yaml", imgsz=[64, 64])["gflops"], abs=1e-4)
+    assert row["gflops"] == pytest.approx(model_info("graphs/examples/tiny_deim.yaml", imgsz=[64, 64])["gflops_deploy"], abs=1e-4)
     assert all(row[f"{name}_ms"] > 0 and row[f"{name}_p90_ms"] >= row[f"{name}_ms"] for name in ("eval", "deploy", "onnxrt"))
     cells = latency.format_row(row, peak=10.0, names=("eval", "deploy", "onnxrt")).strip("| ").split(" | ")
     assert len(cells) == len(latency.header(("eval", "deploy", "onnxrt")).splitlines()[0].strip("| ").split(" | ")) == 9
     assert row["rows"].count("\n") == 2 + 4   # header, rule, one line per row (rows 0-4)
+
+
+def test_int8_file_quantizes_the_convolutions_keeps_metadata_and_scores_like_fp32(tmp_path):
+    import onnx
+
+    from data.demo import make_demo
+
+    make_demo(tmp_path / "data", train=4, val=3, imgsz=64)
+    preprocessing = {"imgsz": [64, 64], "letterbox": False, "normalize": False}
+    fp32 = onnx_export.export_onnx(tiny_detector(), tmp_path / "tiny.onnx", [64, 64],
+                                   metadata={"names": json.dumps(NAMES), "imgsz": "[64, 64]"})
+    int8 = onnx_export.quantize_int8(fp32, tmp_path / "tiny.int8.onnx", tmp_path / "data/train", preprocessing)
+    graph = onnx.load(str(int8))
+    # every conv reads dequantized int8 weights; the metadata (preprocessing, names) is carried over
+    producers = {out: node for node in graph.graph.node for out in node.output}
+    convs = [node for node in graph.graph.node if node.op_type == "Conv"]
+    assert convs and all(producers[node.input[1]].op_type == "DequantizeLinear" for node in convs)
+    assert {p.key: p.value for p in graph.metadata_props}["names"] == json.dumps(NAMES)
+    ann, images = tmp_path / "data/val/_annotations.coco.json", tmp_path / "data/val"
+    stats = {path: onnx_export.evaluate_onnx(path, ann, images) for path in (fp32, int8)}
+    assert all(len(s) == 12 and all(-1 <= v <= 1 for v in s) for s in stats.values())
+    # the same detector: the int8 file's detections stay near the fp32 file's on a calibration-like image
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    size = torch.tensor([[64, 64]])
+    (_, _, fp32_scores), (_, _, int8_scores) = OnnxDetector(fp32)(image, size), OnnxDetector(int8)(image, size)
+    assert (fp32_scores[0, :5] - int8_scores[0, :5]).abs().max() < 0.1

@@ -19,7 +19,7 @@ def test_info_equals_hand_count_for_tiny_graph():
     convs = [(3, 8, 3), (8, 16, 3), (16, 16, 3), (16, 16, 3), (24, 8, 1)]
     weights = sum(ci * co * k * k for ci, co, k in convs)
     assert info["params"] == weights + sum(2 * co for _, co, _ in convs)        # BN weight + bias
-    assert info["params_deploy"] == weights + sum(co for _, co, _ in convs)     # folded into conv bias
+    assert info["params_deploy"] == info["params_deploy_official"] == weights + sum(co for _, co, _ in convs)  # folded
     flops = (conv_flops(3, 8, 3, 32) + conv_flops(8, 16, 3, 16) + 2 * conv_flops(16, 16, 3, 16)
              + 16 * 16 * 16            # x2 upsample: calflops counts the INPUT elements (its scale multiply is a no-op)
              + conv_flops(24, 8, 1, 32))

@@ -22,7 +22,7 @@ def test_graph_matches_official_parameter_counts(size):
     assert encoder.feature_projector[0].out_features == 768
     assert _count(model) == OFFICIAL[size][0]
     projector = hidden * 768 + 768
-    model.deploy()
+    model.deploy(official=True)
     assert not hasattr(encoder, "feature_projector")
     assert _count(model) == OFFICIAL[size][1]
     # the projector is all that separates RT-DETRv4 from DEIM (the same graph without distill_teacher_dim)

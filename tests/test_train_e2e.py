@@ -194,3 +194,22 @@ def test_finetune_from_other_class_count_lists_mismatched_heads(demo, tmp_path):
     assert all(torch.equal(loaded[k].cpu(), ema[k].cpu()) for k in ema if k not in mismatched)
     assert not any(torch.equal(loaded[k], ema[k]) for k in mismatched if loaded[k].shape == ema[k].shape)
     assert math.isfinite(target.evaluate()["stats"][0])
+
+
+def test_channels_last_training_steps_equal_the_default_layout(demo, tmp_path):
+    # run option `channels_last`: the same three steps give the same losses and weights to float rounding
+    results = []
+    for layout in (False, True):
+        cfg_path = write_config(tiny_config(demo, epochs=1, channels_last=layout), tmp_path / f"cl{layout}.yml")
+        run_ = solver(cfg_path, output_dir=str(tmp_path / f"cl{layout}"))
+        images, targets = next(iter(run_.train_loader))
+        if layout:
+            images = images.contiguous(memory_format=torch.channels_last)
+            assert run_.raw_model.layers[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+        torch.manual_seed(0)
+        losses = [run_.train_step(images, targets, 0, step)["loss"] for step in range(3)]
+        results.append((losses, {k: v.clone() for k, v in run_.raw_model.state_dict().items()}))
+        run_.close()
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-4)
+    for name, value in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], value, rtol=1e-3, atol=1e-5)

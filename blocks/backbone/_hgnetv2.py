@@ -2,9 +2,9 @@
 the learnable affine tail, the ESE gate, frozen batch norm, freezing and local pretrained loading.
 
 Attribute names (conv, bn, lab, layers, aggregation, ...) follow the official D-FINE/DEIM
-HGNetv2, so official checkpoints load by prefix alone. As in the official deploy(), these units
-keep their BN at deploy time (no `fuse()`); that is what keeps deploy parameter counts equal to
-the official ones."""
+HGNetv2, so official checkpoints load by prefix alone. The official deploy() keeps these units'
+BN; `Detector.deploy()` folds it into the conv (`fold_bn`), and `deploy(official=True)` keeps it, for
+the official deploy parameter counts."""
 from __future__ import annotations
 
 import re
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from blocks.common import fuse_conv_bn
 from core.checkpoint_io import model_weights, read_checkpoint
 from core.errors import CheckpointError
 
@@ -68,6 +69,11 @@ class ConvBNAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lab(self.act(self.bn(self.conv(x))))
+
+    def fold_bn(self):
+        """Inference form beyond the official deploy: BN folded into the conv (eval statistics)."""
+        if not isinstance(self.bn, nn.Identity):
+            self.conv, self.bn = fuse_conv_bn(self.conv, self.bn), nn.Identity()
 
 
 class LightConvBNAct(nn.Module):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from blocks.common import fuse_conv_bn
 from core.errors import ArgumentError
 from blocks.backbone._vit import DINOV3_ARCHS, DINOv3ViT, ViTTiny
 from blocks.backbone._weights import load_local_weights
@@ -65,3 +66,9 @@ class DINOv3STAs(nn.Module):
         if hasattr(self, "sta"):
             features = [torch.cat([f, d], dim=1) for f, d in zip(features, self.sta(x))]
         return [norm(conv(f)) for conv, norm, f in zip(self.convs, self.norms, features)]
+
+    def fold_bn(self):
+        """Inference form beyond the official deploy: each output BN folded into its 1x1 conv."""
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            if not isinstance(norm, nn.Identity):
+                self.convs[i], self.norms[i] = fuse_conv_bn(conv, norm), nn.Identity()

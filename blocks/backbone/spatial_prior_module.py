@@ -1,8 +1,8 @@
 """SpatialPriorModule: DEIMv2's Spatial Tuning Adapter CNN (Real-Time Object Detection Meets DINOv3). arXiv 2025. https://arxiv.org/abs/2509.20787
 
 A light CNN on the image giving detail maps at strides 8, 16 and 32 (2c, 4c, 4c channels) that
-DINOv3STAs concatenates with the resized ViT features. Keys as the official `sta.` module; its
-BN stays unfused at deploy, as in the official model."""
+DINOv3STAs concatenates with the resized ViT features. Keys as the official `sta.` module. The
+official deploy keeps its BNs; `Detector.deploy()` folds them (adjacent conv, BN in its Sequentials)."""
 import torch
 from torch import nn
 

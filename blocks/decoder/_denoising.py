@@ -37,14 +37,17 @@ def contrastive_denoising_group(targets: list[dict], num_classes: int, num_queri
 
     num_group = max(num_denoising // max_gt, 1)
     batch = len(targets)
-    # padded slots carry the class index num_classes: the embedding's padding row (zeros)
-    labels = torch.full([batch, max_gt], num_classes, dtype=torch.int32, device=device)
-    boxes = torch.zeros([batch, max_gt, 4], device=device)
-    is_real = torch.zeros([batch, max_gt], dtype=torch.bool, device=device)
-    for i, (target, n) in enumerate(zip(targets, num_gts)):
-        labels[i, :n] = target["labels"]
-        boxes[i, :n] = target["boxes"]
-        is_real[i, :n] = True
+    # the batch's targets padded to max_gt per image, written in one indexed copy each (slots are
+    # computed on the host from the counts: no per-image copies, no device round-trip); padded slots
+    # carry the class index num_classes: the embedding's padding row (zeros)
+    slots = torch.cat([torch.arange(n) + i * max_gt for i, n in enumerate(num_gts)]).to(device)
+    labels = torch.full([batch * max_gt], num_classes, dtype=torch.int32, device=device)
+    labels[slots] = torch.cat([t["labels"] for t in targets]).to(torch.int32)
+    boxes = torch.zeros([batch * max_gt, 4], device=device)
+    boxes[slots] = torch.cat([t["boxes"] for t in targets]).to(boxes.dtype)
+    is_real = torch.zeros([batch * max_gt], dtype=torch.bool, device=device)
+    is_real[slots] = True
+    labels, boxes, is_real = labels.view(batch, max_gt), boxes.view(batch, max_gt, 4), is_real.view(batch, max_gt)
     # layout along the query axis: group 0 [positives | negatives], group 1 [...], ...
     labels = labels.tile([1, 2 * num_group])
     boxes = boxes.tile([1, 2 * num_group, 1])

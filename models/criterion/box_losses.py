@@ -97,6 +97,8 @@ def decoupled_distillation_loss(pred_corners: torch.Tensor, teacher_corners: tor
     kl = F.kl_div(F.log_softmax(pred_corners / temperature, dim=1),
                   F.softmax(teacher_corners.detach() / temperature, dim=1), reduction="none").sum(-1)
     per_edge = weight * temperature ** 2 * kl
-    pos = per_edge[matched].mean() if matched.any() else 0
-    neg = per_edge[~matched].mean() if (~matched).any() else 0
+    # masked means (an empty group contributes 0), computed without asking the device which groups are empty
+    zero = per_edge.new_zeros(())
+    pos = torch.where(matched, per_edge, zero).sum() / matched.sum().clamp(min=1)
+    neg = torch.where(matched, zero, per_edge).sum() / (~matched).sum().clamp(min=1)
     return (pos * num_pos + neg * num_neg) / (num_pos + num_neg)
