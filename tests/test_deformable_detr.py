@@ -261,3 +261,48 @@ def test_padded_batches_need_a_graph_that_reads_the_mask(tmp_path):
     with pytest.raises(ConfigError, match="no row of this graph does") as err:
         Solver(load_config(write_config(cfg, tmp_path / "run.yml")), device="cpu", output_dir=str(tmp_path / "run"))
     assert "train_dataloader.collate_fn.padding_mask" in str(err.value)
+
+
+def test_solver_trains_on_differently_sized_images_with_their_padding_mask(tmp_path, monkeypatch):
+    # IoU crops give every training image its own size; with collate_fn.padding_mask the batch is
+    # padded, each image keeps its own normalised boxes, and the decoder sees the mask of its pixels
+    from engine.config import load_config
+    from engine.solver import Solver
+    from models.detector import Detector
+    from tests.engine_helpers import REPO, make_data, write_config
+
+    data = make_data(tmp_path / "data", train=4, val=2)
+    graph = spec()
+    graph["nc"], graph["imgsz"] = 3, [96, 96]
+    graph["decoder"][0][3].update(num_queries=10)
+
+    def split(name, ops):
+        return {"dataset": {"type": "coco", "img_folder": str(data / name), "transforms": {"ops": ops},
+                            "ann_file": str(data / name / "_annotations.coco.json")},
+                "total_batch_size": 2, "num_workers": 0, "collate_fn": {"padding_mask": True}}
+
+    tensor = [{"type": "ConvertPILImage", "dtype": "float32", "scale": True}]
+    cfg = {"__include__": [str(REPO / "configs/deformable-detr/deformable-detr-r50-coco.yml")], "graph": graph,
+           "imgsz": [96, 96], "epochs": 1, "print_freq": 100, "plot_train_batch_freq": 0, "progress_bar": False,
+           "output_dir": str(tmp_path / "run"), "postprocessor": {"num_top_queries": 10},
+           "train_dataloader": split("train", [{"type": "RandomIoUCrop", "p": 1.0},
+                                               {"type": "SanitizeBoundingBoxes", "min_size": 1}, *tensor,
+                                               {"type": "ConvertBoxes", "fmt": "cxcywh", "normalize": True}]),
+           "val_dataloader": split("val", tensor)}
+    masks = []
+    forward = Detector.forward
+
+    def recording(self, images, targets=None, pixel_mask=None):
+        if self.training:
+            masks.append((images.shape[-2:], pixel_mask, [t["size"].tolist() for t in targets]))
+        return forward(self, images, targets, pixel_mask=pixel_mask)
+
+    monkeypatch.setattr(Detector, "forward", recording)
+    torch.manual_seed(0)
+    Solver(load_config(write_config(cfg, tmp_path / "run.yml")), device="cpu", seed=0).fit()
+    assert len(masks) == 2
+    for (height, width), mask, sizes in masks:
+        assert mask is not None and mask.shape[-2:] == (height, width)
+        for image_mask, (w, h) in zip(mask, sizes):   # True exactly on each image's own w x h, from the top left
+            assert image_mask.sum() == w * h and image_mask[:h, :w].all()
+    assert any(mask is not None and not mask.all() for _, mask, _ in masks)   # a batch really was padded
