@@ -165,7 +165,7 @@ def child_step(side: str, settings: dict) -> dict:
     """ms per training step on the saved batch (after warm-up steps), and this process's peak RSS."""
     import torch
 
-    images, targets = torch.load(settings["batch_file"], weights_only=False)
+    images, targets = torch.load(settings["batch_file"], weights_only=True)
     if side == "ours":
         solver = our_solver(settings)
         solver.model.train()

@@ -133,12 +133,15 @@ def apply_update(cfg: dict, text: str, sources: dict | None = None) -> None:
         node = node.setdefault(key, {})
     node[keys[-1]] = value
     spec = translate(spec, f"-u {text}")
-    _check_mapping_path(cfg, spec, text)
+    _check_mapping_path(cfg, spec, text, len(keys) - 1)
     deep_merge(cfg, spec, sources, "-u " + text)
 
 
-def _check_mapping_path(cfg: dict, spec: dict, text: str, prefix: tuple = ()) -> None:
-    """An override may not set a key below a value that is not a mapping (`-u epochs.x=1`)."""
+def _check_mapping_path(cfg: dict, spec: dict, text: str, levels: int, prefix: tuple = ()) -> None:
+    """An override may not set a key below a value that is not a mapping (`-u epochs.x=1`). Only the
+    first `levels` keys are the path: below them a mapping is the value itself (`-u a.b={c: 1}`)."""
+    if len(prefix) >= levels:
+        return
     for key, value in spec.items():
         if isinstance(value, dict) and key in cfg:
             dotted = ".".join((*prefix, key))
@@ -147,7 +150,7 @@ def _check_mapping_path(cfg: dict, spec: dict, text: str, prefix: tuple = ()) ->
                                   f"{cfg[key]!r}, not a mapping", where="-u",
                                   hint=f"set {dotted} itself, or check the key's spelling")
             if isinstance(cfg[key], dict):
-                _check_mapping_path(cfg[key], value, text, (*prefix, key))
+                _check_mapping_path(cfg[key], value, text, levels, (*prefix, key))
 
 
 def load_config(path: str | Path, updates: list[str] | tuple = (), with_sources: bool = False):

@@ -154,7 +154,7 @@ def _(ctx):
     return run_cli(config_cli.main, ["-c", ctx.config(), "-u", "epoches=62", "num_classes=3"])
 
 
-@case("official_named_section", "config", "read as `criterion: {type: DEIMCriterion, ...}`",
+@case("official_named_section", "config", "official `criterion: DEIMCriterion` read as `criterion.type: DEIMCriterion`",
       "nothing: the official layout is read as ours", stops=False)
 def _(ctx):
     cfg = tiny_config(ctx.demo, epochs=1)

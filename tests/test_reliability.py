@@ -255,6 +255,8 @@ ALLOWED = {
     ("engine/checkpoint.py", "resave_trusted", "torch.load"): "the explicit --trust path for a file the user vouches for",
     ("blocks/registry.py", "import_all_blocks", "importlib.import_module"): "imports the block files found in blocks/, never a config value",
     ("engine/onnx_export.py", "require", "__import__"): "optional exporters named in the code (onnx, onnxslim)",
+    ("bench/vs_official.py", "import_official", "importlib.import_module"):
+        "the official package of the checkout the benchmark was pointed at, by its fixed package names",
 }
 
 
