@@ -117,12 +117,13 @@ def measure(name: str, repeats: int = 10, warmup: int = 2, channels: int = 128) 
     raise RuntimeError(f"{name} runs at none of its timing shapes: " + "; ".join(reasons))
 
 
-def machine() -> dict:
+def machine(load_before: float) -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
         else platform.processor()
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average": round(os.getloadavg()[0], 2)}
+            "python": platform.python_version(),
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}  # before and after: other work on the cores
 
 
 COLUMNS = ("block", "category", "timed at", "params", "GFLOPs", "eval ms", "deploy ms", "deploy p90", "note")
@@ -157,6 +158,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = args.names or [spec.name for spec in blocks(args.category)]
+    load_before = os.getloadavg()[0]
     rows, failures = [], []
     for name in names:  # progress goes to stderr, the table to stdout at the end
         try:
@@ -165,9 +167,10 @@ def main(argv=None):
         except Exception as err:  # noqa: BLE001 (report every failing block and go on)
             failures.append({"block": name, "error": f"{type(err).__name__}: {err}"})
             print(f"{name}: FAILED {failures[-1]['error']}", file=sys.stderr, flush=True)
-    info = machine()
+    info = machine(load_before)
     print(f"CPU ({info['cpu']}, {info['cores']} cores), {args.threads} thread(s), torch {info['torch']}, batch 1, "
-          f"median of {args.repeats} after {args.warmup} warm-up runs (ms); load average {info['load_average']} at the end")
+          f"median of {args.repeats} after {args.warmup} warm-up runs (ms); load average {info['load_average'][0]} before, "
+          f"{info['load_average'][1]} after")
     print(format_table(rows, args.markdown))
     for failure in failures:
         print(f"{failure['block']}: FAILED {failure['error']}")

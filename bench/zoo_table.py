@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -95,11 +96,11 @@ def measure_latency(names: list[str], repeats: int = 10) -> dict:
     from bench.block_latency import machine, measure
 
     torch.set_num_threads(1)
-    rows = []
+    load_before, rows = os.getloadavg()[0], []
     for name in names:
         rows.append(measure(name, repeats))
         print(f"{name}: {rows[-1]['deploy_ms']:.2f} ms at {rows[-1]['timed_at']}", file=sys.stderr, flush=True)
-    return {"machine": machine(), "repeats": repeats, "blocks": rows}
+    return {"machine": machine(load_before), "repeats": repeats, "blocks": rows}
 
 
 def _with_delta(value: float, base: float) -> str:
@@ -152,7 +153,8 @@ def header(base: dict, latency: dict) -> str:
             f"{base['params'] / 1e6:.3f} M params, {base['gflops']:.3f} GFLOPs at {base['imgsz'][0]}x{base['imgsz'][1]}. "
             f"CPU ms: the block alone, deploy form, batch 1, median of {latency['repeats']} runs on {machine['cpu']} "
             f"({machine['cores']} cores, shared), {machine['threads']} thread, torch {machine['torch']}, "
-            f"load average {machine['load_average']} at the end of the run.\n")
+            f"load average {machine['load_average'][0]} before the run and {machine['load_average'][1]} after "
+            f"(other jobs share the cores).\n")
 
 
 def write_between_markers(path: Path, text: str) -> None:
