@@ -126,7 +126,7 @@ def format_tables(info: dict, latency: dict, subjects: dict, specs: dict, base: 
         orphans = [g for g in graphs if not subjects[g]]
         if not rows and not orphans:
             continue
-        lines += [f"#### {category} ({len(rows)})", "",
+        lines += [f"### {category} ({len(rows)})", "",
                   "| block | paper | ablation graph | params M (vs base) | GFLOPs (vs base) | CPU ms | timed at |",
                   "|---|---|---|---|---|---|---|"]
         for name, graph in rows:
