@@ -28,8 +28,10 @@ def _parse_shape(text: str) -> tuple:
     return shape
 
 
-def block_figures(name: str, shapes=None, args=None, repeats: int = 5) -> dict:
-    """Build `name`, run it once under the counter and time `repeats` forwards."""
+def build_block(name: str, shapes=None, args=None):
+    """`name` in eval mode, built from its declared example (or `args`: a list, a dict or [list, dict])
+    for inputs of `shapes`, and a random input of those shapes (a list of maps for a multi-input
+    block): `(module, x, shapes)`."""
     spec = get(name)
     example = spec.example
     shapes = shapes or example.get("shapes") or [example.get("shape", (1, 64, 32, 32))]
@@ -40,6 +42,8 @@ def block_figures(name: str, shapes=None, args=None, repeats: int = 5) -> dict:
         positional, keywords = list(example.get("args", [])), dict(example.get("kwargs", {}))
     elif isinstance(args, dict):
         positional, keywords = [], args
+    elif len(args) == 2 and isinstance(args[0], list) and isinstance(args[1], dict):  # [list, dict], as in a graph row
+        positional, keywords = list(args[0]), dict(args[1])
     else:
         positional, keywords = list(args), {}
     try:
@@ -47,8 +51,13 @@ def block_figures(name: str, shapes=None, args=None, repeats: int = 5) -> dict:
     except TypeError as err:
         accepted = [p for p in inspect.signature(spec.cls).parameters if p != spec.c_in_param]
         raise DetrZooError(f"{name} could not be built: {err}", hint=f"{name} takes ({', '.join(accepted)})") from None
-    module.eval()
-    x = inputs if multi else inputs[0]
+    return module.eval(), (inputs if multi else inputs[0]), shapes
+
+
+def block_figures(name: str, shapes=None, args=None, repeats: int = 5) -> dict:
+    """Build `name`, run it once under the counter and time `repeats` forwards."""
+    module, x, shapes = build_block(name, shapes, args)
+    spec = get(name)
     profile = count_flops(module, x)
     times = []
     with torch.no_grad():
@@ -72,7 +81,7 @@ def main(argv=None):
     parser.add_argument("--category")
     parser.add_argument("--shape", type=_parse_shape, help="B,C,H,W of the input")
     parser.add_argument("--shapes", type=_parse_shape, nargs="+", help="shapes of a multi-input block")
-    parser.add_argument("--args", type=yaml.safe_load, help="YAML list or dict of the block's arguments")
+    parser.add_argument("--args", type=yaml.safe_load, help="YAML list, dict or [list, dict] of the block's arguments")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--debug", action="store_true")

@@ -14,6 +14,7 @@ from blocks.backbone.irmb import iRMB
 from blocks.backbone.jdpm import JDPM
 from blocks.backbone.lfe import shift_channels
 from blocks.backbone.mscb import channel_shuffle
+from blocks.backbone.nnwnet import nnWNet
 from blocks.backbone.v_heat import HeatConduction, dct_basis, vHeat
 from blocks.neck.c2f import C2f
 from blocks.registry import ChannelError
@@ -38,9 +39,12 @@ def _probe(shape) -> torch.Tensor:
     return torch.sin(torch.arange(math.prod(shape), dtype=torch.float64) * 0.011).float().reshape(shape)
 
 
-# outputs of the authors' modules (vHeat HeatBlock, EMO iRMB, ELGC-Net EncoderBlock) loaded with the
-# same weights, recorded outside the repository: first four values and the sum
+# outputs of the authors' modules (vHeat HeatBlock, EMO iRMB, ELGC-Net EncoderBlock; nnWNet's 3-D
+# global_block on a depth-3 copy of the probe, its projection kernel zero outside the middle depth slice,
+# middle slice read) loaded with the same weights, recorded outside the repository: first four values and the sum
 PINNED = {
+    "nnWNet": (lambda: nnWNet(16, 16), (1, 16, 7, 5),
+               [0.14989593625068665, 0.15187105536460876, 0.1437787115573883, 0.1594662219285965], 5.902529716491699),
     "vHeat": (lambda: vHeat(16, res=6), (1, 16, 6, 6),
               [0.1552990823984146, 0.1658627986907959, 0.17632687091827393, 0.1867806613445282], -44.46956253051758),
     "iRMB": (lambda: iRMB(16, 16, dim_head=8, window_size=3), (1, 16, 7, 5),
@@ -160,6 +164,7 @@ def test_apbottleneck_pinwheel_arms_read_four_corners():
     (lambda: ELGCA(18), "divisible by 4"),
     (lambda: JDPM(32, 8), "at least 16"),
     (lambda: iRMB(48, 48, dim_head=32), "not divisible by dim_head"),
+    (lambda: nnWNet(16, 30, groups=4), "divisible by groups=4"),
 ])
 def test_bad_channels_fail_early_with_a_clear_message(build, message):
     with pytest.raises(ChannelError, match=message):

@@ -1,4 +1,4 @@
-"""MCA: MCANet: Medical Image Segmentation with Multi-Scale Cross-Axis Attention. arXiv 2024. https://arxiv.org/abs/2402.19289
+"""MCA: MCANet: Medical Image Segmentation with Multi-Scale Cross-Axis Attention. Machine Intelligence Research 2025. https://arxiv.org/abs/2312.08866
 
 Multi-scale cross-axis attention: two normalised copies of the input go through summed strip convs
 (k x 1 for one, 1 x k for the other, k = 7, 11, 21); queries of each axis attend to keys and values
