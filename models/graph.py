@@ -253,6 +253,12 @@ def _build_row(raw, index, section, channels, depth, width, max_channels, contex
     repeats = max(round(repeats * depth), 1) if repeats > 1 else repeats
 
     spec = _resolve_module(name, where)
+    nested = [s for s, c in zip(sources, c_in) if isinstance(c, list)] if multi else []
+    if nested:   # a row that returns several maps, listed beside others: which of its maps is meant?
+        raise GraphError(f"row {nested[0]} returns {len(channels[nested[0]])} maps, and `from` lists it beside other "
+                         f"rows {source}", where=where,
+                         hint=f"pick one of its maps with an Index row (e.g. `- [{nested[0]}, 1, Index, [0]]`) and "
+                              "list that row instead")
     if isinstance(c_in, list) and spec.takes_c_in and not spec.multi_input:
         given = f"`from` lists {len(sources)} rows {source}" if multi else f"row {sources[0]} outputs {len(c_in)} maps"
         raise GraphError(f"{spec.name} reads one map, but {given}", where=where,
