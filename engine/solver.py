@@ -71,7 +71,8 @@ def amp_dtype(device: torch.device, wanted: str | None) -> torch.dtype:
 
 def _to_float(value):
     if isinstance(value, torch.Tensor):
-        return value.float() if value.is_floating_point() else value
+        # fp16/bf16 (autocast) up to fp32; fp32 and fp64 as they are
+        return value.to(torch.promote_types(value.dtype, torch.float32)) if value.is_floating_point() else value
     if isinstance(value, dict):
         return {k: _to_float(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

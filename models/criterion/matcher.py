@@ -67,9 +67,11 @@ class HungarianMatcher(nn.Module):
         check_targets(targets, logits.shape[-1])
         batch, queries = logits.shape[:2]
         labels = torch.cat([t["labels"] for t in targets]).to(logits.device)
-        target_boxes = torch.cat([t["boxes"] for t in targets]).to(boxes.device).float()
+        # costs in fp32 at least (fp16/bf16 outputs are upcast; fp64 stays fp64)
+        dtype = torch.promote_types(torch.promote_types(logits.dtype, boxes.dtype), torch.float32)
+        target_boxes = torch.cat([t["boxes"] for t in targets]).to(boxes.device, dtype)
         # one cost over the whole batch and a single transfer to the CPU; each image then reads its block
-        cost = self.cost(logits.flatten(0, 1).float(), boxes.flatten(0, 1).float(), labels, target_boxes, epoch)
+        cost = self.cost(logits.flatten(0, 1).to(dtype), boxes.flatten(0, 1).to(dtype), labels, target_boxes, epoch)
         # a NaN box (a diverging prediction) must not stop the solver; inf becomes the largest float
         cost = torch.nan_to_num(cost.view(batch, queries, -1).cpu(), nan=1.0)
         indices = []
