@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from core.errors import ArgumentError
 
@@ -107,3 +108,15 @@ def fuse_modules(model: nn.Module) -> nn.Module:
         if callable(getattr(type(module), "fuse", None)):
             module.fuse()
     return model
+
+
+class StarReLU(nn.Module):
+    """s * relu(x)^2 + b with learnable scalars s, b (MetaFormer baselines)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.relu(x) ** 2 + self.bias

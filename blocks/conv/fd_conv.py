@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocks.common import activation
+from blocks.common import StarReLU, activation
 from blocks.registry import ChannelError, register
 
 
@@ -15,18 +15,6 @@ def _frequency_order(rows: int, cols: int) -> torch.Tensor:
     order = torch.sort(freq.norm(dim=-1).flatten()).indices  # the authors' (unstable) order among ties
     width = cols // 2 + 1
     return torch.stack((order // width, order % width))
-
-
-class StarReLU(nn.Module):
-    """s * relu(x)^2 + b with learnable scalars s, b (MetaFormer)."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(1))
-        self.bias = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.relu(x) ** 2 + self.bias
 
 
 class _KernelModulationGlobal(nn.Module):

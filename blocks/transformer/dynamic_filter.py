@@ -14,19 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blocks.common import StarReLU
 from blocks.registry import register
-
-
-class StarReLU(nn.Module):
-    """s * relu(x)^2 + b with learnable scalars s, b (MetaFormer baselines)."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(1))
-        self.bias = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.relu(x) ** 2 + self.bias
 
 
 @register("transformer", channels="same", example={"kwargs": {"size": 16}, "shape": (2, 32, 16, 16)})
