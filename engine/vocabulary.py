@@ -42,6 +42,11 @@ NETWORK_SECTIONS = {
 NAMED_SECTIONS = ("criterion", "postprocessor")
 # the official flag that makes both splits use the 80 COCO ids
 COCO_REMAP = "remap_mscoco_category"
+# RT-DETRv4's `teacher_model:` section (DINOv3TeacherModel) is our `distill.foundation`: key -> ours (None: no
+# effect here, and why). The ViT is built here from the weights file, so the torch.hub repo is not needed.
+TEACHER_MODEL = {"dinov3_model_type": "model", "dinov3_weights_path": "weights", "mean": "mean", "std": "std"}
+TEACHER_NO_EFFECT = {"dinov3_repo_path": "the ViT is built here, not through torch.hub",
+                     "patch_size": "the model's own patch size is used"}
 
 
 def _pop_dotted(spec: dict, dotted: str):
@@ -89,6 +94,8 @@ def translate(spec: dict, where: str, say=print) -> dict:
             body = spec.pop(name, None) if isinstance(spec.get(name), dict) else {}
             spec[section] = {"type": name, **body}
             say(f"{where}: official `{section}: {name}` with its `{name}:` section read as `{section}: {{type: {name}, ...}}`")
+    if "teacher_model" in spec:
+        _teacher_model(spec, where, say)
     if COCO_REMAP in spec:
         value = spec.pop(COCO_REMAP)
         for split in ("train_dataloader", "val_dataloader"):
@@ -108,6 +115,34 @@ def translate(spec: dict, where: str, say=print) -> dict:
     return spec
 
 
+def _teacher_model(spec: dict, where: str, say) -> None:
+    """The official `teacher_model:` as `distill.foundation` (only the foundation teacher: kd_loss_type none
+    unless this file says otherwise)."""
+    body = spec.pop("teacher_model")
+    body = dict(body) if isinstance(body, dict) else {}
+    kind = body.pop("type", "DINOv3TeacherModel")
+    if kind != "DINOv3TeacherModel":
+        raise ConfigError(f"official `teacher_model: {{type: {kind}}}` has no counterpart here", where=f"{where}: teacher_model",
+                          hint="set distill.foundation.model to a timm model of that family and "
+                               "distill.foundation.weights to its weights file (engine/distill.py)")
+    foundation = {"model": "dinov3_vitb16"}  # the official Python default of dinov3_model_type
+    for key, value in body.items():
+        if key in TEACHER_NO_EFFECT:
+            say(f"{where}: official key `teacher_model.{key}` has no effect here ({TEACHER_NO_EFFECT[key]})")
+        elif key in TEACHER_MODEL:
+            foundation[TEACHER_MODEL[key]] = value
+        else:
+            raise ConfigError(f"unknown key {key!r} of the official teacher_model", where=f"{where}: teacher_model.{key}",
+                              hint=f"DINOv3TeacherModel takes {', '.join([*TEACHER_MODEL, *TEACHER_NO_EFFECT])}")
+    distill = spec.setdefault("distill", {})
+    if not isinstance(distill, dict):
+        raise ConfigError("`distill` must be a mapping", where=f"{where}: distill")
+    distill.setdefault("kd_loss_type", "none")
+    distill["foundation"] = {**foundation, **(distill.get("foundation") or {})}
+    say(f"{where}: official `teacher_model` (DINOv3TeacherModel) read as `distill.foundation` "
+        f"({', '.join(f'{k}: {v}' for k, v in foundation.items())})")
+
+
 def translate_key(dotted: str, where: str, say=print) -> tuple[str, object]:
     """An override's dotted key in our vocabulary, and a value map (None for no mapping)."""
     if dotted in RENAMES:
@@ -117,7 +152,13 @@ def translate_key(dotted: str, where: str, say=print) -> tuple[str, object]:
         ours, values = VALUE_RENAMES[dotted]
         say(f"{where}: official key `{dotted}` read as `{ours}`")
         return ours, values
-    head = dotted.split(".")[0]
+    head, _, rest = dotted.partition(".")
+    if head == "teacher_model":
+        if rest not in TEACHER_MODEL:
+            raise ConfigError(f"official key `{dotted}` has no counterpart here", where=where,
+                              hint="set distill.foundation.{model, weights, mean, std} (engine/distill.py)")
+        say(f"{where}: official key `{dotted}` read as `distill.foundation.{TEACHER_MODEL[rest]}`")
+        return f"distill.foundation.{TEACHER_MODEL[rest]}", None
     if head in NETWORK_SECTIONS:
         raise ConfigError(f"official network key `{dotted}` has no effect here", where=where,
                           hint=f"the network is the graph file: set it as an argument of the graph's {head} row")

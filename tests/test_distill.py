@@ -1,4 +1,5 @@
-"""distill.py: feature / logit / foundation distillation on the shared trainer.
+"""distill.py: feature / logit distillation on the shared trainer (the foundation teacher:
+tests/test_rtdetrv4_distill.py).
 
 Expected loss values are computed independently with numpy on small tensors."""
 from __future__ import annotations
@@ -17,7 +18,6 @@ from core.checkpoint_io import read_checkpoint, save_atomic
 from engine import checkpoint
 from engine.config import load_config
 from engine.distill import adapted_weight, epoch_window, logit_terms, schedule_factor
-from engine.solver import Solver
 from engine.distill_losses import (MGDGenerator, cwd_loss, ickd_loss, match_queries, mgd_loss, mimic_loss,
                                    sp_loss)
 from engine.solver import Solver
@@ -269,26 +269,6 @@ def test_mismatched_classes_or_queries_are_config_errors(demo, teacher, tmp_path
         Solver(load_config(student_config(demo, tmp_path, {"kd_loss_type": "logit"})), device="cpu",
                       output_dir=str(tmp_path / "run2"), teacher_config=str(teacher[0]),
                       teacher_weights=str(tmp_path / "t.pth"))
-
-
-def test_foundation_teacher_supervises_projector_with_adaptive_weight(demo, tmp_path):
-    import timm
-
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, embed_dim=16,
-                            depth=1, num_heads=2, patch_size=8)
-    torch.save(vit.state_dict(), tmp_path / "vit.pth")
-    distill = {"kd_loss_type": "none", "foundation": {
-        "model": "vit_tiny_patch16_224", "weights": str(tmp_path / "vit.pth"), "student": 3, "weight": 5.0,
-        "model_kwargs": {"img_size": 32, "embed_dim": 16, "depth": 1, "num_heads": 2, "patch_size": 8},
-        "adaptive": {"enabled": True, "rho": 11, "delta": 1, "default_weight": 20}}}
-    solver = Solver(load_config(student_config(demo, tmp_path, distill, epochs=2)), device="cpu",
-                           output_dir=str(tmp_path / "run"))
-    assert solver.distiller.kd.projector.out_channels == 16
-    stats = solver.train_one_epoch(0)
-    assert stats["loss_distill"] > 0
-    share = stats["distill_grad_share"]
-    assert 0 < share < 100
-    assert stats["distill_weight"] == pytest.approx(adapted_weight(5.0, share, 11, 1, 20, False))
 
 
 @pytest.mark.slow
