@@ -6,7 +6,7 @@ It adds the terms that the `distill:` section asks for (every key is optional ex
 
     distill:
       kd_loss_type: all          # logit | feature | all | none (none: only the foundation term)
-      weight: 1.0                # factor on every distillation term
+      weight: 1.0                # factor on every detector-teacher term (loss_kd_*)
       schedule: constant         # constant | linear | cosine: the factor decays to 0 across the window
       epoch_window: [0, 1.0]     # [start, end): ints are epochs, floats fractions of `epochs`
       adapter_lr: ~              # lr of the feature adapters (default: the optimizer's lr)
@@ -16,9 +16,12 @@ It adds the terms that the `distill:` section asks for (every key is optional ex
         cost_bbox: 5.0
         cost_giou: 2.0
         temperature: 1.0         # of the class BCE
+        cls_gamma: 2.0           # quality-focal exponent of the class BCE (0: plain BCE)
         ld_temperature: 5.0      # of the corner-distribution KL (D-FINE-style heads)
         layers: final            # final | all (every student decoder layer learns the teacher's final one)
         layer_weights: ~         # with `all`: one weight per student layer, first auxiliary layer to final
+        proposals: false         # also the first layer's head (_pre) and the encoder's proposals (_enc_0), which
+                                 # select the queries: needed when the ground-truth loss is off
         weights: {cls: 1.0, bbox: 5.0, giou: 2.0, ld: 1.0}
       feature:
         adapter: auto            # auto (1x1 conv where channels differ) | always
@@ -77,7 +80,7 @@ from core import dist
 from core.checkpoint_io import model_weights, read_checkpoint
 from core.errors import CheckpointError, ConfigError
 from core.schema import Section, validate_section
-from engine.distill_losses import FEATURE_LOSSES, MATCHING, FeaturePair, logit_losses, match_queries
+from engine.distill_losses import FEATURE_LOSSES, MATCHING, FeaturePair, edge_bins, logit_losses, match_queries
 
 RowRef = int | tuple[int, int]   # a graph row, or [row, output] of a row that returns several maps
 
@@ -97,8 +100,10 @@ class LogitConfig(Section):
     cost_giou: NonNegativeFloat = 2.0
     temperature: PositiveFloat = 1.0
     ld_temperature: PositiveFloat = 5.0
+    cls_gamma: NonNegativeFloat = 2.0
     layers: Literal["final", "all"] = "final"
     layer_weights: list[NonNegativeFloat] | None = None
+    proposals: bool = False
     weights: LogitWeights = LogitWeights()
 
 
@@ -342,7 +347,8 @@ def decoder_core(model: nn.Module) -> nn.Module | None:
 
 def logit_terms(outputs: dict, teacher: dict, spec: dict, weights: dict) -> dict[str, torch.Tensor]:
     """Weighted logit-distillation terms of the student's final layer (and, with layers: all, of each
-    auxiliary layer, suffixed _aux_i) against the teacher's final predictions; matching per image."""
+    auxiliary layer, suffixed _aux_i; with proposals, of the first layer's head, _pre, and of the
+    encoder's proposals, _enc_i) against the teacher's final predictions; matching per image."""
     teacher = {k: v.detach().float() for k, v in teacher.items() if v is not None}
     layers = [("", outputs)]
     if spec.get("layers", "final") == "all":
@@ -351,14 +357,27 @@ def logit_terms(outputs: dict, teacher: dict, spec: dict, weights: dict) -> dict
     if len(layer_weights) != len(layers):
         raise ConfigError(f"layer_weights has {len(layer_weights)} entries for {len(layers)} student layers",
                           where="distill.logit.layer_weights", hint="one per layer, first auxiliary layer to final")
+    if spec.get("proposals"):
+        extra = [("_pre", outputs["pre_outputs"])] if outputs.get("pre_outputs") else []
+        extra += [(f"_enc_{i}", layer) for i, layer in enumerate(outputs.get("enc_aux_outputs") or [])]
+        layers, layer_weights = extra + layers, [1.0] * len(extra) + list(layer_weights)
     terms = {}
     for (suffix, layer), layer_weight in zip(layers, layer_weights):
-        student = {k: layer[k].float() for k in ("pred_logits", "pred_boxes", "pred_corners") if layer.get(k) is not None}
+        student = {k: layer[k].float() for k in ("pred_logits", "pred_boxes", "pred_corners", "ref_points")
+                   if layer.get(k) is not None}
+        if "pred_corners" in student:  # the frame its edge distributions are measured in
+            student.update(up=outputs["up"], reg_scale=outputs["reg_scale"])
+            student["bins"] = edge_bins(student)
+        target = teacher
+        if student["pred_logits"].shape[-1] == 1 < teacher["pred_logits"].shape[-1]:
+            # class-agnostic proposals learn the teacher's best class score
+            target = {**teacher, "pred_logits": teacher["pred_logits"].max(-1, keepdim=True).values}
         indices = [match_queries(student["pred_logits"][b].detach(), student["pred_boxes"][b].detach(),
-                                 teacher["pred_logits"][b], teacher["pred_boxes"][b], spec.get("matching", "hungarian"),
+                                 target["pred_logits"][b], target["pred_boxes"][b], spec.get("matching", "hungarian"),
                                  spec.get("cost_class", 2.0), spec.get("cost_bbox", 5.0), spec.get("cost_giou", 2.0))
                    for b in range(student["pred_logits"].shape[0])]
-        values = logit_losses(student, teacher, indices, spec.get("temperature", 1.0), spec.get("ld_temperature", 5.0))
+        values = logit_losses(student, target, indices, spec.get("temperature", 1.0), spec.get("ld_temperature", 5.0),
+                              spec.get("cls_gamma", 2.0))
         for name, value in values.items():
             terms[f"loss_kd_{name}{suffix}"] = value * weights[name] * layer_weight
     return terms
@@ -400,8 +419,9 @@ class Distiller:
                                   hint="pass -tc TEACHER_CONFIG -tw TEACHER_WEIGHTS (distill.py)")
             self.teacher = build_teacher(teacher_cfg, teacher_weights, device)
             core = decoder_core(self.teacher)
-            if core is not None:
-                core.register_forward_hook(lambda m, i, out: self.teacher_corners.__setitem__("corners", out[2][-1]))
+            if core is not None:  # the final layer's edge distributions and the reference boxes they refer to
+                core.register_forward_hook(lambda m, i, out: self.teacher_corners.update(
+                    pred_corners=out[2][-1], ref_points=out[3][-1]))
         self.use_logit = self.kind in ("logit", "all")
         self.use_feature = self.kind in ("feature", "all")
         if self.use_logit:
@@ -442,10 +462,6 @@ class Distiller:
             side = "student" if s_core is None else "teacher"
             print(f"note: corner distillation (distill.logit.weights.ld) is off: the {side}'s decoder has no "
                   f"D-FINE corner distributions; the other logit terms still apply")
-        if self.use_ld and s_core.reg_max != t_core.reg_max:
-            raise ConfigError(f"corner distillation needs the same reg_max: student {s_core.reg_max}, teacher "
-                              f"{t_core.reg_max}", where=f"{where}.weights.ld",
-                              hint="set distill.logit.weights.ld: 0, or give both decoders the same reg_max")
 
     def _set_up_features(self, student: nn.Module, spec: dict) -> list[dict]:
         specs = [{"student": row_ref(p["student"], f"distill.feature.pairs[{i}].student"),
@@ -545,8 +561,11 @@ class Distiller:
 
     def _logit_terms(self, outputs: dict, teacher_out: dict) -> dict:
         teacher = {"pred_logits": teacher_out["pred_logits"], "pred_boxes": teacher_out["pred_boxes"]}
-        if self.use_ld and "corners" in self.teacher_corners:
-            teacher["pred_corners"] = self.teacher_corners.pop("corners")
+        if self.use_ld and self.teacher_corners:
+            head = self.teacher.layers[-1]
+            teacher.update(self.teacher_corners, up=head.up, reg_scale=head.reg_scale)
+            teacher["bins"] = edge_bins(teacher)
+            self.teacher_corners.clear()
         elif not self.use_ld:
             outputs = {**outputs, "pred_corners": None, "aux_outputs": [
                 {**layer, "pred_corners": None} for layer in outputs.get("aux_outputs") or []]}

@@ -15,14 +15,22 @@ Feature terms (the teacher map is detached and already aligned to the student's 
   sp     SP: Similarity-Preserving Knowledge Distillation. ICCV 2019. https://arxiv.org/abs/1907.09682 ;
          the B x B Gram matrix of flattened maps, rows L2-normalised; squared Frobenius difference / B^2.
 
-Logit terms (per image: student queries matched to teacher queries, never across images):
-  cls   BCE of student logits / T against the teacher's sigmoid(logits / T), times T^2; student
-        queries left unmatched learn background (all-zero targets). Mean over student queries.
-  bbox  L1 (sum over cxcywh) and giou (1 - GIoU) of matched boxes, weighted by the teacher's
-        confidence (its highest class probability) and normalised by the weights' sum.
-  ld    localisation distillation on D-FINE edge distributions: per edge KL(teacher || student)
-        of softmax(corners / T), times T^2, weighted like the boxes (LD: Localization Distillation.
-        CVPR 2022. https://arxiv.org/abs/2102.12252).
+Logit terms (per image: student queries matched to teacher queries, never across images), each
+normalised by the teacher's confidence (its highest class probability) summed over the matched
+queries, at least 1:
+  cls   BCE of student logits / T against the teacher's sigmoid(logits / T), times T^2, modulated as
+        quality focal loss by |sigmoid(s / T) - sigmoid(t / T)|^gamma (GFL: Generalized Focal Loss.
+        NeurIPS 2020. https://arxiv.org/abs/2006.04388; gamma 0: plain BCE); student queries left
+        unmatched learn background (all-zero targets).
+  bbox  L1 (sum over cxcywh) and giou (1 - GIoU) of matched boxes, weighted by that confidence.
+  ld    localisation distillation on D-FINE edge distributions (LD: Localization Distillation.
+        CVPR 2022. https://arxiv.org/abs/2102.12252): per edge KL(teacher || student) of
+        softmax(corners / T), times T^2, weighted like the boxes. A D-FINE distribution places an
+        edge relative to its query's own reference box (in bins W(n) of that box's size), so two
+        decoders' distributions are compared only after the teacher's is moved into the student's
+        frame: each teacher bin's absolute edge position is split between the two student bins
+        around it (as D-FINE's FGL splits a ground-truth edge). With the same frame and bins this is
+        the plain KL.
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from blocks.decoder._dfine_parts import weighting_function
 from core.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
 FEATURE_LOSSES = ("mimic", "cwd", "mgd", "ickd", "sp")
@@ -151,7 +160,7 @@ def match_queries(s_logits, s_boxes, t_logits, t_boxes, method: str = "hungarian
 
 
 def logit_losses(student: dict, teacher: dict, indices: list[tuple[torch.Tensor, torch.Tensor]],
-                 temperature: float = 1.0, ld_temperature: float = 5.0) -> dict[str, torch.Tensor]:
+                 temperature: float = 1.0, ld_temperature: float = 5.0, cls_gamma: float = 2.0) -> dict[str, torch.Tensor]:
     """cls / bbox / giou (and ld when both carry `pred_corners` of the same bins) for one decoder layer.
 
     student/teacher: {'pred_logits' [B,Q,C], 'pred_boxes' [B,Q,4], optional 'pred_corners' [B,Q,4*bins]};
@@ -161,23 +170,65 @@ def logit_losses(student: dict, teacher: dict, indices: list[tuple[torch.Tensor,
     s_idx = torch.cat([rows for rows, _ in indices])
     t_idx = torch.cat([cols for _, cols in indices])
 
+    # every term is normalised by the teacher's confidence summed over the matched queries (about its
+    # number of objects), as the ground-truth loss is by the number of boxes
+    weight = t_logits[batch, t_idx].sigmoid().max(dim=-1).values
+    norm = weight.sum().clamp(min=1.0)
     soft = torch.zeros_like(s_logits)
     soft[batch, s_idx] = torch.sigmoid(t_logits[batch, t_idx] / temperature).to(soft.dtype)
-    cls = F.binary_cross_entropy_with_logits(s_logits / temperature, soft, reduction="none").sum(-1).mean()
-    terms = {"cls": cls * temperature ** 2}
+    cls = F.binary_cross_entropy_with_logits(s_logits / temperature, soft, reduction="none")
+    # quality focal (GFL): the many scores the student already matches, mostly background, count little
+    cls = cls * (torch.sigmoid(s_logits / temperature) - soft).abs().pow(cls_gamma)
+    terms = {"cls": cls.sum() / norm * temperature ** 2}
 
-    weight = t_logits[batch, t_idx].sigmoid().max(dim=-1).values
-    norm = weight.sum().clamp(min=1e-6)
     s_boxes, t_boxes = student["pred_boxes"][batch, s_idx], teacher["pred_boxes"].detach()[batch, t_idx]
     terms["bbox"] = (weight * (s_boxes - t_boxes).abs().sum(-1)).sum() / norm
     giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(s_boxes), box_cxcywh_to_xyxy(t_boxes)))
     terms["giou"] = (weight * (1 - giou)).sum() / norm
 
-    s_corners, t_corners = student.get("pred_corners"), teacher.get("pred_corners")
-    if s_corners is not None and t_corners is not None and s_corners.shape[-1] == t_corners.shape[-1]:
-        bins = s_corners.shape[-1] // 4
-        s_edges = s_corners[batch, s_idx].reshape(-1, 4, bins) / ld_temperature
-        t_edges = t_corners.detach()[batch, t_idx].reshape(-1, 4, bins) / ld_temperature
-        kl = (F.softmax(t_edges, -1) * (F.log_softmax(t_edges, -1) - F.log_softmax(s_edges, -1))).sum(-1).mean(-1)
+    if student.get("pred_corners") is not None and teacher.get("pred_corners") is not None:
+        s_corners = student["pred_corners"][batch, s_idx]
+        s_edges = s_corners.reshape(s_corners.shape[0], 4, -1) / ld_temperature
+        t_corners = teacher["pred_corners"].detach()[batch, t_idx]
+        target = moved_edges(F.softmax(t_corners.reshape(t_corners.shape[0], 4, -1) / ld_temperature, -1),
+                             teacher["ref_points"].detach()[batch, t_idx], teacher["bins"],
+                             teacher["reg_scale"], student["ref_points"].detach()[batch, s_idx],
+                             student["bins"], student["reg_scale"])
+        kl = (target * (target.clamp(min=1e-12).log() - F.log_softmax(s_edges, -1))).sum(-1).mean(-1)
         terms["ld"] = (weight * kl).sum() / norm * ld_temperature ** 2
     return terms
+
+
+def edge_bins(decoder_outputs: dict) -> torch.Tensor:
+    """W(n) of a D-FINE head from its outputs' `up` and `reg_scale` (reg_max from the corners' width)."""
+    reg_max = decoder_outputs["pred_corners"].shape[-1] // 4 - 1
+    return weighting_function(reg_max, decoder_outputs["up"], decoder_outputs["reg_scale"]).detach()
+
+
+@torch.no_grad()
+def moved_edges(prob: torch.Tensor, refs: torch.Tensor, bins: torch.Tensor, reg_scale, to_refs: torch.Tensor,
+                to_bins: torch.Tensor, to_reg_scale) -> torch.Tensor:
+    """Edge distributions [N, 4, len(bins)] over offsets from `refs` (cxcywh) re-expressed over the
+    bins of `to_refs` -> [N, 4, len(to_bins)]: every bin's mass goes to the two target bins around its
+    absolute edge position, split linearly in W (all of it to an end bin beyond the ends)."""
+    def positions(ref, values, scale):   # absolute left, top, right, bottom of every bin: [N, 4, bins]
+        scale = scale.abs()
+        reach = 0.5 * scale + values[None, :]
+        w, h = ref[:, 2:3] / scale, ref[:, 3:4] / scale
+        return torch.stack([ref[:, 0:1] - reach * w, ref[:, 1:2] - reach * h,
+                            ref[:, 0:1] + reach * w, ref[:, 1:2] + reach * h], 1)
+
+    edges = positions(refs.float(), bins.float(), reg_scale)
+    scale = to_reg_scale.abs()
+    w, h = (to_refs[:, 2:3] / scale)[:, :, None], (to_refs[:, 3:4] / scale)[:, :, None]
+    cx, cy = to_refs[:, 0:1, None], to_refs[:, 1:2, None]
+    offsets = torch.cat([(cx - edges[:, 0:1]) / w, (cy - edges[:, 1:2]) / h, (edges[:, 2:3] - cx) / w,
+                         (edges[:, 3:4] - cy) / h], 1) - 0.5 * scale
+    to_bins = to_bins.float()
+    left = (torch.searchsorted(to_bins, offsets.contiguous(), right=True) - 1).clamp(0, len(to_bins) - 2)
+    lo, hi = to_bins[left], to_bins[left + 1]
+    right_share = ((offsets - lo) / (hi - lo)).clamp(0, 1)
+    moved = torch.zeros(*prob.shape[:2], len(to_bins), dtype=prob.dtype, device=prob.device)
+    moved.scatter_add_(-1, left, prob * (1 - right_share))
+    moved.scatter_add_(-1, left + 1, prob * right_share)
+    return moved

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from blocks.decoder._dfine_parts import weighting_function
 from core.checkpoint_io import read_checkpoint, save_atomic
 from engine import checkpoint
 from engine.config import load_config
 from engine.distill import adapted_weight, epoch_window, logit_terms, schedule_factor
 from engine.distill_losses import (MGDGenerator, cwd_loss, ickd_loss, match_queries, mgd_loss, mimic_loss,
-                                   sp_loss)
+                                   moved_edges, sp_loss)
 from engine.solver import Solver
 from core.errors import ConfigError
 from tests.engine_helpers import REPO, TINY_GRAPH, make_data, subprocess_env, tiny_config, write_config
@@ -143,15 +144,48 @@ def test_logit_distillation_matches_queries_within_each_image():
     terms = logit_terms(student, same, {"matching": "hungarian"}, weights)
     assert terms["loss_kd_bbox"].item() == pytest.approx(0.0, abs=1e-6)
     assert terms["loss_kd_giou"].item() == pytest.approx(0.0, abs=1e-6)
-    p = torch.sigmoid(logits).double().numpy()   # BCE against its own probabilities = their entropy
-    entropy = -(p * np.log(p) + (1 - p) * np.log(1 - p)).sum(-1).mean()
-    assert terms["loss_kd_cls"].item() == pytest.approx(entropy, rel=1e-5)
+    assert terms["loss_kd_cls"].item() == pytest.approx(0.0, abs=1e-9)    # quality focal: agreement costs nothing
+    plain = logit_terms(student, same, {"matching": "hungarian", "cls_gamma": 0.0}, weights)
+    p = torch.sigmoid(logits).double().numpy()   # plain BCE against its own probabilities = their entropy,
+    entropy = -(p * np.log(p) + (1 - p) * np.log(1 - p)).sum()   # over the teacher's confidence (at least 1)
+    assert plain["loss_kd_cls"].item() == pytest.approx(entropy / max(p.max(-1).sum(), 1.0), rel=1e-5)
 
     swapped = {k: v.flip(0) for k, v in same.items()}                       # the other image's teacher
     crossed = logit_terms(student, swapped, {"matching": "hungarian"}, weights)
     assert crossed["loss_kd_bbox"].item() > 0.05
     terms["loss_kd_bbox"].backward()  # gradients reach the student's boxes only through matched pairs
     assert student["pred_boxes"].grad is not None
+
+
+def test_corner_distributions_move_into_the_students_frame():
+    # D-FINE's bins for reg_max 8, up 0.5, reg_scale 4: W(n) by hand from its definition
+    a = 0.5 * 4.0
+    step = (a + 1) ** (2 / 6)
+    right = [step ** i - 1 for i in range(1, 4)]
+    bins = torch.tensor([-2 * a, *[-r for r in reversed(right)], 0.0, *right, 2 * a])
+    scale = torch.tensor([4.0])
+    torch.testing.assert_close(weighting_function(8, torch.tensor([0.5]), scale), bins)
+    prob = torch.softmax(torch.randn(3, 4, 9, generator=torch.Generator().manual_seed(0)), -1)
+    refs = torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1], [0.7, 0.2, 0.4, 0.2]])
+    torch.testing.assert_close(moved_edges(prob, refs, bins, scale, refs, bins, scale), prob)  # same frame: as is
+
+    def mean_edges(p, ref):   # the box D-FINE decodes from the expected offsets (distance2bbox)
+        d = (p * bins).sum(-1)
+        w, h = ref[:, 2] / 4.0, ref[:, 3] / 4.0
+        return torch.stack([ref[:, 0] - (2 + d[:, 0]) * w, ref[:, 1] - (2 + d[:, 1]) * h,
+                            ref[:, 0] + (2 + d[:, 2]) * w, ref[:, 1] + (2 + d[:, 3]) * h], -1)
+
+    other = refs + torch.tensor([0.01, -0.005, 0.03, 0.02])   # nearby boxes: no mass beyond the end bins
+    moved = moved_edges(prob, refs, bins, scale, other, bins, scale)
+    assert torch.allclose(moved.sum(-1), torch.ones(3, 4))
+    torch.testing.assert_close(mean_edges(moved, other), mean_edges(prob, refs), atol=1e-6, rtol=0)
+
+    # a finer student (reg_max 16, same ends +-2a): every teacher bin is split between two of its bins,
+    # the expected edge stays where it was
+    fine = weighting_function(16, torch.tensor([0.5]), scale)
+    finer = moved_edges(prob, refs, bins, scale, refs, fine, scale)
+    assert finer.shape == (3, 4, 17) and torch.allclose(finer.sum(-1), torch.ones(3, 4))
+    torch.testing.assert_close((finer * fine).sum(-1), (prob * bins).sum(-1), atol=1e-6, rtol=0)
 
 
 def test_schedule_window_and_decay():
@@ -305,3 +339,4 @@ def test_distill_cli_then_resume_then_test_only(demo, teacher, tmp_path):
     assert resumed.epoch == 0
     for key, value in state["distill"]["modules"].items():
         assert torch.equal(resumed.distiller.kd.state_dict()[key], value), key
+
