@@ -340,3 +340,14 @@ def test_distill_cli_then_resume_then_test_only(demo, teacher, tmp_path):
     for key, value in state["distill"]["modules"].items():
         assert torch.equal(resumed.distiller.kd.state_dict()[key], value), key
 
+
+def test_use_amp_on_the_cpu_trains_in_fp32_unless_bf16_is_forced(demo, tmp_path, capsys):
+    # distill.py and train.py share --use-amp; bf16 autocast is about 4x slower than fp32 on this CPU
+    cfg_path = write_config(tiny_config(demo, epochs=1), tmp_path / "amp.yml")
+    solver = Solver(load_config(cfg_path), device="cpu", use_amp=True, output_dir=str(tmp_path / "a"))
+    assert solver.use_amp is False and not solver.scaler.is_enabled()
+    assert "--use-amp on the CPU" in capsys.readouterr().out
+    forced = Solver(load_config(cfg_path, ["amp_dtype=bfloat16"]), device="cpu", use_amp=True,
+                    output_dir=str(tmp_path / "b"))
+    assert forced.use_amp is True and forced.amp_dtype == torch.bfloat16 and not forced.scaler.is_enabled()
+    assert "--use-amp on the CPU" not in capsys.readouterr().out
