@@ -157,6 +157,24 @@ def test_logit_distillation_matches_queries_within_each_image():
     assert student["pred_boxes"].grad is not None
 
 
+def test_proposals_learn_the_teachers_queries_class_agnostic_ones_its_best_score():
+    gen = torch.Generator().manual_seed(1)
+    boxes = torch.rand(2, 3, 4, generator=gen) * 0.3 + 0.3
+    logits = torch.randn(2, 3, 2, generator=gen)
+    teacher = {"pred_logits": logits, "pred_boxes": boxes}
+    best = logits.max(-1, keepdim=True).values                     # one class-agnostic score per query
+    student = {"pred_logits": logits, "pred_boxes": boxes, "pre_outputs": {"pred_logits": logits, "pred_boxes": boxes},
+               "enc_aux_outputs": [{"pred_logits": best, "pred_boxes": boxes}]}
+    weights = {"cls": 1.0, "bbox": 1.0, "giou": 1.0, "ld": 1.0}
+    assert set(logit_terms(student, teacher, {}, weights)) == {"loss_kd_cls", "loss_kd_bbox", "loss_kd_giou"}
+    terms = logit_terms(student, teacher, {"proposals": True}, weights)
+    assert {k for k in terms if k.endswith(("_pre", "_enc_0"))} == {
+        f"loss_kd_{n}{s}" for n in ("cls", "bbox", "giou") for s in ("_pre", "_enc_0")}
+    assert all(v.item() == pytest.approx(0.0, abs=1e-6) for v in terms.values())   # each agrees with its target
+    student["enc_aux_outputs"] = [{"pred_logits": -best, "pred_boxes": boxes}]
+    assert logit_terms(student, teacher, {"proposals": True}, weights)["loss_kd_cls_enc_0"].item() > 0.01
+
+
 def test_corner_distributions_move_into_the_students_frame():
     # D-FINE's bins for reg_max 8, up 0.5, reg_scale 4: W(n) by hand from its definition
     a = 0.5 * 4.0
