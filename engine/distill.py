@@ -15,6 +15,7 @@ It adds the terms that the `distill:` section asks for (every key is optional ex
         cost_class: 2.0          # hungarian costs: class-probability L1, box L1, -GIoU
         cost_bbox: 5.0
         cost_giou: 2.0
+        weighted_matching: true  # hungarian: each teacher query's costs times its confidence (as the losses)
         temperature: 1.0         # of the class BCE
         cls_gamma: 2.0           # quality-focal exponent of the class BCE (0: plain BCE)
         ld_temperature: 5.0      # of the corner-distribution KL (D-FINE-style heads)
@@ -98,6 +99,7 @@ class LogitConfig(Section):
     cost_class: NonNegativeFloat = 2.0
     cost_bbox: NonNegativeFloat = 5.0
     cost_giou: NonNegativeFloat = 2.0
+    weighted_matching: bool = True
     temperature: PositiveFloat = 1.0
     ld_temperature: PositiveFloat = 5.0
     cls_gamma: NonNegativeFloat = 2.0
@@ -374,7 +376,8 @@ def logit_terms(outputs: dict, teacher: dict, spec: dict, weights: dict) -> dict
             target = {**teacher, "pred_logits": teacher["pred_logits"].max(-1, keepdim=True).values}
         indices = [match_queries(student["pred_logits"][b].detach(), student["pred_boxes"][b].detach(),
                                  target["pred_logits"][b], target["pred_boxes"][b], spec.get("matching", "hungarian"),
-                                 spec.get("cost_class", 2.0), spec.get("cost_bbox", 5.0), spec.get("cost_giou", 2.0))
+                                 spec.get("cost_class", 2.0), spec.get("cost_bbox", 5.0), spec.get("cost_giou", 2.0),
+                                 spec.get("weighted_matching", True))
                    for b in range(student["pred_logits"].shape[0])]
         values = logit_losses(student, target, indices, spec.get("temperature", 1.0), spec.get("ld_temperature", 5.0),
                               spec.get("cls_gamma", 2.0))

@@ -29,8 +29,9 @@ queries, at least 1:
         edge relative to its query's own reference box (in bins W(n) of that box's size), so two
         decoders' distributions are compared only after the teacher's is moved into the student's
         frame: each teacher bin's absolute edge position is split between the two student bins
-        around it (as D-FINE's FGL splits a ground-truth edge). With the same frame and bins this is
-        the plain KL.
+        around it (as D-FINE's FGL splits a ground-truth edge). The move is of the distribution the
+        box is decoded from (T = 1), softened after it (p^(1/T), renormalised): a student that matches
+        the target decodes the teacher's edges. With the same frame and bins this is the plain KL.
 """
 from __future__ import annotations
 
@@ -138,10 +139,16 @@ class FeaturePair(nn.Module):
 # -------------------------------------------------------------------------------- logit terms
 @torch.no_grad()
 def match_queries(s_logits, s_boxes, t_logits, t_boxes, method: str = "hungarian", cost_class: float = 2.0,
-                  cost_bbox: float = 5.0, cost_giou: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+                  cost_bbox: float = 5.0, cost_giou: float = 2.0,
+                  weighted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """ONE image's matching: (student query indices, teacher query indices).
 
     hungarian: one-to-one on cost_class * mean |p_s - p_t| + cost_bbox * L1(cxcywh) - cost_giou * GIoU;
+         `weighted`: each teacher query's costs times its confidence w (highest class probability),
+         shifted first so that every cost is at most 0 (w * (cost - max cost)): the assignment minimises
+         the confidence-weighted cost, as the losses weigh the pairs, so a confident teacher query gets
+         the student query nearest to it rather than whatever the many background queries leave over
+         (with fewer student queries, matching a confident teacher query mostly pays more);
     iou: every student query takes the teacher query of highest GIoU with its box (many-to-one;
          GIoU also ranks boxes that do not overlap);
     index: query i to query i (needs equal query counts)."""
@@ -154,6 +161,8 @@ def match_queries(s_logits, s_boxes, t_logits, t_boxes, method: str = "hungarian
         return torch.arange(s_boxes.shape[0], device=s_boxes.device), giou.argmax(dim=1)
     prob_cost = torch.cdist(s_logits.float().sigmoid(), t_logits.float().sigmoid(), p=1) / s_logits.shape[-1]
     cost = cost_class * prob_cost + cost_bbox * torch.cdist(s_boxes.float(), t_boxes.float(), p=1) - cost_giou * giou
+    if weighted:
+        cost = (cost - cost.max()) * t_logits.float().sigmoid().max(dim=-1).values[None, :]
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     device = s_logits.device
     return torch.as_tensor(rows, dtype=torch.int64, device=device), torch.as_tensor(cols, dtype=torch.int64, device=device)
@@ -190,11 +199,18 @@ def logit_losses(student: dict, teacher: dict, indices: list[tuple[torch.Tensor,
         s_corners = student["pred_corners"][batch, s_idx]
         s_edges = s_corners.reshape(s_corners.shape[0], 4, -1) / ld_temperature
         t_corners = teacher["pred_corners"].detach()[batch, t_idx]
-        target = moved_edges(F.softmax(t_corners.reshape(t_corners.shape[0], 4, -1) / ld_temperature, -1),
-                             teacher["ref_points"].detach()[batch, t_idx], teacher["bins"],
-                             teacher["reg_scale"], student["ref_points"].detach()[batch, s_idx],
-                             student["bins"], student["reg_scale"])
-        kl = (target * (target.clamp(min=1e-12).log() - F.log_softmax(s_edges, -1))).sum(-1).mean(-1)
+        # the distribution the teacher's box is decoded from (T = 1) is what moves; softened after the move,
+        # the student's T = 1 distribution at the optimum is the moved one: it decodes the teacher's box
+        moved, inside = moved_edges(F.softmax(t_corners.reshape(t_corners.shape[0], 4, -1), -1),
+                                    teacher["ref_points"].detach()[batch, t_idx], teacher["bins"],
+                                    teacher["reg_scale"], student["ref_points"].detach()[batch, s_idx],
+                                    student["bins"], student["reg_scale"], inside=True)
+        target = moved.double().pow(1 / ld_temperature)
+        target = (target / target.sum(-1, keepdim=True)).to(s_edges.dtype)
+        kl = (target * (target.clamp(min=1e-12).log() - F.log_softmax(s_edges, -1))).sum(-1)
+        # an edge beyond the student's reach piles on an end bin, which is not the teacher's edge: each
+        # edge counts by the share of the teacher's mass the student's bins can hold
+        kl = (kl * inside).mean(-1)
         terms["ld"] = (weight * kl).sum() / norm * ld_temperature ** 2
     return terms
 
@@ -207,10 +223,11 @@ def edge_bins(decoder_outputs: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def moved_edges(prob: torch.Tensor, refs: torch.Tensor, bins: torch.Tensor, reg_scale, to_refs: torch.Tensor,
-                to_bins: torch.Tensor, to_reg_scale) -> torch.Tensor:
+                to_bins: torch.Tensor, to_reg_scale, inside: bool = False):
     """Edge distributions [N, 4, len(bins)] over offsets from `refs` (cxcywh) re-expressed over the
     bins of `to_refs` -> [N, 4, len(to_bins)]: every bin's mass goes to the two target bins around its
-    absolute edge position, split linearly in W (all of it to an end bin beyond the ends)."""
+    absolute edge position, split linearly in W (all of it to an end bin beyond the ends).
+    `inside`: also the share of each edge's mass that lay within the target bins' range [N, 4]."""
     def positions(ref, values, scale):   # absolute left, top, right, bottom of every bin: [N, 4, bins]
         scale = scale.abs()
         reach = 0.5 * scale + values[None, :]
@@ -218,17 +235,21 @@ def moved_edges(prob: torch.Tensor, refs: torch.Tensor, bins: torch.Tensor, reg_
         return torch.stack([ref[:, 0:1] - reach * w, ref[:, 1:2] - reach * h,
                             ref[:, 0:1] + reach * w, ref[:, 1:2] + reach * h], 1)
 
-    edges = positions(refs.float(), bins.float(), reg_scale)
-    scale = to_reg_scale.abs()
+    # float64: a split share that should be 0 must stay ~1e-16 (the loss softens the result, x^(1/T))
+    edges = positions(refs.double(), bins.double(), reg_scale.double())
+    scale, to_refs = to_reg_scale.double().abs(), to_refs.double()
     w, h = (to_refs[:, 2:3] / scale)[:, :, None], (to_refs[:, 3:4] / scale)[:, :, None]
     cx, cy = to_refs[:, 0:1, None], to_refs[:, 1:2, None]
     offsets = torch.cat([(cx - edges[:, 0:1]) / w, (cy - edges[:, 1:2]) / h, (edges[:, 2:3] - cx) / w,
                          (edges[:, 3:4] - cy) / h], 1) - 0.5 * scale
-    to_bins = to_bins.float()
+    to_bins = to_bins.double()
     left = (torch.searchsorted(to_bins, offsets.contiguous(), right=True) - 1).clamp(0, len(to_bins) - 2)
     lo, hi = to_bins[left], to_bins[left + 1]
-    right_share = ((offsets - lo) / (hi - lo)).clamp(0, 1)
+    right_share = ((offsets - lo) / (hi - lo)).clamp(0, 1).to(prob.dtype)
     moved = torch.zeros(*prob.shape[:2], len(to_bins), dtype=prob.dtype, device=prob.device)
     moved.scatter_add_(-1, left, prob * (1 - right_share))
     moved.scatter_add_(-1, left + 1, prob * right_share)
-    return moved
+    if not inside:
+        return moved
+    within = (offsets >= to_bins[0]) & (offsets <= to_bins[-1])
+    return moved, (prob * within.to(prob.dtype)).sum(-1)

@@ -13,14 +13,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from blocks.decoder._dfine_parts import weighting_function
 from core.checkpoint_io import read_checkpoint, save_atomic
 from engine import checkpoint
 from engine.config import load_config
 from engine.distill import adapted_weight, epoch_window, logit_terms, schedule_factor
-from engine.distill_losses import (MGDGenerator, cwd_loss, ickd_loss, match_queries, mgd_loss, mimic_loss,
-                                   moved_edges, sp_loss)
+from engine.distill_losses import (MGDGenerator, cwd_loss, ickd_loss, logit_losses, match_queries, mgd_loss,
+                                   mimic_loss, moved_edges, sp_loss)
 from engine.solver import Solver
 from core.errors import ConfigError
 from tests.engine_helpers import REPO, TINY_GRAPH, make_data, subprocess_env, tiny_config, write_config
@@ -130,6 +131,13 @@ def test_hungarian_query_matching_is_the_cheapest_permutation():
     rows, cols = match_queries(*(torch.tensor(x) for x in (s_logits, s_boxes, t_logits, t_boxes)))
     assert rows.tolist() == [0, 1, 2, 3] and cols.tolist() == list(best)
 
+    # weighted: the cheapest permutation of the costs times each teacher query's confidence
+    conf = sig(t_logits).max(-1)
+    weighted = min(itertools.permutations(range(4)),
+                   key=lambda perm: sum((cost[i, perm[i]] - cost.max()) * conf[perm[i]] for i in range(4)))
+    rows, cols = match_queries(*(torch.tensor(x) for x in (s_logits, s_boxes, t_logits, t_boxes)), weighted=True)
+    assert cols.tolist() == list(weighted)
+
 
 def test_logit_distillation_matches_queries_within_each_image():
     # image 1's teacher predictions are image 0's student predictions shuffled, and vice versa: a matcher
@@ -204,6 +212,34 @@ def test_corner_distributions_move_into_the_students_frame():
     finer = moved_edges(prob, refs, bins, scale, refs, fine, scale)
     assert finer.shape == (3, 4, 17) and torch.allclose(finer.sum(-1), torch.ones(3, 4))
     torch.testing.assert_close((finer * fine).sum(-1), (prob * bins).sum(-1), atol=1e-6, rtol=0)
+
+
+
+def test_corner_distillation_is_the_plain_kl_in_one_frame_and_zero_at_the_moved_teacher():
+    gen = torch.Generator().manual_seed(2)
+    scale, up = torch.tensor([4.0]), torch.tensor([0.5])
+    bins = weighting_function(8, up, scale)
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1]]])
+    t_corners, s_corners = torch.randn(2, 1, 2, 36, generator=gen)
+    teacher = {"pred_logits": torch.full((1, 2, 1), 9.0), "pred_boxes": boxes, "pred_corners": t_corners,
+               "ref_points": boxes, "bins": bins, "reg_scale": scale}
+    student = {**teacher, "pred_corners": s_corners}
+    index = [(torch.arange(2), torch.arange(2))]
+    t_edges, s_edges = t_corners.reshape(2, 4, 9) / 5, s_corners.reshape(2, 4, 9) / 5
+    kl = (F.softmax(t_edges, -1) * (F.log_softmax(t_edges, -1) - F.log_softmax(s_edges, -1))).sum(-1).mean(-1)
+    weight = torch.sigmoid(torch.tensor(9.0))
+    expected = (weight * kl).sum() / (2 * weight) * 25          # confidence-weighted mean, times T^2
+    assert logit_losses(student, teacher, index)["ld"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+    # another frame: a student whose (T = 1) distributions are the moved teacher's has nothing to learn
+    refs = boxes + torch.tensor([0.01, -0.005, 0.03, 0.02])
+    moved = moved_edges(F.softmax(t_corners.reshape(2, 4, 9), -1), boxes[0], bins, scale, refs[0], bins, scale)
+    aligned = {**student, "ref_points": refs, "pred_corners": moved.clamp(min=1e-30).log().reshape(1, 2, 36)}
+    assert logit_losses(aligned, teacher, index)["ld"].item() == pytest.approx(0.0, abs=1e-5)
+
+    # a student box too far for its bins to reach the teacher's edges learns nothing from them
+    far = {**student, "ref_points": boxes + torch.tensor([1.5, 1.5, 0.0, 0.0])}
+    assert logit_losses(far, teacher, index)["ld"].item() == pytest.approx(0.0, abs=1e-9)
 
 
 def test_schedule_window_and_decay():
