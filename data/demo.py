@@ -1,11 +1,18 @@
 """A small deterministic COCO dataset of coloured shapes on textured backgrounds, for tests and demos.
 
     python -m data.demo --out DIR [--train 64 --val 16 --imgsz 256 --seed 0]
+                        [--classes 3 --max-objects 6 --sizes 0.06 0.45 --clutter 0]
 
-Writes DIR/train and DIR/val, each with JPEG images and `_annotations.coco.json`. Three classes
-(category ids 1, 2, 3 like real COCO exports: circle, square, triangle); each image holds 1-6 shapes of
-random colour and size (6-45% of the image side), and about one image in eight is a negative.
-The same seed gives the same files."""
+Writes DIR/train and DIR/val, each with JPEG images and `_annotations.coco.json`. By default three
+classes (category ids 1, 2, 3 like real COCO exports: circle, square, triangle); each image holds 1-6
+shapes of random colour and size (6-45% of the image side), and about one image in eight is a negative.
+The same seed gives the same files.
+
+Harder sets, for benchmarks that need a teacher to have something to teach (bench/distill.py): up to
+eight classes (`classes`: + diamond, cross, ring, hexagon, star), more objects per image
+(`max_objects`), smaller objects (`sizes`, as fractions of the side) and `clutter`: that many
+unlabelled marks per image (strokes and irregular blobs in saturated colours) drawn behind the shapes.
+With the defaults the files are byte for byte those of the three-class set."""
 from __future__ import annotations
 
 import argparse
@@ -16,9 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-CATEGORIES = [{"id": 1, "name": "circle", "supercategory": "shape"},
-              {"id": 2, "name": "square", "supercategory": "shape"},
-              {"id": 3, "name": "triangle", "supercategory": "shape"}]
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "hexagon", "star")
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
@@ -41,6 +46,24 @@ def _overlap(a, b) -> float:
     return ix * iy / min(a[2] * a[3], b[2] * b[3])
 
 
+def _regular_polygon(x, y, s, corners: int, inner: float = 1.0, turn: float = 0.0) -> list[tuple[float, float]]:
+    """Corners of a regular polygon (a star when `inner` < 1: every other corner at that radius)
+    inscribed in the square (x, y, s, s), first corner at angle `turn` from the top."""
+    r, cx, cy = (s - 1) / 2, x + (s - 1) / 2, y + (s - 1) / 2
+    points = []
+    for k in range(corners):
+        radius = r * (inner if k % 2 else 1.0)
+        angle = turn + 2 * math.pi * k / corners
+        points.append((cx + radius * math.sin(angle), cy - radius * math.cos(angle)))
+    return points
+
+
+def _tight(points) -> list[float]:
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, y0 = math.floor(min(xs)), math.floor(min(ys))
+    return [x0, y0, math.ceil(max(xs)) - x0 + 1, math.ceil(max(ys)) - y0 + 1]
+
+
 def _draw_shape(draw: ImageDraw.ImageDraw, category: int, box, colour) -> list[float]:
     """Draws the shape inside box (x, y, s, s); returns its tight xywh box."""
     x, y, s, _ = box
@@ -51,28 +74,68 @@ def _draw_shape(draw: ImageDraw.ImageDraw, category: int, box, colour) -> list[f
     if category == 2:
         draw.rectangle([x, y, x + s - 1, y + s - 1], fill=colour, outline=outline, width=2)
         return [x, y, s, s]
-    height = round(s * math.sqrt(3) / 2)
-    top = y + (s - height) // 2
-    draw.polygon([(x + s / 2, top), (x, top + height - 1), (x + s - 1, top + height - 1)], fill=colour, outline=outline)
-    return [x, top, s, height]
+    if category == 3:
+        height = round(s * math.sqrt(3) / 2)
+        top = y + (s - height) // 2
+        draw.polygon([(x + s / 2, top), (x, top + height - 1), (x + s - 1, top + height - 1)], fill=colour,
+                     outline=outline)
+        return [x, top, s, height]
+    if category == 5:  # cross: two bars a third of the side wide
+        bar = max(2, s // 3)
+        lo = (s - bar) // 2
+        draw.rectangle([x + lo, y, x + lo + bar - 1, y + s - 1], fill=colour)
+        draw.rectangle([x, y + lo, x + s - 1, y + lo + bar - 1], fill=colour)
+        return [x, y, s, s]
+    if category == 6:  # ring: the background shows through its hole
+        draw.ellipse([x, y, x + s - 1, y + s - 1], outline=colour, width=max(2, s // 5))
+        return [x, y, s, s]
+    points = {4: lambda: _regular_polygon(x, y, s, 4), 7: lambda: _regular_polygon(x, y, s, 6, turn=math.pi / 6),
+              8: lambda: _regular_polygon(x, y, s, 10, inner=0.45)}[category]()
+    draw.polygon(points, fill=colour, outline=outline)
+    return _tight(points)
 
 
-def make_split(out: Path, count: int, imgsz: int, rng: np.random.Generator, first_id: int = 1) -> dict:
+def _draw_clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, imgsz: int, count: int) -> None:
+    """`count` unlabelled marks: strokes (polylines) and irregular blobs, in colours as saturated as the shapes'."""
+    for _ in range(count):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            points = [tuple(float(v) for v in rng.uniform(0, imgsz, 2)) for _ in range(int(rng.integers(2, 5)))]
+            draw.line(points, fill=colour, width=int(rng.integers(1, max(2, imgsz // 40) + 1)))
+        else:
+            cx, cy = rng.uniform(0, imgsz, 2)
+            radius = rng.uniform(0.02, 0.08) * imgsz
+            corners = int(rng.integers(5, 9))
+            angles = np.sort(rng.uniform(0, 2 * math.pi, corners))
+            radii = radius * rng.uniform(0.4, 1.0, corners)
+            draw.polygon([(float(cx + r * math.cos(a)), float(cy + r * math.sin(a))) for a, r in zip(angles, radii)],
+                         fill=colour)
+
+
+def make_split(out: Path, count: int, imgsz: int, rng: np.random.Generator, first_id: int = 1, classes: int = 3,
+               max_objects: int = 6, sizes: tuple[float, float] = (0.06, 0.45), clutter: int = 0) -> dict:
+    if not 1 <= classes <= len(SHAPES):
+        raise ValueError(f"classes must be 1..{len(SHAPES)}, got {classes}")
+    if not 0 < sizes[0] <= sizes[1] < 1:
+        raise ValueError(f"sizes must be 0 < low <= high < 1 (fractions of the side), got {list(sizes)}")
     out.mkdir(parents=True, exist_ok=True)
-    coco = {"info": {"description": "detrzoo demo shapes"}, "images": [], "annotations": [], "categories": CATEGORIES}
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES[:classes])]
+    coco = {"info": {"description": "detrzoo demo shapes"}, "images": [], "annotations": [], "categories": categories}
     for k in range(count):
         image_id = first_id + k
         image = _background(rng, imgsz)
         draw = ImageDraw.Draw(image)
-        n_objects = 0 if rng.random() < 0.125 else int(rng.integers(1, 7))
+        if clutter:
+            _draw_clutter(draw, rng, imgsz, clutter)
+        n_objects = 0 if rng.random() < 0.125 else int(rng.integers(1, max_objects + 1))
         placed = []
         for _ in range(n_objects * 10):  # rejection sampling against heavy overlap
             if len(placed) == n_objects:
                 break
-            s = int(rng.uniform(0.06, 0.45) * imgsz)
+            s = int(rng.uniform(*sizes) * imgsz)
             x, y = int(rng.integers(0, imgsz - s)), int(rng.integers(0, imgsz - s))
             if all(_overlap((x, y, s, s), p[1]) < 0.25 for p in placed):
-                placed.append((int(rng.integers(1, 4)), (x, y, s, s)))
+                placed.append((int(rng.integers(1, classes + 1)), (x, y, s, s)))
         for category, box in placed:
             colour = tuple(int(c) for c in rng.integers(0, 256, 3))
             if max(colour) - min(colour) < 90:  # keep shapes saturated so they stand out from the muted texture
@@ -87,11 +150,13 @@ def make_split(out: Path, count: int, imgsz: int, rng: np.random.Generator, firs
     return coco
 
 
-def make_demo(out, train: int = 64, val: int = 16, imgsz: int = 256, seed: int = 0) -> dict[str, Path]:
-    """Write the demo dataset; returns {split: annotation file}."""
+def make_demo(out, train: int = 64, val: int = 16, imgsz: int = 256, seed: int = 0, classes: int = 3,
+              max_objects: int = 6, sizes: tuple[float, float] = (0.06, 0.45), clutter: int = 0) -> dict[str, Path]:
+    """Write the demo dataset; returns {split: annotation file}. The options make it harder (module docstring)."""
     out, rng = Path(out), np.random.default_rng(seed)
-    make_split(out / "train", train, imgsz, rng, first_id=1)
-    make_split(out / "val", val, imgsz, rng, first_id=100001)
+    options = {"classes": classes, "max_objects": max_objects, "sizes": tuple(sizes), "clutter": clutter}
+    make_split(out / "train", train, imgsz, rng, first_id=1, **options)
+    make_split(out / "val", val, imgsz, rng, first_id=100001, **options)
     return {split: out / split / "_annotations.coco.json" for split in ("train", "val")}
 
 
@@ -102,8 +167,14 @@ def main(argv=None):
     parser.add_argument("--val", type=int, default=16, help="validation images")
     parser.add_argument("--imgsz", type=int, default=256, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classes", type=int, default=3, help=f"1..{len(SHAPES)}: {', '.join(SHAPES)}")
+    parser.add_argument("--max-objects", type=int, default=6, help="at most this many shapes per image")
+    parser.add_argument("--sizes", type=float, nargs=2, default=(0.06, 0.45), metavar=("LOW", "HIGH"),
+                        help="shape side as a fraction of the image side")
+    parser.add_argument("--clutter", type=int, default=0, help="unlabelled marks per image")
     args = parser.parse_args(argv)
-    files = make_demo(args.out, args.train, args.val, args.imgsz, args.seed)
+    files = make_demo(args.out, args.train, args.val, args.imgsz, args.seed, args.classes, args.max_objects,
+                      tuple(args.sizes), args.clutter)
     for split, path in files.items():
         coco = json.loads(path.read_text())
         print(f"{split}: {len(coco['images'])} images, {len(coco['annotations'])} boxes -> {path}")

@@ -6,19 +6,23 @@ It adds the terms that the `distill:` section asks for (every key is optional ex
 
     distill:
       kd_loss_type: all          # logit | feature | all | none (none: only the foundation term)
-      weight: 1.0                # factor on every distillation term
+      weight: 1.0                # factor on every detector-teacher term (loss_kd_*)
       schedule: constant         # constant | linear | cosine: the factor decays to 0 across the window
       epoch_window: [0, 1.0]     # [start, end): ints are epochs, floats fractions of `epochs`
-      adapter_lr: ~              # lr of the adapters / projector (default: the optimizer's lr)
+      adapter_lr: ~              # lr of the feature adapters (default: the optimizer's lr)
       logit:
         matching: hungarian      # hungarian | iou | index  (index needs equal query counts)
         cost_class: 2.0          # hungarian costs: class-probability L1, box L1, -GIoU
         cost_bbox: 5.0
         cost_giou: 2.0
+        weighted_matching: true  # hungarian: each teacher query's costs times its confidence (as the losses)
         temperature: 1.0         # of the class BCE
+        cls_gamma: 2.0           # quality-focal exponent of the class BCE (0: plain BCE)
         ld_temperature: 5.0      # of the corner-distribution KL (D-FINE-style heads)
         layers: final            # final | all (every student decoder layer learns the teacher's final one)
         layer_weights: ~         # with `all`: one weight per student layer, first auxiliary layer to final
+        proposals: false         # also the first layer's head (_pre) and the encoder's proposals (_enc_0), which
+                                 # select the queries: needed when the ground-truth loss is off
         weights: {cls: 1.0, bbox: 5.0, giou: 2.0, ld: 1.0}
       feature:
         adapter: auto            # auto (1x1 conv where channels differ) | always
@@ -26,48 +30,58 @@ It adds the terms that the `distill:` section asks for (every key is optional ex
         pairs:                   # graph rows, [row, output] for a row that returns several maps
           - {student: 3, teacher: 5, loss: cwd, weight: 1.0, tau: 1.0}      # loss: mimic|cwd|mgd|ickd|sp
           - {student: 2, teacher: 3, loss: mgd, alpha: 2.0e-5, lambda: 0.65}
-      foundation:                # RT-DETRv4: a ViT's patch tokens teach a student row (needs no -tc)
-        model: vit_base_patch16_224   # a timm model, built here with pretrained=False
-        weights: path/to/vit.pth      # required: a local state dict (nothing is downloaded)
-        model_kwargs: {}
-        student: 5                    # the row (or [row, output]) whose map the projector reads
+      foundation:                # RT-DETRv4's teacher: a ViT whose patch tokens the graph's projector learns (no -tc)
+        model: dinov3_vitb16          # ours, Meta's layout (dinov3_vits16, dinov3_vits16plus, dinov3_vitb16),
+                                      # or any timm model (timm's own checkpoint filter converts what it can)
+        weights: path/to/dinov3_vitb16_pretrain_lvd1689m.pth   # required: a local file (nothing is downloaded)
+        model_kwargs: {}              # extra arguments of the model
         pool: 2                       # average-pool the normalised image first (RT-DETRv4 uses 2)
         mean: [0.485, 0.456, 0.406]
         std: [0.229, 0.224, 0.225]
-        weight: 5.0
-        adaptive: {enabled: true, rho: 11.0, delta: 1.0, default_weight: 20.0}
-        grad_share_params: ~          # regex over qualified names; default: the student row's parameters
+
+The official RT-DETRv4 `teacher_model:` section (DINOv3TeacherModel) is read as `distill.foundation`
+(engine/vocabulary.py).
 
 Student features come from forward hooks on the tapped rows (so DDP's forward is untouched) and keep
 their gradient; teacher features come from `Detector.run(..., taps=...)` under no_grad. The teacher is
-always in eval mode and is never saved; the adapters, the projector and the adaptive weight are saved
-with the student (`distill` in the checkpoint) and restored by -r.
+always in eval mode and is never saved; the adapters are saved with the student (`distill` in the
+checkpoint) and restored by -r. `weight`, `schedule` and `epoch_window` shape the detector teacher's
+terms (`loss_kd_*`).
 
-The adaptive foundation weight follows RT-DETRv4's trainer: after each epoch, the share (in %) of the
-gradient L1 norm that falls on the supervised part of the student is compared with [rho - delta,
+The foundation term is RT-DETRv4's, as the official trainer computes it: the teacher's patch tokens
+(fp32, no autocast) go into the outputs as `teacher_encoder_output`; the criterion's `distill` term
+compares them with the graph's `student_distill_output` (HybridEncoder `distill_teacher_dim`: a
+linear projector of the last AIFI output) by cosine and weighs it by `weight_dict.loss_distill`, its
+one weight. With the criterion's `distill_adaptive_params: {enabled, rho, delta, default_weight}`
+the trainer adapts that weight after each epoch: the share (in %) of the gradient L1 norm that falls
+on the encoder's AIFI layers, averaged over the epoch's steps, is compared with [rho - delta,
 rho + delta]; outside it the weight is multiplied by p_target (1 - p) / (p (1 - p_target)), where
 p_target is the band's far bound (rho + delta below the band, rho - delta above it), the ratio at
-least 0.1 and the weight kept within [w / 10, 10 w]; in stage 2, or with no gradient share, it is
-`default_weight`.
+least 0.1 and the weight kept within [w / 10, 10 w]; from `stop_epoch` on, or with a share below
+1e-6 %, it becomes `default_weight`. Two official quirks are not copied: the official measures the
+share on parameter names that exist only under DDP (`module.encoder.encoder`), so a single-process
+run measures 0 % and resets the weight to `default_weight` every epoch, and it updates the weight on
+the main process only, so under DDP the ranks train with different weights; here every run measures
+the AIFI layers and every rank applies the same update. The adapted weight is saved in the
+checkpoint and restored by -r (the official restarts it from the config).
 """
 from __future__ import annotations
 
 import math
-import re
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
+from blocks.backbone._vit import DINOV3_ARCHS, DINOv3ViT
 from core import dist
 from core.checkpoint_io import model_weights, read_checkpoint
 from core.errors import CheckpointError, ConfigError
 from core.schema import Section, validate_section
-from engine.distill_losses import FEATURE_LOSSES, MATCHING, FeaturePair, logit_losses, match_queries
-from engine.optim import qualified_names
-from models.criterion.feature_distill import cosine_distillation_loss
+from engine.distill_losses import FEATURE_LOSSES, MATCHING, FeaturePair, edge_bins, logit_losses, match_queries
 
 RowRef = int | tuple[int, int]   # a graph row, or [row, output] of a row that returns several maps
 
@@ -85,10 +99,13 @@ class LogitConfig(Section):
     cost_class: NonNegativeFloat = 2.0
     cost_bbox: NonNegativeFloat = 5.0
     cost_giou: NonNegativeFloat = 2.0
+    weighted_matching: bool = True
     temperature: PositiveFloat = 1.0
     ld_temperature: PositiveFloat = 5.0
+    cls_gamma: NonNegativeFloat = 2.0
     layers: Literal["final", "all"] = "final"
     layer_weights: list[NonNegativeFloat] | None = None
+    proposals: bool = False
     weights: LogitWeights = LogitWeights()
 
 
@@ -108,34 +125,13 @@ class FeatureConfig(Section):
     pairs: list[PairConfig] = Field(min_length=1)
 
 
-class AdaptiveConfig(Section):
-    enabled: bool = False
-    rho: float = 11.0
-    delta: NonNegativeFloat = 1.0
-    default_weight: NonNegativeFloat | None = None
-
-
 class FoundationConfig(Section):
-    model: str                          # a timm model name, built with pretrained=False
-    weights: str | None = None          # required: a local state dict (nothing is downloaded)
+    model: str = "dinov3_vitb16"        # ours (Meta's layout) or a timm model name
+    weights: str | None = None          # required: a local file (nothing is downloaded)
     model_kwargs: dict = {}
-    student: RowRef
     pool: PositiveInt = 2
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    weight: NonNegativeFloat = 5.0
-    adaptive: AdaptiveConfig = AdaptiveConfig()
-    grad_share_params: str | None = None
-
-    @field_validator("grad_share_params")
-    @classmethod
-    def _regex(cls, value):
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as err:
-                raise ValueError(f"bad regex {value!r}: {err}") from None
-        return value
 
 
 class DistillConfig(Section):
@@ -189,6 +185,8 @@ def adapted_weight(weight: float, share: float, rho: float, delta: float, defaul
     if low <= share <= high or weight <= 1e-6:
         return weight
     p, target = share / 100.0, (high if share < low else low) / 100.0
+    if abs(p * (1.0 - target)) < 1e-9:
+        return weight
     ratio = max(target * (1.0 - p) / (p * (1.0 - target)), 0.1)
     return min(max(weight * ratio, weight / 10.0), weight * 10.0)
 
@@ -212,25 +210,32 @@ def freeze(model: nn.Module) -> nn.Module:
 class ViTTeacher(nn.Module):
     """A vision foundation model's patch tokens as a [B, D, h, w] map (RT-DETRv4's teacher).
 
-    Any timm model, built locally with pretrained=False and loaded from a local state dict. The image
-    is normalised and average-pooled by `pool` first, as RT-DETRv4 does for DINOv3."""
+    `model` is one of ours in Meta's DINOv3 layout (blocks.backbone._vit.DINOV3_ARCHS: the weights file
+    loads as it is, the map is DINOv3's `x_norm_patchtokens`) or a timm model, built locally and loaded
+    from the file through timm's own checkpoint filter (which converts, e.g., Meta's DINOv3 layout for
+    timm's `vit_*_dinov3`). The image is normalised and average-pooled by `pool` first, as RT-DETRv4's
+    DINOv3TeacherModel does."""
 
     def __init__(self, model: str, weights: str | None, model_kwargs: dict | None = None, pool: int = 2,
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
         super().__init__()
-        import timm
-
-        kwargs = {"pretrained": False, "num_classes": 0, **(model_kwargs or {})}
-        try:
-            self.model = timm.create_model(model, dynamic_img_size=True, **kwargs)
-        except TypeError:  # not a ViT: no dynamic_img_size; its forward_features gives a map already
-            self.model = timm.create_model(model, **kwargs)
-        except RuntimeError as err:
-            raise ConfigError(f"timm cannot build {model!r}: {err}", where="distill.foundation.model") from None
+        where = "distill.foundation.weights"
         if not weights:
-            raise ConfigError("the foundation teacher needs local weights", where="distill.foundation.weights",
-                              hint="a state dict of the timm model (nothing is downloaded)")
-        load_state(self.model, weights)
+            raise ConfigError(f"the foundation teacher {model} needs its weights", where=where,
+                              hint="a local file, e.g. Meta's dinov3_vitb16_pretrain_lvd1689m.pth "
+                                   "(https://github.com/facebookresearch/dinov3): -u distill.foundation.weights=PATH "
+                                   "(the official teacher_model.dinov3_weights_path); nothing is downloaded")
+        if not Path(weights).is_file():
+            raise ConfigError(f"foundation teacher weights not found: {weights}", where=where,
+                              hint="give the path of a local weights file")
+        kwargs = dict(model_kwargs or {})
+        if model in DINOV3_ARCHS:
+            self.model = DINOv3ViT(model, taps=(kwargs.get("depth", 12) - 1,), **kwargs)
+            load_state(self.model, weights)
+            self.patch = self.model.patch_size
+        else:
+            self.model = timm_model(model, weights, kwargs)
+            self.patch = self.model.patch_embed.patch_size[0] if hasattr(self.model, "patch_embed") else None
         self.pool = int(pool)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -242,16 +247,39 @@ class ViTTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images - self.mean) / self.std
+        self.eval()  # always: DINOv3 jitters its RoPE coordinates in training mode
+        x = (images.float() - self.mean) / self.std
         if self.pool > 1:
             x = F.avg_pool2d(x, self.pool)
-        tokens = self.model.forward_features(x)
-        if tokens.dim() == 4:
-            return tokens
-        patch = self.model.patch_embed.patch_size
-        grid = (x.shape[-2] // patch[0], x.shape[-1] // patch[1])
-        tokens = tokens[:, getattr(self.model, "num_prefix_tokens", 0):]
+        if isinstance(self.model, DINOv3ViT):
+            tokens = self.model(x)[0]
+        else:
+            tokens = self.model.forward_features(x)
+            if tokens.dim() == 4:  # a convnet: already a map
+                return tokens
+            tokens = tokens[:, getattr(self.model, "num_prefix_tokens", 0):]
+        grid = (x.shape[-2] // self.patch, x.shape[-1] // self.patch)
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+
+
+def timm_model(name: str, weights: str, kwargs: dict) -> nn.Module:
+    """A timm model built here and loaded from a local file by timm itself (its checkpoint filter
+    maps other layouts, e.g. Meta's DINOv3, onto timm's names); strict: every weight must fit."""
+    import timm
+
+    options = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(weights)}, "num_classes": 0, **kwargs}
+    try:
+        try:
+            return timm.create_model(name, dynamic_img_size=True, **options)
+        except TypeError:  # not a ViT: no dynamic_img_size
+            return timm.create_model(name, **options)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ConfigError(f"{name!r} is neither ours ({', '.join(DINOV3_ARCHS)}) nor a timm model",
+                              where="distill.foundation.model", hint="e.g. dinov3_vitb16 or vit_base_patch16_dinov3") from None
+        raise CheckpointError(f"{weights} does not fit the timm model {name}: {str(err).splitlines()[0][:300]}",
+                              where="distill.foundation.weights",
+                              hint="pick the timm model that matches the weights (and its model_kwargs)") from None
 
 
 def load_state(model: nn.Module, path: str) -> None:
@@ -261,7 +289,26 @@ def load_state(model: nn.Module, path: str) -> None:
         raise CheckpointError(f"{path} does not fit the foundation model: {len(missing)} missing (e.g. "
                               f"{list(missing)[:3]}), {len(unexpected)} unexpected (e.g. {list(unexpected)[:3]})",
                               where="distill.foundation.weights",
-                              hint="convert the weights to the timm model's names, or pick the matching timm model")
+                              hint="pick the model that matches the weights (Meta's DINOv3 layout: dinov3_vitb16 ...; "
+                                   "others: a timm model name)")
+
+
+def feature_projector_owner(model: nn.Module) -> nn.Module | None:
+    """The graph's block that carries RT-DETRv4's distillation projector (HybridEncoder with
+    distill_teacher_dim > 0), or None."""
+    return next((m for m in model.modules() if isinstance(getattr(m, "feature_projector", None), nn.Module)), None)
+
+
+def freeze_unsupervised_projector(model: nn.Module, distiller: "Distiller | None") -> None:
+    """RT-DETRv4's projector learns only from the foundation teacher. Without one nothing reaches it,
+    and DDP stops on parameters that get no gradient: frozen here (deploy drops it anyway)."""
+    owner = feature_projector_owner(model)
+    if owner is None or (distiller is not None and distiller.foundation is not None):
+        return
+    owner.feature_projector.requires_grad_(False)
+    if dist.is_main():
+        print("note: no foundation teacher (distill.foundation), so the encoder's distillation projector "
+              "(feature_projector) is frozen and loss_distill stays 0")
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -302,7 +349,8 @@ def decoder_core(model: nn.Module) -> nn.Module | None:
 
 def logit_terms(outputs: dict, teacher: dict, spec: dict, weights: dict) -> dict[str, torch.Tensor]:
     """Weighted logit-distillation terms of the student's final layer (and, with layers: all, of each
-    auxiliary layer, suffixed _aux_i) against the teacher's final predictions; matching per image."""
+    auxiliary layer, suffixed _aux_i; with proposals, of the first layer's head, _pre, and of the
+    encoder's proposals, _enc_i) against the teacher's final predictions; matching per image."""
     teacher = {k: v.detach().float() for k, v in teacher.items() if v is not None}
     layers = [("", outputs)]
     if spec.get("layers", "final") == "all":
@@ -311,43 +359,55 @@ def logit_terms(outputs: dict, teacher: dict, spec: dict, weights: dict) -> dict
     if len(layer_weights) != len(layers):
         raise ConfigError(f"layer_weights has {len(layer_weights)} entries for {len(layers)} student layers",
                           where="distill.logit.layer_weights", hint="one per layer, first auxiliary layer to final")
+    if spec.get("proposals"):
+        extra = [("_pre", outputs["pre_outputs"])] if outputs.get("pre_outputs") else []
+        extra += [(f"_enc_{i}", layer) for i, layer in enumerate(outputs.get("enc_aux_outputs") or [])]
+        layers, layer_weights = extra + layers, [1.0] * len(extra) + list(layer_weights)
     terms = {}
     for (suffix, layer), layer_weight in zip(layers, layer_weights):
-        student = {k: layer[k].float() for k in ("pred_logits", "pred_boxes", "pred_corners") if layer.get(k) is not None}
+        student = {k: layer[k].float() for k in ("pred_logits", "pred_boxes", "pred_corners", "ref_points")
+                   if layer.get(k) is not None}
+        if "pred_corners" in student:  # the frame its edge distributions are measured in
+            student.update(up=outputs["up"], reg_scale=outputs["reg_scale"])
+            student["bins"] = edge_bins(student)
+        target = teacher
+        if student["pred_logits"].shape[-1] == 1 < teacher["pred_logits"].shape[-1]:
+            # class-agnostic proposals learn the teacher's best class score
+            target = {**teacher, "pred_logits": teacher["pred_logits"].max(-1, keepdim=True).values}
         indices = [match_queries(student["pred_logits"][b].detach(), student["pred_boxes"][b].detach(),
-                                 teacher["pred_logits"][b], teacher["pred_boxes"][b], spec.get("matching", "hungarian"),
-                                 spec.get("cost_class", 2.0), spec.get("cost_bbox", 5.0), spec.get("cost_giou", 2.0))
+                                 target["pred_logits"][b], target["pred_boxes"][b], spec.get("matching", "hungarian"),
+                                 spec.get("cost_class", 2.0), spec.get("cost_bbox", 5.0), spec.get("cost_giou", 2.0),
+                                 spec.get("weighted_matching", True))
                    for b in range(student["pred_logits"].shape[0])]
-        values = logit_losses(student, teacher, indices, spec.get("temperature", 1.0), spec.get("ld_temperature", 5.0))
+        values = logit_losses(student, target, indices, spec.get("temperature", 1.0), spec.get("ld_temperature", 5.0),
+                              spec.get("cls_gamma", 2.0))
         for name, value in values.items():
             terms[f"loss_kd_{name}{suffix}"] = value * weights[name] * layer_weight
     return terms
 
 
 class KDModules(nn.Module):
-    """What distillation trains besides the student: feature adapters (+ MGD generators), projector."""
+    """What distillation trains besides the student: feature adapters (+ MGD generators)."""
 
     def __init__(self):
         super().__init__()
         self.pairs = nn.ModuleList()
-        self.projector: nn.Module | None = None
-
-
 
 
 # ------------------------------------------------------------------------------ the component
 class Distiller:
     """Everything distillation adds to a training run, held by the Solver.
 
-    prepare(images, outputs)  runs the frozen teacher(s) on the batch (before the criterion)
-    losses(outputs, epoch)    the weighted distillation terms of this step
+    prepare(images, outputs)  runs the frozen teacher(s) on the batch (before the criterion); the
+                              foundation teacher's map goes into the outputs for the criterion
+    losses(outputs, epoch)    the weighted detector-teacher terms of this step
     after_backward(model)     averages the adapters' gradients over processes; measures the gradient share
-    end_epoch(epoch, stage2)  the epoch's figures (factor, adaptive foundation weight)
-    param_groups()            the trainable adapters / projector for the optimizer
+    end_epoch(epoch, stage2)  the epoch's figures (factor; the adapted loss_distill weight)
+    param_groups()            the trainable adapters for the optimizer
     state_dict()/load_state_dict()  what a checkpoint keeps (never the teacher)"""
 
     def __init__(self, spec: dict, student: nn.Module, imgsz, device, epochs: int, teacher_cfg: dict | None = None,
-                 teacher_weights: str | None = None):
+                 teacher_weights: str | None = None, criterion: nn.Module | None = None):
         self.spec, self.device, self.imgsz = spec, device, tuple(imgsz)
         self.kind = spec["kd_loss_type"]
         self.window = epoch_window(spec["epoch_window"], epochs)
@@ -355,20 +415,22 @@ class Distiller:
         self.student_taps: dict[int, object] = {}
         self.teacher_corners: dict[str, torch.Tensor] = {}
         self.teacher = None
-        self.teacher_out, self.teacher_taps, self.foundation_target = None, {}, None
+        self.teacher_out, self.teacher_taps = None, {}
         if self.kind != "none":
             if not (teacher_cfg and teacher_weights):
                 raise ConfigError(f"kd_loss_type {self.kind} needs a teacher", where="-tc/-tw",
                                   hint="pass -tc TEACHER_CONFIG -tw TEACHER_WEIGHTS (distill.py)")
             self.teacher = build_teacher(teacher_cfg, teacher_weights, device)
             core = decoder_core(self.teacher)
-            if core is not None:
-                core.register_forward_hook(lambda m, i, out: self.teacher_corners.__setitem__("corners", out[2][-1]))
+            if core is not None:  # the final layer's edge distributions and the reference boxes they refer to
+                core.register_forward_hook(lambda m, i, out: self.teacher_corners.update(
+                    pred_corners=out[2][-1], ref_points=out[3][-1]))
         self.use_logit = self.kind in ("logit", "all")
         self.use_feature = self.kind in ("feature", "all")
         if self.use_logit:
             self._set_up_logit(student, spec["logit"])
         self.pair_specs = self._set_up_features(student, spec["feature"]) if self.use_feature else []
+        self.criterion = criterion
         self.foundation = self._set_up_foundation(student, spec["foundation"]) if spec["foundation"] else None
         self.shares: list[float] = []
 
@@ -382,7 +444,6 @@ class Distiller:
         model.train(was_training)
         self.teacher_corners.clear()
         return out, taps
-
     def _set_up_logit(self, student: nn.Module, spec: dict) -> None:
         self.logit_spec, self.logit_weights = spec, dict(spec["weights"])
         where = "distill.logit"
@@ -404,10 +465,6 @@ class Distiller:
             side = "student" if s_core is None else "teacher"
             print(f"note: corner distillation (distill.logit.weights.ld) is off: the {side}'s decoder has no "
                   f"D-FINE corner distributions; the other logit terms still apply")
-        if self.use_ld and s_core.reg_max != t_core.reg_max:
-            raise ConfigError(f"corner distillation needs the same reg_max: student {s_core.reg_max}, teacher "
-                              f"{t_core.reg_max}", where=f"{where}.weights.ld",
-                              hint="set distill.logit.weights.ld: 0, or give both decoders the same reg_max")
 
     def _set_up_features(self, student: nn.Module, spec: dict) -> list[dict]:
         specs = [{"student": row_ref(p["student"], f"distill.feature.pairs[{i}].student"),
@@ -427,36 +484,40 @@ class Distiller:
         return specs
 
     def _set_up_foundation(self, student: nn.Module, spec: dict) -> dict:
+        """RT-DETRv4: the teacher's tokens supervise the graph's own projector through the criterion's
+        `distill` term; the AIFI layers beside the projector are where the gradient share is measured."""
         where = "distill.foundation"
+        criterion = self.criterion
+        if criterion is None or "distill" not in criterion.losses or "loss_distill" not in criterion.weight_dict:
+            raise ConfigError("the foundation teacher needs the criterion's `distill` term and its loss_distill weight",
+                              where="criterion", hint="include configs/recipes/rtdetrv4.yml (RTv4Criterion with "
+                                                      "losses [..., distill] and weight_dict.loss_distill)")
+        owner = feature_projector_owner(student)
         teacher = ViTTeacher(spec["model"], spec["weights"], spec["model_kwargs"], spec["pool"], spec["mean"], spec["std"])
-        ref = row_ref(spec["student"], f"{where}.student")
-        check_rows(student, [ref], f"{where}.student")
-        _, taps = self._probe(student, {ref[0]})
-        width = pick(taps[ref[0]], ref, f"{where}.student").shape[1]
-        # a linear map per token, as RT-DETRv4's projector
-        self.kd.projector = nn.Conv2d(width, teacher.width, 1).to(self.device)
-        pattern = spec["grad_share_params"] or rf"^\w+\.layers\.{ref[0]}\."
-        shared = [name for name, q in qualified_names(student).items() if re.search(pattern, q)]
-        if spec["adaptive"]["enabled"] and not shared:
-            raise ConfigError(f"grad_share_params {pattern!r} matches no student parameter", where=f"{where}.grad_share_params",
-                              hint="a regex over names like encoder.layers.5.encoder.0.layers.0.linear1.weight")
-        return {"teacher": teacher.to(self.device), "ref": ref, "weight": spec["weight"],
-                "adaptive": spec["adaptive"], "shared": set(shared)}
+        if owner is None:
+            raise ConfigError("the foundation teacher teaches the graph's distillation projector, and this graph has "
+                              "none", where=where, hint=f"give the graph's HybridEncoder row distill_teacher_dim: "
+                                                        f"{teacher.width} (as graphs/rtdetrv4/*.yaml)")
+        width = owner.feature_projector[-1].out_features
+        if width != teacher.width:
+            raise ConfigError(f"the graph projects to {width} channels but the teacher {spec['model']} gives "
+                              f"{teacher.width}", where=where,
+                              hint=f"set the HybridEncoder row's distill_teacher_dim to {teacher.width}")
+        adaptive = getattr(criterion, "distill_adaptive_params", None)
+        return {"teacher": teacher.to(self.device), "adaptive": adaptive if adaptive and adaptive["enabled"] else None,
+                # the official share: the encoder's transformer layers (RT-DETRv4's `encoder.encoder`)
+                "shared": {id(p) for p in owner.encoder.parameters()}}
 
     def attach(self, student: nn.Module) -> None:
         """Forward hooks that keep the tapped rows' training outputs (with their gradient); attached
         after the EMA copy, so the EMA model carries none, and outside DDP's forward."""
-        rows = {s["student"][0] for s in self.pair_specs}
-        if self.foundation is not None:
-            rows.add(self.foundation["ref"][0])
-
         def keep(row):
             def hook(module, inputs, output):
                 if module.training:
                     self.student_taps[row] = output
             return hook
 
-        for row in sorted(rows):
+        for row in sorted({s["student"][0] for s in self.pair_specs}):
             student.layers[row].register_forward_hook(keep(row))
 
     def param_groups(self) -> list[dict]:
@@ -474,23 +535,23 @@ class Distiller:
 
     @torch.no_grad()
     def prepare(self, images, outputs: dict, epoch: int, amp_dtype, use_amp: bool) -> dict:
-        """Run the teacher(s) on this batch while the distillation window is open."""
-        self.teacher_out, self.teacher_taps, self.foundation_target = None, {}, None
-        if self.factor(epoch) == 0:
-            return outputs
-        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
-            if self.teacher is not None:
+        """Run the teachers on this batch: the detector teacher while its window is open (under the
+        run's autocast), the foundation teacher every step in fp32 (as the official trainer)."""
+        self.teacher_out, self.teacher_taps = None, {}
+        if self.teacher is not None and self.factor(epoch) > 0:
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
                 self.teacher.eval()
                 self.teacher_out, self.teacher_taps = self.teacher.run(
                     images, taps={s["teacher"][0] for s in self.pair_specs})
-            if self.foundation is not None:
-                self.foundation_target = self.foundation["teacher"](images).float()
+        if self.foundation is not None:
+            with torch.autocast(self.device.type, enabled=False):
+                outputs = {**outputs, "teacher_encoder_output": self.foundation["teacher"](images)}
         return outputs
 
     def losses(self, outputs: dict, epoch: int) -> dict:
         factor = self.factor(epoch)
         taps, self.student_taps = self.student_taps, {}
-        if factor == 0:
+        if factor == 0 or self.teacher is None:
             return {}
         losses = {}
         if self.use_logit:
@@ -499,16 +560,15 @@ class Distiller:
             student = pick(taps[s["student"][0]], s["student"], "distill.feature").float()
             teacher = pick(self.teacher_taps[s["teacher"][0]], s["teacher"], "distill.feature").float()
             losses[f"loss_kd_{s['loss']}_{i}"] = pair(student, teacher) * s["weight"]
-        if self.foundation is not None:
-            f = self.foundation
-            student = self.kd.projector(pick(taps[f["ref"][0]], f["ref"], "distill.foundation").float())
-            losses["loss_distill"] = cosine_distillation_loss(student, self.foundation_target) * f["weight"]
         return {name: value * factor for name, value in losses.items()}
 
     def _logit_terms(self, outputs: dict, teacher_out: dict) -> dict:
         teacher = {"pred_logits": teacher_out["pred_logits"], "pred_boxes": teacher_out["pred_boxes"]}
-        if self.use_ld and "corners" in self.teacher_corners:
-            teacher["pred_corners"] = self.teacher_corners.pop("corners")
+        if self.use_ld and self.teacher_corners:
+            head = self.teacher.layers[-1]
+            teacher.update(self.teacher_corners, up=head.up, reg_scale=head.reg_scale)
+            teacher["bins"] = edge_bins(teacher)
+            self.teacher_corners.clear()
         elif not self.use_ld:
             outputs = {**outputs, "pred_corners": None, "aux_outputs": [
                 {**layer, "pred_corners": None} for layer in outputs.get("aux_outputs") or []]}
@@ -521,17 +581,13 @@ class Distiller:
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= dist.world_size()
         f = self.foundation
-        if f is not None and f["adaptive"]["enabled"] and self.factor(epoch) > 0:
-            shared, total = [], []
-            for name, p in student.named_parameters():
-                if p.grad is not None:
-                    value = p.grad.detach().abs().sum()
-                    total.append(value)
-                    if name in f["shared"]:
-                        shared.append(value)
-            total_l1 = torch.stack(total).sum().item() if total else 0.0
-            share = torch.stack(shared).sum().item() / total_l1 * 100.0 if shared and total_l1 > 0 else 0.0
-            self.shares.append(share if math.isfinite(share) else 0.0)
+        if f is not None and f["adaptive"] is not None:
+            # RT-DETRv4's share: L1 of the encoder transformer's gradients over all the student's (in %)
+            params = [p for p in student.parameters() if p.grad is not None]
+            norms = torch.stack([p.grad.detach().abs().sum() for p in params]) if params else torch.zeros(1)
+            shared = torch.tensor([id(p) in f["shared"] for p in params] or [False], device=norms.device)
+            total = norms.sum().item()
+            self.shares.append(100.0 * norms[shared].sum().item() / total if 0 < total < math.inf else 0.0)
 
     @staticmethod
     def term_names(loss_terms: dict) -> list[str]:
@@ -542,22 +598,26 @@ class Distiller:
         figures = {"kd_factor": self.factor(epoch)}
         f = self.foundation
         if f is not None:
-            if f["adaptive"]["enabled"] and self.factor(epoch) > 0:
-                share = dist.all_reduce_mean({"share": sum(self.shares) / len(self.shares) if self.shares else 0.0})
+            weights = self.criterion.weight_dict
+            if f["adaptive"] is not None:
                 a = f["adaptive"]
-                figures["distill_grad_share"] = share["share"]
-                f["weight"] = adapted_weight(f["weight"], share["share"], a["rho"], a["delta"], a["default_weight"],
-                                             stage2)
+                mean = sum(self.shares) / len(self.shares) if self.shares else 0.0
+                share = dist.all_reduce_mean({"share": mean})["share"]
+                figures["distill_grad_share"] = share
+                weights["loss_distill"] = adapted_weight(weights["loss_distill"], share, a["rho"], a["delta"],
+                                                         a["default_weight"], stage2)
             self.shares = []
-            figures["distill_weight"] = f["weight"]
+            figures["distill_weight"] = weights["loss_distill"]
         return figures
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
         return {"modules": self.kd.state_dict(),
-                "foundation_weight": self.foundation["weight"] if self.foundation else None}
+                "loss_distill": self.criterion.weight_dict["loss_distill"] if self.foundation else None}
 
-    def load_state_dict(self, saved: dict | None, path, resuming: bool) -> None:
+    def load_state_dict(self, saved: dict | None, path, resuming: bool, restart: bool = False) -> None:
+        """Adapters from a checkpoint; `resuming` (-r) also restores the adapted loss_distill weight,
+        which a stage-2 restart from best_stg1 (`restart`) keeps as it is, as the official trainer."""
         if saved is None:
             if any(True for _ in self.kd.parameters()) and resuming:
                 raise CheckpointError(f"{path} was not written with distillation (no adapters to resume)",
@@ -569,5 +629,5 @@ class Distiller:
             raise CheckpointError(f"{path}: its distillation adapters do not fit this distill config: "
                                   f"{str(err).splitlines()[0]}", where=str(path),
                                   hint="resume with the distill section the run started with") from None
-        if self.foundation is not None and saved.get("foundation_weight") is not None:
-            self.foundation["weight"] = float(saved["foundation_weight"])
+        if self.foundation is not None and resuming and not restart and saved.get("loss_distill") is not None:
+            self.criterion.weight_dict["loss_distill"] = float(saved["loss_distill"])

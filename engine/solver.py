@@ -249,17 +249,22 @@ class Solver:
         self.compile_seconds = None  # set after the first step, which pays for compiling
 
     def _build_distiller(self):
-        if self.test_only or self.cfg["distill"] is None:
+        if self.test_only:
             return None
         from engine.config import load_config, locate_graph
-        from engine.distill import Distiller
+        from engine.distill import Distiller, freeze_unsupervised_projector
 
-        teacher_cfg, path = None, self.options.get("teacher_config")
-        if path:
-            teacher_cfg = load_config(path, self.options.get("teacher_updates") or ())
-            teacher_cfg["graph"] = locate_graph(teacher_cfg.get("graph"), path)
-        return Distiller(self.cfg["distill"], self.raw_model, self.imgsz, self.device, self.epochs,
-                         teacher_cfg=teacher_cfg, teacher_weights=self.options.get("teacher_weights"))
+        distiller = None
+        if self.cfg["distill"] is not None:
+            teacher_cfg, path = None, self.options.get("teacher_config")
+            if path:
+                teacher_cfg = load_config(path, self.options.get("teacher_updates") or ())
+                teacher_cfg["graph"] = locate_graph(teacher_cfg.get("graph"), path)
+            distiller = Distiller(self.cfg["distill"], self.raw_model, self.imgsz, self.device, self.epochs,
+                                  teacher_cfg=teacher_cfg, teacher_weights=self.options.get("teacher_weights"),
+                                  criterion=self.criterion)
+        freeze_unsupervised_projector(self.raw_model, distiller)
+        return distiller
 
     def _build_training(self) -> None:
         cfg = self.cfg
@@ -337,7 +342,7 @@ class Solver:
         if dist.is_main():
             save_atomic(self.state_dict(stats), self.output_dir / name)
 
-    def _load_weights(self, state: dict, path) -> None:
+    def _load_weights(self, state: dict, path, restart: bool = False) -> None:
         mismatch = describe_mismatch(self.raw_model, state["model"])
         if mismatch:
             raise CheckpointError(f"{path} does not fit this model: {mismatch}", where=str(path),
@@ -346,7 +351,7 @@ class Solver:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"] if "ema" in state else {"module": state["model"]})
         if self.distiller is not None:
-            self.distiller.load_state_dict(state.get("distill"), path, resuming="optimizer" in state)
+            self.distiller.load_state_dict(state.get("distill"), path, resuming="optimizer" in state, restart=restart)
 
     def load_resume(self, state: dict, path) -> None:
         if self.test_only:  # the weights training evaluated (EMA first); official releases convert
@@ -382,7 +387,7 @@ class Solver:
         if not path.is_file():
             return
         state = read_checkpoint(path)
-        self._load_weights(state, path)
+        self._load_weights(state, path, restart=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         if dist.is_main():

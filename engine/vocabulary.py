@@ -44,8 +44,6 @@ NO_EFFECT = {
 }
 # official keys that mean nothing here: where the setting lives instead
 MOVED = {
-    "teacher_model": "the RT-DETRv4 teacher is `distill.foundation` (engine/distill.py: model, weights, mean, "
-                     "std, pool)",
     "config": "give the run config with -c",
     "resume": "resume with -r CHECKPOINT on the command line",
     "tuning": "fine-tune with -t CHECKPOINT on the command line",
@@ -69,6 +67,11 @@ NAMED_SECTIONS = {
 # the official flag that makes both splits use the 80 COCO ids
 COCO_REMAP = "remap_mscoco_category"
 SCALES = "train_dataloader.collate_fn.scales"
+# RT-DETRv4's `teacher_model:` section (DINOv3TeacherModel) is our `distill.foundation`: key -> ours (None: no
+# effect here, and why). The ViT is built here from the weights file, so the torch.hub repo is not needed.
+TEACHER_MODEL = {"dinov3_model_type": "model", "dinov3_weights_path": "weights", "mean": "mean", "std": "std"}
+TEACHER_NO_EFFECT = {"dinov3_repo_path": "the ViT is built here, not through torch.hub",
+                     "patch_size": "the model's own patch size is used"}
 
 
 def _pop_dotted(spec: dict, dotted: str):
@@ -155,6 +158,8 @@ def translate(spec: dict, where: str, say=print) -> dict:
                               hint="runs log to TensorBoard (summary_dir, default OUTPUT_DIR/summary) and log.txt; "
                                    "drop use_wandb")
         say(f"{where}: official key `use_wandb: false` has no effect here")
+    if "teacher_model" in spec:
+        _teacher_model(spec, where, say)
     for official, hint in MOVED.items():
         if official in spec:
             raise ConfigError(f"official key `{official}` has no counterpart in a run config here", where=f"{where}: {official}",
@@ -176,3 +181,32 @@ def translate(spec: dict, where: str, say=print) -> dict:
                                f"{name} row; pretrained backbone weights load from a local file given as the row's "
                                "`pretrained: PATH` (HGNetv2/HGStage) or `weights: PATH`")
     return spec
+
+
+def _teacher_model(spec: dict, where: str, say) -> None:
+    """The official `teacher_model:` as `distill.foundation` (only the foundation teacher: kd_loss_type none
+    unless this file says otherwise)."""
+    body = spec.pop("teacher_model")
+    body = dict(body) if isinstance(body, dict) else {}
+    kind = body.pop("type", "DINOv3TeacherModel")
+    if kind != "DINOv3TeacherModel":
+        raise ConfigError(f"official `teacher_model: {{type: {kind}}}` has no counterpart here", where=f"{where}: teacher_model",
+                          hint="set distill.foundation.model to a timm model of that family and "
+                               "distill.foundation.weights to its weights file (engine/distill.py)")
+    foundation = {"model": "dinov3_vitb16"}  # the official Python default of dinov3_model_type
+    for key, value in body.items():
+        if key in TEACHER_NO_EFFECT:
+            say(f"{where}: official key `teacher_model.{key}` has no effect here ({TEACHER_NO_EFFECT[key]})")
+        elif key in TEACHER_MODEL:
+            foundation[TEACHER_MODEL[key]] = value
+        else:
+            raise ConfigError(f"unknown key {key!r} of the official teacher_model", where=f"{where}: teacher_model.{key}",
+                              hint=f"DINOv3TeacherModel takes {', '.join([*TEACHER_MODEL, *TEACHER_NO_EFFECT])}")
+    distill = spec.setdefault("distill", {})
+    if not isinstance(distill, dict):
+        raise ConfigError("`distill` must be a mapping", where=f"{where}: distill")
+    distill.setdefault("kd_loss_type", "none")
+    distill["foundation"] = {**foundation, **(distill.get("foundation") or {})}
+    say(f"{where}: official `teacher_model` (DINOv3TeacherModel) read as `distill.foundation` "
+        f"({', '.join(f'{k}: {v}' for k, v in foundation.items())})")
+

@@ -246,8 +246,6 @@ OFFICIAL_NO_EFFECT = [
 # official keys that mean nothing here: they stop, saying where the setting lives
 OFFICIAL_MOVED = [
     ("use_wandb: true", "use_wandb=True", "use_wandb", "TensorBoard"),
-    ("teacher_model: {type: DINOv3TeacherModel, dinov3_weights_path: x.pth}", "teacher_model.patch_size=16",
-     "teacher_model", "distill.foundation"),
     ("resume: last.pth", "resume=last.pth", "resume", "-r CHECKPOINT"),
     ("tuning: w.pth", "tuning=w.pth", "tuning", "-t CHECKPOINT"),
     ("test_only: true", "test_only=True", "test_only", "--test-only"),

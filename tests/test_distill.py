@@ -1,4 +1,5 @@
-"""distill.py: feature / logit / foundation distillation on the shared trainer.
+"""distill.py: feature / logit distillation on the shared trainer (the foundation teacher:
+tests/test_rtdetrv4_distill.py).
 
 Expected loss values are computed independently with numpy on small tensors."""
 from __future__ import annotations
@@ -12,14 +13,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from blocks.decoder._dfine_parts import weighting_function
 from core.checkpoint_io import read_checkpoint, save_atomic
 from engine import checkpoint
 from engine.config import load_config
 from engine.distill import adapted_weight, epoch_window, logit_terms, schedule_factor
-from engine.solver import Solver
-from engine.distill_losses import (MGDGenerator, cwd_loss, ickd_loss, match_queries, mgd_loss, mimic_loss,
-                                   sp_loss)
+from engine.distill_losses import (MGDGenerator, cwd_loss, ickd_loss, logit_losses, match_queries, mgd_loss,
+                                   mimic_loss, moved_edges, sp_loss)
 from engine.solver import Solver
 from core.errors import ConfigError
 from tests.engine_helpers import REPO, TINY_GRAPH, make_data, subprocess_env, tiny_config, write_config
@@ -129,6 +131,13 @@ def test_hungarian_query_matching_is_the_cheapest_permutation():
     rows, cols = match_queries(*(torch.tensor(x) for x in (s_logits, s_boxes, t_logits, t_boxes)))
     assert rows.tolist() == [0, 1, 2, 3] and cols.tolist() == list(best)
 
+    # weighted: the cheapest permutation of the costs times each teacher query's confidence
+    conf = sig(t_logits).max(-1)
+    weighted = min(itertools.permutations(range(4)),
+                   key=lambda perm: sum((cost[i, perm[i]] - cost.max()) * conf[perm[i]] for i in range(4)))
+    rows, cols = match_queries(*(torch.tensor(x) for x in (s_logits, s_boxes, t_logits, t_boxes)), weighted=True)
+    assert cols.tolist() == list(weighted)
+
 
 def test_logit_distillation_matches_queries_within_each_image():
     # image 1's teacher predictions are image 0's student predictions shuffled, and vice versa: a matcher
@@ -143,15 +152,94 @@ def test_logit_distillation_matches_queries_within_each_image():
     terms = logit_terms(student, same, {"matching": "hungarian"}, weights)
     assert terms["loss_kd_bbox"].item() == pytest.approx(0.0, abs=1e-6)
     assert terms["loss_kd_giou"].item() == pytest.approx(0.0, abs=1e-6)
-    p = torch.sigmoid(logits).double().numpy()   # BCE against its own probabilities = their entropy
-    entropy = -(p * np.log(p) + (1 - p) * np.log(1 - p)).sum(-1).mean()
-    assert terms["loss_kd_cls"].item() == pytest.approx(entropy, rel=1e-5)
+    assert terms["loss_kd_cls"].item() == pytest.approx(0.0, abs=1e-9)    # quality focal: agreement costs nothing
+    plain = logit_terms(student, same, {"matching": "hungarian", "cls_gamma": 0.0}, weights)
+    p = torch.sigmoid(logits).double().numpy()   # plain BCE against its own probabilities = their entropy,
+    entropy = -(p * np.log(p) + (1 - p) * np.log(1 - p)).sum()   # over the teacher's confidence (at least 1)
+    assert plain["loss_kd_cls"].item() == pytest.approx(entropy / max(p.max(-1).sum(), 1.0), rel=1e-5)
 
     swapped = {k: v.flip(0) for k, v in same.items()}                       # the other image's teacher
     crossed = logit_terms(student, swapped, {"matching": "hungarian"}, weights)
     assert crossed["loss_kd_bbox"].item() > 0.05
     terms["loss_kd_bbox"].backward()  # gradients reach the student's boxes only through matched pairs
     assert student["pred_boxes"].grad is not None
+
+
+def test_proposals_learn_the_teachers_queries_class_agnostic_ones_its_best_score():
+    gen = torch.Generator().manual_seed(1)
+    boxes = torch.rand(2, 3, 4, generator=gen) * 0.3 + 0.3
+    logits = torch.randn(2, 3, 2, generator=gen)
+    teacher = {"pred_logits": logits, "pred_boxes": boxes}
+    best = logits.max(-1, keepdim=True).values                     # one class-agnostic score per query
+    student = {"pred_logits": logits, "pred_boxes": boxes, "pre_outputs": {"pred_logits": logits, "pred_boxes": boxes},
+               "enc_aux_outputs": [{"pred_logits": best, "pred_boxes": boxes}]}
+    weights = {"cls": 1.0, "bbox": 1.0, "giou": 1.0, "ld": 1.0}
+    assert set(logit_terms(student, teacher, {}, weights)) == {"loss_kd_cls", "loss_kd_bbox", "loss_kd_giou"}
+    terms = logit_terms(student, teacher, {"proposals": True}, weights)
+    assert {k for k in terms if k.endswith(("_pre", "_enc_0"))} == {
+        f"loss_kd_{n}{s}" for n in ("cls", "bbox", "giou") for s in ("_pre", "_enc_0")}
+    assert all(v.item() == pytest.approx(0.0, abs=1e-6) for v in terms.values())   # each agrees with its target
+    student["enc_aux_outputs"] = [{"pred_logits": -best, "pred_boxes": boxes}]
+    assert logit_terms(student, teacher, {"proposals": True}, weights)["loss_kd_cls_enc_0"].item() > 0.01
+
+
+def test_corner_distributions_move_into_the_students_frame():
+    # D-FINE's bins for reg_max 8, up 0.5, reg_scale 4: W(n) by hand from its definition
+    a = 0.5 * 4.0
+    step = (a + 1) ** (2 / 6)
+    right = [step ** i - 1 for i in range(1, 4)]
+    bins = torch.tensor([-2 * a, *[-r for r in reversed(right)], 0.0, *right, 2 * a])
+    scale = torch.tensor([4.0])
+    torch.testing.assert_close(weighting_function(8, torch.tensor([0.5]), scale), bins)
+    prob = torch.softmax(torch.randn(3, 4, 9, generator=torch.Generator().manual_seed(0)), -1)
+    refs = torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1], [0.7, 0.2, 0.4, 0.2]])
+    torch.testing.assert_close(moved_edges(prob, refs, bins, scale, refs, bins, scale), prob)  # same frame: as is
+
+    def mean_edges(p, ref):   # the box D-FINE decodes from the expected offsets (distance2bbox)
+        d = (p * bins).sum(-1)
+        w, h = ref[:, 2] / 4.0, ref[:, 3] / 4.0
+        return torch.stack([ref[:, 0] - (2 + d[:, 0]) * w, ref[:, 1] - (2 + d[:, 1]) * h,
+                            ref[:, 0] + (2 + d[:, 2]) * w, ref[:, 1] + (2 + d[:, 3]) * h], -1)
+
+    other = refs + torch.tensor([0.01, -0.005, 0.03, 0.02])   # nearby boxes: no mass beyond the end bins
+    moved = moved_edges(prob, refs, bins, scale, other, bins, scale)
+    assert torch.allclose(moved.sum(-1), torch.ones(3, 4))
+    torch.testing.assert_close(mean_edges(moved, other), mean_edges(prob, refs), atol=1e-6, rtol=0)
+
+    # a finer student (reg_max 16, same ends +-2a): every teacher bin is split between two of its bins,
+    # the expected edge stays where it was
+    fine = weighting_function(16, torch.tensor([0.5]), scale)
+    finer = moved_edges(prob, refs, bins, scale, refs, fine, scale)
+    assert finer.shape == (3, 4, 17) and torch.allclose(finer.sum(-1), torch.ones(3, 4))
+    torch.testing.assert_close((finer * fine).sum(-1), (prob * bins).sum(-1), atol=1e-6, rtol=0)
+
+
+
+def test_corner_distillation_is_the_plain_kl_in_one_frame_and_zero_at_the_moved_teacher():
+    gen = torch.Generator().manual_seed(2)
+    scale, up = torch.tensor([4.0]), torch.tensor([0.5])
+    bins = weighting_function(8, up, scale)
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1]]])
+    t_corners, s_corners = torch.randn(2, 1, 2, 36, generator=gen)
+    teacher = {"pred_logits": torch.full((1, 2, 1), 9.0), "pred_boxes": boxes, "pred_corners": t_corners,
+               "ref_points": boxes, "bins": bins, "reg_scale": scale}
+    student = {**teacher, "pred_corners": s_corners}
+    index = [(torch.arange(2), torch.arange(2))]
+    t_edges, s_edges = t_corners.reshape(2, 4, 9) / 5, s_corners.reshape(2, 4, 9) / 5
+    kl = (F.softmax(t_edges, -1) * (F.log_softmax(t_edges, -1) - F.log_softmax(s_edges, -1))).sum(-1).mean(-1)
+    weight = torch.sigmoid(torch.tensor(9.0))
+    expected = (weight * kl).sum() / (2 * weight) * 25          # confidence-weighted mean, times T^2
+    assert logit_losses(student, teacher, index)["ld"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+    # another frame: a student whose (T = 1) distributions are the moved teacher's has nothing to learn
+    refs = boxes + torch.tensor([0.01, -0.005, 0.03, 0.02])
+    moved = moved_edges(F.softmax(t_corners.reshape(2, 4, 9), -1), boxes[0], bins, scale, refs[0], bins, scale)
+    aligned = {**student, "ref_points": refs, "pred_corners": moved.clamp(min=1e-30).log().reshape(1, 2, 36)}
+    assert logit_losses(aligned, teacher, index)["ld"].item() == pytest.approx(0.0, abs=1e-5)
+
+    # a student box too far for its bins to reach the teacher's edges learns nothing from them
+    far = {**student, "ref_points": boxes + torch.tensor([1.5, 1.5, 0.0, 0.0])}
+    assert logit_losses(far, teacher, index)["ld"].item() == pytest.approx(0.0, abs=1e-9)
 
 
 def test_schedule_window_and_decay():
@@ -271,26 +359,6 @@ def test_mismatched_classes_or_queries_are_config_errors(demo, teacher, tmp_path
                       teacher_weights=str(tmp_path / "t.pth"))
 
 
-def test_foundation_teacher_supervises_projector_with_adaptive_weight(demo, tmp_path):
-    import timm
-
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, embed_dim=16,
-                            depth=1, num_heads=2, patch_size=8)
-    torch.save(vit.state_dict(), tmp_path / "vit.pth")
-    distill = {"kd_loss_type": "none", "foundation": {
-        "model": "vit_tiny_patch16_224", "weights": str(tmp_path / "vit.pth"), "student": 3, "weight": 5.0,
-        "model_kwargs": {"img_size": 32, "embed_dim": 16, "depth": 1, "num_heads": 2, "patch_size": 8},
-        "adaptive": {"enabled": True, "rho": 11, "delta": 1, "default_weight": 20}}}
-    solver = Solver(load_config(student_config(demo, tmp_path, distill, epochs=2)), device="cpu",
-                           output_dir=str(tmp_path / "run"))
-    assert solver.distiller.kd.projector.out_channels == 16
-    stats = solver.train_one_epoch(0)
-    assert stats["loss_distill"] > 0
-    share = stats["distill_grad_share"]
-    assert 0 < share < 100
-    assert stats["distill_weight"] == pytest.approx(adapted_weight(5.0, share, 11, 1, 20, False))
-
-
 @pytest.mark.slow
 def test_distill_cli_then_resume_then_test_only(demo, teacher, tmp_path):
     distill = {"kd_loss_type": "all", "logit": {"layers": "all", "layer_weights": [0.5, 1.0]},
@@ -325,3 +393,15 @@ def test_distill_cli_then_resume_then_test_only(demo, teacher, tmp_path):
     assert resumed.epoch == 0
     for key, value in state["distill"]["modules"].items():
         assert torch.equal(resumed.distiller.kd.state_dict()[key], value), key
+
+
+def test_use_amp_on_the_cpu_trains_in_fp32_unless_bf16_is_forced(demo, tmp_path, capsys):
+    # distill.py and train.py share --use-amp; bf16 autocast is about 4x slower than fp32 on this CPU
+    cfg_path = write_config(tiny_config(demo, epochs=1), tmp_path / "amp.yml")
+    solver = Solver(load_config(cfg_path), device="cpu", use_amp=True, output_dir=str(tmp_path / "a"))
+    assert solver.use_amp is False and not solver.scaler.is_enabled()
+    assert "--use-amp on the CPU" in capsys.readouterr().out
+    forced = Solver(load_config(cfg_path, ["amp_dtype=bfloat16"]), device="cpu", use_amp=True,
+                    output_dir=str(tmp_path / "b"))
+    assert forced.use_amp is True and forced.amp_dtype == torch.bfloat16 and not forced.scaler.is_enabled()
+    assert "--use-amp on the CPU" not in capsys.readouterr().out

@@ -1,8 +1,10 @@
 """Plain ViT encoders with 2-D RoPE used by DEIMv2's DINOv3STAs backbone: DEIMv2's ViT-Tiny / ViT-Tiny+
-(distilled from DINOv3) and DINOv3's ViT-S/16 and ViT-S+/16 (DINOv3, arXiv 2025, https://arxiv.org/abs/2508.10104).
+(distilled from DINOv3) and DINOv3's ViT-S/16 and ViT-S+/16 (DINOv3, arXiv 2025, https://arxiv.org/abs/2508.10104);
+also DINOv3's ViT-B/16, RT-DETRv4's foundation teacher (engine/distill.py).
 
-Module and parameter names follow the official checkpoints, so `vitt_distill.pt` loads into
-`ViTTiny._model` and `dinov3_vits16*_pretrain_lvd1689m-*.pth` into `DINOv3ViT` as they are."""
+Module and parameter names follow the official checkpoints (Meta's layout: `storage_tokens`,
+`ls1.gamma`, `mask_token`, `rope_embed.periods`, `qkv.bias_mask`), so `vitt_distill.pt` loads into
+`ViTTiny._model` and `dinov3_vit{s16,s16plus,b16}_pretrain_lvd1689m-*.pth` into `DINOv3ViT` as they are."""
 from __future__ import annotations
 
 import math
@@ -13,7 +15,8 @@ from torch.nn import functional as F
 from core.errors import ArgumentError
 
 # name: embed_dim, num_heads, ffn ("mlp" ratio 4 or "swiglu" ratio 6); all are 12 blocks of patch 16
-DINOV3_ARCHS = {"dinov3_vits16": (384, 6, "mlp"), "dinov3_vits16plus": (384, 6, "swiglu")}
+DINOV3_ARCHS = {"dinov3_vits16": (384, 6, "mlp"), "dinov3_vits16plus": (384, 6, "swiglu"),
+                "dinov3_vitb16": (768, 12, "mlp")}
 
 
 class RopePositionEmbedding(nn.Module):
@@ -172,15 +175,18 @@ class ViTTiny(nn.Module):
 
 
 class DINOv3ViT(nn.Module):
-    """DINOv3 ViT-S/16 (or S+/16 with SwiGLU): cls + 4 register tokens, RoPE (coordinates rescaled up
-    to 2x in training), layer scale; the tapped outputs pass the final LayerNorm, patch tokens returned."""
+    """DINOv3 ViT-S/16, S+/16 (SwiGLU) or B/16: cls + 4 register tokens, RoPE (coordinates rescaled up
+    to 2x in training), layer scale; the tapped outputs pass the final LayerNorm, patch tokens returned
+    (the last block's are DINOv3's `x_norm_patchtokens`). `embed_dim` / `num_heads` shrink the named
+    architecture (small stand-ins in tests)."""
 
     def __init__(self, name: str = "dinov3_vits16", taps=(5, 8, 11), patch_size: int = 16, depth: int = 12,
-                 num_registers: int = 4):
+                 num_registers: int = 4, embed_dim: int | None = None, num_heads: int | None = None):
         super().__init__()
         if name not in DINOV3_ARCHS:
             raise ArgumentError(f"unknown DINOv3 model {name!r}; choose from {', '.join(DINOV3_ARCHS)}")
-        embed_dim, num_heads, ffn = DINOV3_ARCHS[name]
+        arch_dim, arch_heads, ffn = DINOV3_ARCHS[name]
+        embed_dim, num_heads = embed_dim or arch_dim, num_heads or arch_heads
         self.embed_dim, self.patch_size, self.taps = embed_dim, patch_size, list(taps)
         self.num_prefix = 1 + num_registers
         self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))

@@ -9,6 +9,9 @@ differing only in defaults and in which outputs the family's decoder provides.
 """
 from __future__ import annotations
 
+from pydantic import NonNegativeFloat
+
+from core.schema import Section
 from models.criterion.set_criterion import DETRCriterion
 
 
@@ -32,7 +35,20 @@ class RTDETRv2Criterion(DETRCriterion):
                          use_uni_set=use_uni_set, **options)
 
 
+class DistillAdaptiveParams(Section):
+    """RT-DETRv4's epoch-end rule for weight_dict.loss_distill (applied by engine.distill.Distiller)."""
+    enabled: bool = False
+    rho: float                                  # the target share (%) of the encoder transformer's gradient
+    delta: NonNegativeFloat                     # half-width of the band left alone
+    default_weight: NonNegativeFloat | None = None   # from stop_epoch on, and when the share is ~0
+
+
 class RTv4Criterion(DETRCriterion):
-    def __init__(self, *args, distill_adaptive_params=None, **kwargs):
-        # distill_adaptive_params is accepted for config compatibility; the official weight is fixed
+    """loss_distill: 1 - cosine between the projected encoder tokens (`student_distill_output`) and the
+    foundation teacher's patch tokens (`teacher_encoder_output`), times weight_dict.loss_distill."""
+
+    def __init__(self, *args, distill_adaptive_params: DistillAdaptiveParams | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if isinstance(distill_adaptive_params, dict):
+            distill_adaptive_params = DistillAdaptiveParams.model_validate(distill_adaptive_params)
+        self.distill_adaptive_params = distill_adaptive_params.model_dump() if distill_adaptive_params else None
