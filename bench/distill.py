@@ -1,7 +1,7 @@
 """Does distillation help? A teacher, a self-distillation check and a small student with and without
 each kind of distillation, on a synthetic set harder than the demo (CPU; resumable).
 
-    python -m bench.distill [--out outputs/bench_distill] [--teacher-epochs 50] [--self-epochs 20]
+    python -m bench.distill [--out outputs/bench_distill] [--teacher-epochs 50] [--self-epochs 50]
                             [--epochs 12] [--seeds 0 1 2] [--kinds none logit cwd mgd mimic ickd sp all]
                             [--threads 1]
 
@@ -188,7 +188,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/bench_distill")
     parser.add_argument("--teacher-epochs", type=int, default=50)
-    parser.add_argument("--self-epochs", type=int, default=20)
+    parser.add_argument("--self-epochs", type=int, default=None, help="self-distillation epochs (default: the teacher's)")
     parser.add_argument("--epochs", type=int, default=12, help="student epochs (every kind the same)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
@@ -213,7 +213,7 @@ def main(argv=None):
             bench.run(f"{kind}/{seed}", run_config(data, STUDENT_GRAPH, args.epochs, KINDS[kind]), seed,
                       **({} if KINDS[kind] is None else teacher))
     if not args.skip_self:
-        bench.run("self", run_config(data, TEACHER_GRAPH, args.self_epochs, SELF,
+        bench.run("self", run_config(data, TEACHER_GRAPH, args.self_epochs or args.teacher_epochs, SELF,
                                      {"weight_dict": NO_GROUND_TRUTH}), seed=0, **teacher)
     table = format_table(bench.results, args.kinds, args.seeds)
     print(table)
