@@ -1,7 +1,7 @@
 """Does distillation help? A teacher, a self-distillation check and a small student with and without
 each kind of distillation, on a synthetic set harder than the demo (CPU; resumable).
 
-    python -m bench.distill [--out outputs/bench_distill] [--teacher-epochs 50] [--self-epochs 20]
+    python -m bench.distill [--out outputs/bench_distill] [--teacher-epochs 50] [--self-epochs 50]
                             [--epochs 12] [--seeds 0 1 2] [--kinds none logit cwd mgd mimic ickd sp all]
                             [--threads 1]
 
@@ -188,7 +188,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/bench_distill")
     parser.add_argument("--teacher-epochs", type=int, default=50)
-    parser.add_argument("--self-epochs", type=int, default=20)
+    parser.add_argument("--self-epochs", type=int, default=None, help="self-distillation epochs (default: the teacher's)")
     parser.add_argument("--epochs", type=int, default=12, help="student epochs (every kind the same)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
@@ -213,7 +213,7 @@ def main(argv=None):
             bench.run(f"{kind}/{seed}", run_config(data, STUDENT_GRAPH, args.epochs, KINDS[kind]), seed,
                       **({} if KINDS[kind] is None else teacher))
     if not args.skip_self:
-        bench.run("self", run_config(data, TEACHER_GRAPH, args.self_epochs, SELF,
+        bench.run("self", run_config(data, TEACHER_GRAPH, args.self_epochs or args.teacher_epochs, SELF,
                                      {"weight_dict": NO_GROUND_TRUTH}), seed=0, **teacher)
     table = format_table(bench.results, args.kinds, args.seeds)
     print(table)
@@ -232,8 +232,8 @@ def format_table(results: dict, kinds, seeds) -> str:
     if teacher and own:
         lines.append(f"self-distillation (teacher's graph from scratch, logit terms only): AP50:95 {own['ap']:.4f}, "
                      f"{own['ap'] / max(teacher['ap'], 1e-9):.0%} of the teacher's")
-    lines += ["", "| student | AP50:95 (mean ± std) | gap to no teacher | AP50 (mean ± std) | box L1 to the teacher "
-              "| per seed AP50:95 |", "|---|---|---|---|---|---|"]
+    lines += ["", "| student | AP50:95 (mean ± std) | gap to no teacher | AP50 (mean ± std) | to the teacher: box L1, "
+              "class | per seed AP50:95 |", "|---|---|---|---|---|---|"]
     base = [results[f"none/{s}"]["ap"] for s in seeds if f"none/{s}" in results]
     for kind in kinds:
         runs = [results[f"{kind}/{s}"] for s in seeds if f"{kind}/{s}" in results]
@@ -244,10 +244,11 @@ def format_table(results: dict, kinds, seeds) -> str:
         gap = f"{ap - statistics.mean(base):+.4f}" if base and kind != "none" else ""
         if gap and len(runs) > 1 and len(base) > 1:   # does the gap exceed both standard deviations?
             gap += " (> both std)" if abs(ap - statistics.mean(base)) > max(ap_std, mean_std(base)[1]) else ""
-        l1 = [r["to_teacher"]["bbox"] for r in runs if "to_teacher" in r]
+        near = [r["to_teacher"] for r in runs if "to_teacher" in r]
+        near = (f"{statistics.mean(n['bbox'] for n in near):.3f}, {statistics.mean(n['cls'] for n in near):.3f}"
+                if near else "")
         per_seed = ", ".join(f"{r['ap']:.4f}" for r in runs)
-        lines.append(f"| {label} | {ap:.4f} ± {ap_std:.4f} | {gap} | {ap50:.4f} ± {ap50_std:.4f} | "
-                     f"{f'{statistics.mean(l1):.4f}' if l1 else ''} | {per_seed} |")
+        lines.append(f"| {label} | {ap:.4f} ± {ap_std:.4f} | {gap} | {ap50:.4f} ± {ap50_std:.4f} | {near} | {per_seed} |")
     return "\n".join(lines)
 
 
