@@ -144,6 +144,9 @@ def main(argv=None):
                               "file from a source you trust)", hint="unpickling an untrusted file can run arbitrary code")
     if not Path(args.source).is_file():
         raise CheckpointError(f"checkpoint not found: {args.source}")
+    if Path(args.target).resolve() == Path(args.source).resolve():   # the rewrite would replace what it reads
+        raise CheckpointError(f"the target is the source itself: {args.source}", where="OUT",
+                              hint="write the new file under another name; the source stays as it is")
     if args.trust:
         plain = resave_trusted(args.source, args.target)
         print(f"{args.target}: plain tensors of {args.source} (keys {sorted(plain)})")

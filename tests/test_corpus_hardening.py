@@ -494,6 +494,19 @@ def _(ctx):
     return code, text
 
 
+@case("checkpoint_rewritten_onto_itself", "files", "the target is the source itself",
+      "write the new file under another name")
+def _(ctx):
+    from engine import checkpoint
+
+    path = saved_weights(ctx, {"model": {"w": torch.ones(2)}, "ema": {"module": {"w": torch.zeros(2)}},
+                               "optimizer": {"state": {}}}, "run.pth")
+    before = path.read_bytes()
+    code, text = run_cli(checkpoint.main, [path, ctx.tmp / "." / "run.pth", "--ema-only"])
+    assert path.read_bytes() == before   # the training state is still there
+    return code, text, path
+
+
 @case("predict_skips_a_broken_image", "files", "skipped", "nothing: the other images are predicted and listed",
       names=("1 of 3 inputs skipped: broken.jpg",), stops=False, warns=True)
 def _(ctx):
@@ -688,9 +701,9 @@ def test_readme_troubleshooting_section_is_rendered_from_both_corpora():
     from tests.corpus.make_troubleshooting import GROUPS, all_cases, readme_section, render
 
     cases = all_cases()
-    assert len({c.id for c in cases}) == len(cases) == 140
+    assert len({c.id for c in cases}) == len(cases) == 141
     assert {g: sum(c.group == g for c in cases) for g in GROUPS} == {
-        "graph": 20, "dataset": 15, "checkpoint": 5, "config": 47, "command": 14, "labels": 18, "files": 10,
+        "graph": 20, "dataset": 15, "checkpoint": 5, "config": 47, "command": 14, "labels": 18, "files": 11,
         "resources": 11}
     assert readme_section((REPO / "README.md").read_text()) == render(cases), (
         "README.md is out of date: run python tests/corpus/make_troubleshooting.py")
