@@ -10,6 +10,7 @@ import scipy.fft
 import torch
 
 from blocks.backbone.ap_bottleneck import _ARMS, APBottleneck
+from blocks.backbone.arf import ARF
 from blocks.backbone.irmb import iRMB
 from blocks.backbone.jdpm import JDPM
 from blocks.backbone.lfe import shift_channels
@@ -41,8 +42,11 @@ def _probe(shape) -> torch.Tensor:
 
 # outputs of the authors' modules (vHeat HeatBlock, EMO iRMB, ELGC-Net EncoderBlock; nnWNet's 3-D
 # global_block on a depth-3 copy of the probe, its projection kernel zero outside the middle depth slice,
-# middle slice read) loaded with the same weights, recorded outside the repository: first four values and the sum
+# middle slice read; the plug-in guide's ARF on Ultralytics' Conv, whose gate is linear) loaded with the same
+# weights, recorded outside the repository: first four values and the sum
 PINNED = {
+    "ARF": (lambda: ARF(16, 32, sigmoid_gate=False), (1, 16, 7, 5),
+            [0.0023917199578136206, 0.0023901190143078566, 0.002388648223131895, 0.002387161599472165], 0.572094202041626),
     "nnWNet": (lambda: nnWNet(16, 16), (1, 16, 7, 5),
                [0.14989593625068665, 0.15187105536460876, 0.1437787115573883, 0.1594662219285965], 5.902529716491699),
     "vHeat": (lambda: vHeat(16, res=6), (1, 16, 6, 6),
