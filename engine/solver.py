@@ -243,7 +243,7 @@ class Solver:
         criterion's dense terms. Compilation happens in the first steps; `compile_seconds` records them."""
         for row, layer in zip(self.raw_model.rows, self.raw_model.layers):
             if not row.takes_targets:
-                layer.compile()
+                layer.compile(dynamic=False)
         if self.criterion is not None:
             self.criterion.compile_dense_terms()
         self.compile_seconds = None  # set after the first step, which pays for compiling

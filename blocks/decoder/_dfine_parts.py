@@ -258,7 +258,7 @@ class TransformerDecoderLayer(nn.Module):
 
     def forward(self, target, reference_boxes, values, spatial_shapes, attn_mask=None, query_pos_embed=None):
         q = k = target + query_pos_embed
-        attended, _ = self.self_attn(q, k, value=target, attn_mask=attn_mask)
+        attended, _ = self.self_attn(q, k, value=target, attn_mask=attn_mask, need_weights=False)
         target = self.norm1(target + self.dropout1(attended))
         sampled = self.cross_attn(target + query_pos_embed, reference_boxes, values, spatial_shapes)
         if self.use_gateway:

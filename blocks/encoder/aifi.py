@@ -45,7 +45,7 @@ class TransformerEncoderLayer(nn.Module):
 
     def forward(self, src: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
         q = k = src + pos_embed
-        attended, _ = self.self_attn(q, k, value=src)
+        attended, _ = self.self_attn(q, k, value=src, need_weights=False)
         src = self.norm1(src + self.dropout1(attended))
         ffn = self.linear2(self.dropout(self.activation(self.linear1(src))))
         return self.norm2(src + self.dropout2(ffn))
