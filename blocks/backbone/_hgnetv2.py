@@ -53,7 +53,7 @@ class LearnableAffine(nn.Module):
         self.bias = nn.Parameter(torch.tensor([bias]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * x + self.bias
+        return torch.addcmul(self.bias, x, self.scale)  # one pass over x, not a product and then a sum
 
 
 class ConvBNAct(nn.Module):

