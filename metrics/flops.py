@@ -73,9 +73,11 @@ def _linear(args, kwargs, out):
 _MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
 
 
-def _multi_head_attention(args, kwargs, out):
+def _multi_head_attention(args, kwargs, out, module=None):
     """What calflops sees inside F.multi_head_attention_forward: the q/k/v and output projections
-    (F.linear), and when attention weights are returned the softmax (plus baddbmm with a mask)."""
+    (F.linear), and when attention weights are returned the softmax (plus baddbmm with a mask).
+    A module that asks for no weights where the official code returns them (the same maths, fused:
+    attribute `counted_with_weights`) is counted as the official call."""
     bound = _MHA_SIGNATURE.bind(*args, **kwargs)
     bound.apply_defaults()
     a = bound.arguments
@@ -83,7 +85,7 @@ def _multi_head_attention(args, kwargs, out):
     dim = query.shape[-1]
     macs = dim * (query.numel() + key.numel() + value.numel()) + query.numel() * dim
     flops = 2 * macs
-    if a["need_weights"]:
+    if a["need_weights"] or getattr(module, "counted_with_weights", False):
         batch = query.numel() // (query.shape[0] * dim)
         scores = batch * heads * query.shape[0] * key.shape[0]
         flops += scores
@@ -153,6 +155,7 @@ _RULES = {
     "hardtanh": _elementwise, "softmax": _elementwise,
     "avg_pool1d": _input_numel, "avg_pool2d": _input_numel, "avg_pool3d": _input_numel,
     "max_pool1d": _input_numel, "max_pool2d": _input_numel, "max_pool3d": _input_numel,
+    "window_max_2x2": _input_numel,  # HGStem's inference form of its max pool
     "adaptive_avg_pool1d": _input_numel, "adaptive_avg_pool2d": _input_numel,
     "adaptive_max_pool1d": _input_numel, "adaptive_max_pool2d": _input_numel,
     "interpolate": _upsample, "upsample": _upsample,
@@ -194,7 +197,8 @@ class _FunctionCounter(TorchFunctionMode):
         out = func(*args, **kwargs)
         rule = None if func in _UNCOUNTED else _RULES.get(getattr(func, "__name__", ""))
         if rule is not None and isinstance(out, (torch.Tensor, tuple)):
-            counted = rule(args, kwargs, out)   # FLOPs, or (FLOPs, MACs) for a product op
+            extra = {"module": self.stack[-1] if self.stack else None} if rule is _multi_head_attention else {}
+            counted = rule(args, kwargs, out, **extra)   # FLOPs, or (FLOPs, MACs) for a product op
             flops, macs = (float(counted[0]), float(counted[1])) if isinstance(counted, tuple) else (float(counted), 0.0)
             self.total += flops
             self.total_macs += macs

@@ -1,6 +1,8 @@
 """The faster formulations give the numbers of the ones they replace: the stem's window max (inference
 only), the learnable affine as one addcmul, and the decoder's self-attention through
 scaled_dot_product_attention with the denoising mask."""
+from unittest import mock
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,3 +59,24 @@ def test_self_attention_without_weights_equals_the_explicit_softmax_with_a_denoi
     changed[:, 4:] += 1.0
     moved, _ = attention(changed, changed, changed, attn_mask=mask, need_weights=False)
     torch.testing.assert_close(moved[:, :4], fused[:, :4])
+
+
+def test_the_window_max_is_counted_as_the_pool_it_replaces():
+    from metrics.flops import count_flops
+    from tests.test_info import calflops_count
+
+    stem = HGStem(3, 16, 16, use_lab=True).eval()
+    counted = count_flops(stem, torch.zeros(1, 3, 64, 64))
+    assert counted.flops == calflops_count(stem, (1, 3, 64, 64))  # calflops runs with gradients: the pool
+    pools = [flops for module, flops in counted.per_module.items() if module is stem.pool]
+    assert not pools  # the pool module did not run; the window max was counted inside the stem
+    assert counted.flops - count_flops_without_pool(stem) == 16 * 33 * 33  # the padded map's elements
+
+
+def count_flops_without_pool(stem):
+    from metrics import flops
+
+    rules = dict(flops._RULES)
+    rules.pop("window_max_2x2")
+    with mock.patch.object(flops, "_RULES", rules):
+        return flops.count_flops(stem, torch.zeros(1, 3, 64, 64)).flops

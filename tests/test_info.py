@@ -1,7 +1,9 @@
 """`python -m analyze.info` against a count made by hand from the tiny graph's shapes."""
+import contextlib
 import json
 import subprocess
 import sys
+from unittest import mock
 
 
 def conv_flops(c_in, c_out, k, out_hw):
@@ -88,16 +90,35 @@ def test_info_imgsz_override_scales_flops():
     assert flops("--imgsz", "128", "128") == 4 * flops()
 
 
+@contextlib.contextmanager
+def official_attention_calls():
+    """While calflops counts: the attention that the official code calls with its weights returned
+    (flagged `counted_with_weights`; fused here, need_weights=False) returns them, so calflops sees
+    the official call's softmax."""
+    from torch import nn
+
+    forward = nn.MultiheadAttention.forward
+
+    def with_weights(self, *args, **kwargs):
+        if getattr(self, "counted_with_weights", False):
+            kwargs["need_weights"] = True
+        return forward(self, *args, **kwargs)
+
+    with mock.patch.object(nn.MultiheadAttention, "forward", with_weights):
+        yield
+
+
 def calflops_count(model, shape) -> int:
-    """calflops (the official zoos' counter) on the same model; its package imports transformers
-    only for its HF entry point, which we do not use."""
+    """calflops (the official zoos' counter) on the same model, attention called as officially; its
+    package imports transformers only for its HF entry point, which we do not use."""
     import types
 
     import pytest
     sys.modules.setdefault("calflops.flops_counter_hf", types.SimpleNamespace(calculate_flops_hf=None))
     calflops = pytest.importorskip("calflops.flops_counter")
-    flops, _, _ = calflops.calculate_flops(model=model, input_shape=shape, output_as_string=False,
-                                           print_results=False, print_detailed=False)
+    with official_attention_calls():
+        flops, _, _ = calflops.calculate_flops(model=model, input_shape=shape, output_as_string=False,
+                                               print_results=False, print_detailed=False)
     return flops
 
 

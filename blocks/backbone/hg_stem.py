@@ -5,6 +5,7 @@ a stride-2 3x3 conv and a 1x1 conv. Keys match the official `backbone.stem`."""
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
 from blocks.backbone._hgnetv2 import ConvBNAct, apply_freezing, load_pretrained
 from blocks.registry import register
@@ -38,5 +39,7 @@ def window_max_2x2(x: torch.Tensor) -> torch.Tensor:
     element-wise maxima: the same values, about 20x faster than max_pool2d's CPU kernel. Without
     gradients only: its backward is slower than max_pool2d's, and max_pool2d gives a tie's gradient
     to one cell (as the official stem trains) where maximum splits it."""
+    if has_torch_function_unary(x):  # seen by torch function modes: metrics.flops counts it as the pool
+        return handle_torch_function(window_max_2x2, (x,), x)
     rows = torch.maximum(x[..., :-1], x[..., 1:])
     return torch.maximum(rows[..., :-1, :], rows[..., 1:, :])

@@ -235,6 +235,7 @@ class TransformerDecoderLayer(nn.Module):
         if layer_scale is not None:
             dim_feedforward, d_model = round(layer_scale * dim_feedforward), round(layer_scale * d_model)
         self.self_attn = nn.MultiheadAttention(d_model, n_head, dropout=dropout, batch_first=True)
+        self.self_attn.counted_with_weights = True  # the official layer returns the weights; ours fuses
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = make_norm(norm, d_model)
         self.cross_attn = MSDeformableAttention(d_model, n_head, n_levels, n_points, method=cross_attn_method)

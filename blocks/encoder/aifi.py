@@ -34,6 +34,7 @@ class TransformerEncoderLayer(nn.Module):
     def __init__(self, dim: int, nhead: int, dim_feedforward: int, dropout: float, act):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, nhead, dropout, batch_first=True)
+        self.self_attn.counted_with_weights = True  # the official AIFI returns the weights; ours fuses
         self.linear1 = nn.Linear(dim, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, dim)
