@@ -17,9 +17,7 @@ It adds the terms that the `distill:` section asks for (every key is optional ex
         cost_giou: 2.0
         weighted_matching: true  # hungarian: each teacher query's costs times its confidence (as the losses)
         temperature: 1.0         # of the class BCE
-        cls_gamma: 2.0           # focal exponent of the class BCE (0: plain BCE)
-        cls_focal: quality       # quality: every score weighed by |p_s - p_t|^gamma; varifocal: the teacher's
-                                 # confident scores keep their weight (t + (1 - t) |p_s - p_t|^gamma)
+        cls_gamma: 2.0           # quality-focal exponent of the class BCE (0: plain BCE)
         ld_temperature: 5.0      # of the corner-distribution KL (D-FINE-style heads)
         layers: final            # final | all (every student decoder layer learns the teacher's final one)
         layer_weights: ~         # with `all`: one weight per student layer, first auxiliary layer to final
@@ -109,7 +107,6 @@ class LogitConfig(Section):
     temperature: PositiveFloat = 1.0
     ld_temperature: PositiveFloat = 5.0
     cls_gamma: NonNegativeFloat = 2.0
-    cls_focal: Literal["quality", "varifocal"] = "quality"
     layers: Literal["final", "all"] = "final"
     layer_weights: list[NonNegativeFloat] | None = None
     proposals: bool = False
@@ -388,7 +385,7 @@ def logit_terms(outputs: dict, teacher: dict, spec: dict, weights: dict) -> dict
                                  spec.get("weighted_matching", True))
                    for b in range(student["pred_logits"].shape[0])]
         values = logit_losses(student, target, indices, spec.get("temperature", 1.0), spec.get("ld_temperature", 5.0),
-                              spec.get("cls_gamma", 2.0), spec.get("cls_focal", "quality"))
+                              spec.get("cls_gamma", 2.0))
         for name, value in values.items():
             terms[f"loss_kd_{name}{suffix}"] = value * weights[name] * layer_weight
     return terms
@@ -426,7 +423,7 @@ def denoising_terms(outputs: dict, teacher_dn: dict, spec: dict, weights: dict) 
             student.update(up=outputs["up"], reg_scale=outputs["reg_scale"])
             student["bins"] = edge_bins(student)
         values = logit_losses(student, teacher, indices, spec.get("temperature", 1.0), spec.get("ld_temperature", 5.0),
-                              spec.get("cls_gamma", 2.0), spec.get("cls_focal", "quality"))
+                              spec.get("cls_gamma", 2.0))
         for name, value in values.items():
             terms[f"loss_kd_{name}{suffix}"] = value * weights[name] * layer_weight
     return terms

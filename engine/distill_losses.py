@@ -20,11 +20,8 @@ normalised by the teacher's confidence (its highest class probability) summed ov
 queries, at least 1:
   cls   BCE of student logits / T against the teacher's sigmoid(logits / T), times T^2, modulated as
         quality focal loss by |sigmoid(s / T) - sigmoid(t / T)|^gamma (GFL: Generalized Focal Loss.
-        NeurIPS 2020. https://arxiv.org/abs/2006.04388; gamma 0: plain BCE), or, `varifocal`, by
-        t + (1 - t) |sigmoid(s / T) - t|^gamma with t the teacher's probability: as VFL (VarifocalNet.
-        CVPR 2021. https://arxiv.org/abs/2008.13367) weighs a positive by its target, the teacher's
-        confident scores keep their weight while the student approaches them, and only the background
-        is damped; student queries left unmatched learn background (all-zero targets).
+        NeurIPS 2020. https://arxiv.org/abs/2006.04388; gamma 0: plain BCE); student queries left
+        unmatched learn background (all-zero targets).
   bbox  L1 (sum over cxcywh) and giou (1 - GIoU) of matched boxes, weighted by that confidence.
   ld    localisation distillation on D-FINE edge distributions (LD: Localization Distillation.
         CVPR 2022. https://arxiv.org/abs/2102.12252): per edge KL(teacher || student) of
@@ -172,8 +169,7 @@ def match_queries(s_logits, s_boxes, t_logits, t_boxes, method: str = "hungarian
 
 
 def logit_losses(student: dict, teacher: dict, indices: list[tuple[torch.Tensor, torch.Tensor]],
-                 temperature: float = 1.0, ld_temperature: float = 5.0, cls_gamma: float = 2.0,
-                 cls_focal: str = "quality") -> dict[str, torch.Tensor]:
+                 temperature: float = 1.0, ld_temperature: float = 5.0, cls_gamma: float = 2.0) -> dict[str, torch.Tensor]:
     """cls / bbox / giou (and ld when both carry `pred_corners` of the same bins) for one decoder layer.
 
     student/teacher: {'pred_logits' [B,Q,C], 'pred_boxes' [B,Q,4], optional 'pred_corners' [B,Q,4*bins]};
@@ -190,10 +186,8 @@ def logit_losses(student: dict, teacher: dict, indices: list[tuple[torch.Tensor,
     soft = torch.zeros_like(s_logits)
     soft[batch, s_idx] = torch.sigmoid(t_logits[batch, t_idx] / temperature).to(soft.dtype)
     cls = F.binary_cross_entropy_with_logits(s_logits / temperature, soft, reduction="none")
-    # quality focal (GFL): the many scores the student already matches, mostly background, count little;
-    # it also slows a confident teacher score's transfer (gradient ~ gap^(gamma + 1)), which varifocal keeps
-    focal = (torch.sigmoid(s_logits / temperature) - soft).abs().pow(cls_gamma)
-    cls = cls * (soft + (1 - soft) * focal if cls_focal == "varifocal" else focal)
+    # quality focal (GFL): the many scores the student already matches, mostly background, count little
+    cls = cls * (torch.sigmoid(s_logits / temperature) - soft).abs().pow(cls_gamma)
     terms = {"cls": cls.sum() / norm * temperature ** 2}
 
     s_boxes, t_boxes = student["pred_boxes"][batch, s_idx], teacher["pred_boxes"].detach()[batch, t_idx]
