@@ -23,6 +23,9 @@ It adds the terms that the `distill:` section asks for (every key is optional ex
         layer_weights: ~         # with `all`: one weight per student layer, first auxiliary layer to final
         proposals: false         # also the first layer's head (_pre) and the encoder's proposals (_enc_0), which
                                  # select the queries: needed when the ground-truth loss is off
+        denoising: false         # the teacher also answers the student's denoising queries (the same noised
+                                 # labels and boxes, its own embedding) and each student denoising query learns
+                                 # the teacher's answer to it (_dn_i; _dn_pre with proposals)
         weights: {cls: 1.0, bbox: 5.0, giou: 2.0, ld: 1.0}
       feature:
         adapter: auto            # auto (1x1 conv where channels differ) | always
@@ -81,6 +84,7 @@ from core import dist
 from core.checkpoint_io import model_weights, read_checkpoint
 from core.errors import CheckpointError, ConfigError
 from core.schema import Section, validate_section
+from blocks.decoder._denoising import replay_denoising
 from engine.distill_losses import FEATURE_LOSSES, MATCHING, FeaturePair, edge_bins, logit_losses, match_queries
 
 RowRef = int | tuple[int, int]   # a graph row, or [row, output] of a row that returns several maps
@@ -106,6 +110,7 @@ class LogitConfig(Section):
     layers: Literal["final", "all"] = "final"
     layer_weights: list[NonNegativeFloat] | None = None
     proposals: bool = False
+    denoising: bool = False
     weights: LogitWeights = LogitWeights()
 
 
@@ -386,6 +391,44 @@ def logit_terms(outputs: dict, teacher: dict, spec: dict, weights: dict) -> dict
     return terms
 
 
+PER_QUERY = ("pred_logits", "pred_boxes", "pred_corners", "ref_points")
+
+
+def denoising_terms(outputs: dict, teacher_dn: dict, spec: dict, weights: dict) -> dict[str, torch.Tensor]:
+    """Logit terms of the student's denoising queries (each decoder layer's with layers: all, the first
+    layer's head's with proposals; suffixed _dn_i, _dn_pre) against the teacher's final answers to the
+    same queries, query by query: every real box's positive and negative copies (padding left out)."""
+    meta = outputs["dn_meta"]
+    group = meta["dn_num_split"][0] // meta["dn_num_group"]   # [positives | negatives] of max_gt each
+    batch = torch.cat([torch.full_like(idx, b) for b, idx in enumerate(meta["dn_positive_idx"])])
+    real = torch.cat(meta["dn_positive_idx"])
+    batch, real = torch.cat([batch, batch]), torch.cat([real, real + group // 2])
+
+    def packed(layer: dict) -> dict:  # the real queries of every image as one image's, in the same order
+        return {k: (v[batch, real][None] if k in PER_QUERY else v) for k, v in layer.items() if v is not None}
+
+    indices = [(torch.arange(len(real), device=real.device),) * 2]
+    layers = list(enumerate(outputs["dn_outputs"]))
+    layer_weights = spec.get("layer_weights") or [1.0] * len(layers)
+    if spec.get("layers", "final") != "all":
+        layers, layer_weights = layers[-1:], [1.0]
+    named = [(f"_dn_{i}", layer, w) for (i, layer), w in zip(layers, layer_weights)]
+    if spec.get("proposals") and outputs.get("dn_pre_outputs") is not None:
+        named.insert(0, ("_dn_pre", outputs["dn_pre_outputs"], 1.0))
+    teacher = packed({k: v.detach().float() for k, v in teacher_dn.items() if v is not None})
+    terms = {}
+    for suffix, layer, layer_weight in named:
+        student = packed({k: layer[k].float() for k in PER_QUERY if layer.get(k) is not None})
+        if "pred_corners" in student and "pred_corners" in teacher:
+            student.update(up=outputs["up"], reg_scale=outputs["reg_scale"])
+            student["bins"] = edge_bins(student)
+        values = logit_losses(student, teacher, indices, spec.get("temperature", 1.0), spec.get("ld_temperature", 5.0),
+                              spec.get("cls_gamma", 2.0))
+        for name, value in values.items():
+            terms[f"loss_kd_{name}{suffix}"] = value * weights[name] * layer_weight
+    return terms
+
+
 class KDModules(nn.Module):
     """What distillation trains besides the student: feature adapters (+ MGD generators)."""
 
@@ -461,6 +504,12 @@ class Distiller:
                               hint="use matching: hungarian or iou, or give both decoders the same num_queries")
         s_core, t_core = decoder_core(student), decoder_core(self.teacher)
         self.use_ld = s_core is not None and t_core is not None and self.logit_weights["ld"] > 0
+        if spec["denoising"]:
+            for side, model in (("student", student), ("teacher", self.teacher)):
+                if getattr(model.layers[-1], "num_denoising", 0) <= 0:
+                    raise ConfigError(f"distill.logit.denoising needs denoising queries, and the {side}'s decoder "
+                                      f"has none", where=f"{where}.denoising",
+                                      hint=f"give the {side}'s decoder num_denoising > 0, or set denoising: false")
         if self.logit_weights["ld"] > 0 and not self.use_ld and dist.is_main():
             side = "student" if s_core is None else "teacher"
             print(f"note: corner distillation (distill.logit.weights.ld) is off: the {side}'s decoder has no "
@@ -539,7 +588,10 @@ class Distiller:
         run's autocast), the foundation teacher every step in fp32 (as the official trainer)."""
         self.teacher_out, self.teacher_taps = None, {}
         if self.teacher is not None and self.factor(epoch) > 0:
-            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
+            meta = outputs.get("dn_meta")
+            replay = self.use_logit and self.logit_spec["denoising"] and meta is not None and meta["dn_num_group"] > 0
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp), \
+                    replay_denoising(self.teacher.layers[-1], meta if replay else None):
                 self.teacher.eval()
                 self.teacher_out, self.teacher_taps = self.teacher.run(
                     images, taps={s["teacher"][0] for s in self.pair_specs})
@@ -564,15 +616,26 @@ class Distiller:
 
     def _logit_terms(self, outputs: dict, teacher_out: dict) -> dict:
         teacher = {"pred_logits": teacher_out["pred_logits"], "pred_boxes": teacher_out["pred_boxes"]}
+        teacher_dn = (teacher_out.get("dn_outputs") or [None])[-1]
+        head = self.teacher.layers[-1]
         if self.use_ld and self.teacher_corners:
-            head = self.teacher.layers[-1]
-            teacher.update(self.teacher_corners, up=head.up, reg_scale=head.reg_scale)
+            queries = teacher["pred_logits"].shape[1]  # the matching queries come after any denoising ones
+            teacher.update({k: v[:, -queries:] for k, v in self.teacher_corners.items()}, up=head.up,
+                           reg_scale=head.reg_scale)
             teacher["bins"] = edge_bins(teacher)
             self.teacher_corners.clear()
+            if teacher_dn is not None:
+                teacher_dn = {**teacher_dn, "up": head.up, "reg_scale": head.reg_scale, "bins": teacher["bins"]}
         elif not self.use_ld:
-            outputs = {**outputs, "pred_corners": None, "aux_outputs": [
-                {**layer, "pred_corners": None} for layer in outputs.get("aux_outputs") or []]}
-        return logit_terms(outputs, teacher, self.logit_spec, self.logit_weights)
+            outputs = {**outputs, "pred_corners": None, **{key: [{**layer, "pred_corners": None} for layer in
+                                                                 outputs.get(key) or []]
+                                                           for key in ("aux_outputs", "dn_outputs") if key in outputs}}
+            if teacher_dn is not None:
+                teacher_dn = {**teacher_dn, "pred_corners": None}
+        terms = logit_terms(outputs, teacher, self.logit_spec, self.logit_weights)
+        if teacher_dn is not None:
+            terms.update(denoising_terms(outputs, teacher_dn, self.logit_spec, self.logit_weights))
+        return terms
 
     def after_backward(self, student: nn.Module, epoch: int) -> None:
         if dist.enabled():  # the adapters live outside the DDP model: average their gradients here

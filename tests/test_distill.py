@@ -323,6 +323,34 @@ def test_feature_step_trains_student_and_adapters_not_teacher(demo, teacher, tmp
     assert all(not k.startswith("teacher") for k in solver.state_dict())
 
 
+def test_denoising_queries_learn_the_teachers_answers_to_the_same_queries(demo, teacher, tmp_path):
+    # a student with the teacher's own weights (BatchNorm on its running statistics, as the teacher in eval
+    # mode) gives the teacher's answers to its denoising queries, query by query: the denoising terms are 0
+    # only because the teacher ran the very same noised queries; another draw of the noise moves them off 0
+    distill = {"kd_loss_type": "logit", "logit": {"denoising": True, "layers": "final", "weights": {"ld": 0.0}}}
+    solver = distill_solver(write_config(tiny_config(demo, distill=distill), tmp_path / "self.yml"), teacher, tmp_path)
+    model, distiller = solver.raw_model, solver.distiller
+    model.load_state_dict(distiller.teacher.state_dict())
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    images, targets = next(iter(solver.train_loader))
+    outputs = model(images, targets=targets)
+    meta = outputs["dn_meta"]
+    terms = distiller.losses(distiller.prepare(images, outputs, 0, torch.float32, False), 0)
+    for name in ("cls", "bbox", "giou"):
+        assert terms[f"loss_kd_{name}_dn_1"].item() == pytest.approx(0.0, abs=1e-5)
+    assert terms["loss_kd_bbox"].item() == pytest.approx(0.0, abs=1e-5)   # the matching queries agree too
+    terms["loss_kd_bbox_dn_1"].backward()
+    assert model.layers[-1].denoising_class_embed.weight.grad is not None  # the terms reach the denoising path
+
+    gen = torch.Generator().manual_seed(0)
+    moved = {**meta, "dn_boxes_unact": meta["dn_boxes_unact"] + torch.randn(meta["dn_boxes_unact"].shape, generator=gen)}
+    other = distiller.losses(distiller.prepare(images, {**outputs, "dn_meta": moved}, 0, torch.float32, False), 0)
+    assert other["loss_kd_bbox_dn_1"].item() > 0.05
+
+
 def test_epoch_window_switches_distillation_off(demo, teacher, tmp_path):
     cfg = dict(FEATURE_KD, kd_loss_type="all", epoch_window=[0, 1], schedule="constant")
     solver = distill_solver(student_config(demo, tmp_path, cfg, epochs=2), teacher, tmp_path)

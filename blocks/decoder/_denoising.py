@@ -9,6 +9,8 @@ hides every denoising query from the matching queries.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -75,23 +77,52 @@ def contrastive_denoising_group(targets: list[dict], num_classes: int, num_queri
         corners = (corners + sign * magnitude * half_size).clip(min=0.0, max=1.0)
         # a corner pushed past its partner flips the box; keep its size positive
         boxes = box_xyxy_to_cxcywh(corners).abs()
-    content = class_embed(labels)
+    boxes_unact = inverse_sigmoid(boxes)
+    dn_meta = {"dn_positive_idx": positive_idx, "dn_num_group": num_group, "dn_num_split": [total, num_queries],
+               "dn_labels": labels, "dn_boxes_unact": boxes_unact}
+    return class_embed(labels), boxes_unact, denoising_mask(total, num_group, num_queries, device), dn_meta
 
+
+def denoising_mask(total: int, num_group: int, num_queries: int, device) -> torch.Tensor:
+    """[total + num_queries]^2 bool (True = may not attend): groups apart, every denoising query hidden
+    from the matching queries (which may be seen by all)."""
     size = total + num_queries
-    group_id = torch.arange(total, device=device) // (2 * max_gt)
+    group_id = torch.arange(total, device=device) // (total // num_group)
     attn_mask = torch.zeros([size, size], dtype=torch.bool, device=device)
     attn_mask[total:, :total] = True
     attn_mask[:total, :total] = group_id[:, None] != group_id[None, :]
-    dn_meta = {"dn_positive_idx": positive_idx, "dn_num_group": num_group, "dn_num_split": [total, num_queries]}
-    return content, inverse_sigmoid(boxes), attn_mask, dn_meta
+    return attn_mask
 
 
 def denoising_queries(decoder, targets, num_queries: int):
     """A DETR decoder's denoising groups in training (its num_denoising, label_noise_ratio,
-    box_noise_scale, denoising_class_embed); four Nones in eval, without targets, or when off."""
+    box_noise_scale, denoising_class_embed); four Nones in eval, without targets, or when off.
+
+    A decoder whose `replayed_denoising` holds another decoder's dn_meta (set by `replay_denoising`)
+    takes those noised labels and boxes instead, in eval mode too: a distillation teacher answers the
+    student's own denoising queries."""
+    replayed = getattr(decoder, "replayed_denoising", None)
+    if replayed is not None:
+        total, num_group = replayed["dn_num_split"][0], replayed["dn_num_group"]
+        labels = replayed["dn_labels"]
+        meta = {**replayed, "dn_num_split": [total, num_queries]}
+        return (decoder.denoising_class_embed(labels), replayed["dn_boxes_unact"],
+                denoising_mask(total, num_group, num_queries, labels.device), meta)
     if not (decoder.training and decoder.num_denoising > 0 and targets is not None):
         return None, None, None, None
     return contrastive_denoising_group(
         targets, decoder.num_classes, num_queries, decoder.denoising_class_embed,
         num_denoising=decoder.num_denoising, label_noise_ratio=decoder.label_noise_ratio,
         box_noise_scale=decoder.box_noise_scale)
+
+
+@contextmanager
+def replay_denoising(decoder, dn_meta: dict):
+    """Within the block, `decoder` (with a denoising embedding of the same classes) runs the denoising
+    queries that `dn_meta` describes (noised labels and boxes of another decoder's step) in front of
+    its own queries."""
+    decoder.replayed_denoising = dn_meta
+    try:
+        yield
+    finally:
+        decoder.replayed_denoising = None

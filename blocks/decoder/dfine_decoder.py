@@ -191,17 +191,24 @@ class DFINEDecoder(TwoStageSelection, nn.Module):
             content, boxes_unact, memory, spatial_shapes, self.dec_bbox_head, self.dec_score_head,
             self.query_pos_head, self.pre_bbox_head, self.integral, project, attn_mask=attn_mask)
 
-        if not self.training:
-            return {"pred_logits": out_logits[-1], "pred_boxes": out_boxes[-1]}
-
         if dn_meta is not None:
             split = dn_meta["dn_num_split"]
-            dn_pre_logits, pre_logits = torch.split(pre_logits, split, dim=1)
-            dn_pre_boxes, pre_boxes = torch.split(pre_boxes, split, dim=1)
             dn_boxes, out_boxes = torch.split(out_boxes, split, dim=2)
             dn_logits, out_logits = torch.split(out_logits, split, dim=2)
             dn_corners, out_corners = torch.split(out_corners, split, dim=2)
             dn_refs, out_refs = torch.split(out_refs, split, dim=2)
+
+        if not self.training:
+            out = {"pred_logits": out_logits[-1], "pred_boxes": out_boxes[-1]}
+            if dn_meta is not None:  # replayed denoising queries (a distillation teacher): their final answers
+                out["dn_outputs"] = [{"pred_logits": dn_logits[-1], "pred_boxes": dn_boxes[-1],
+                                      "pred_corners": dn_corners[-1], "ref_points": dn_refs[-1]}]
+                out["dn_meta"] = dn_meta
+            return out
+
+        if dn_meta is not None:
+            dn_pre_logits, pre_logits = torch.split(pre_logits, split, dim=1)
+            dn_pre_boxes, pre_boxes = torch.split(pre_boxes, split, dim=1)
 
         out = {"pred_logits": out_logits[-1], "pred_boxes": out_boxes[-1], "pred_corners": out_corners[-1],
                "ref_points": out_refs[-1], "up": self.up, "reg_scale": self.reg_scale}

@@ -238,6 +238,9 @@ class RTDETRv2Decoder(TwoStageSelection, nn.Module):
                 # DEIM's key; the official RT-DETRv2 calls the same list `dn_aux_outputs`
                 out["dn_outputs"] = _layer_outputs(dn_logits, dn_boxes)
                 out["dn_meta"] = dn_meta
+        elif not self.training and dn_meta is not None:  # replayed denoising queries (a distillation teacher)
+            out["dn_outputs"] = _layer_outputs(dn_logits[-1:], dn_boxes[-1:])
+            out["dn_meta"] = dn_meta
         return out
 
     def fuse(self):
