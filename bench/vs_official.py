@@ -122,6 +122,11 @@ def official_config(root: Path, settings: dict):
     transforms["mosaic_prob"] = settings["mosaic_prob"]
     collate = y["train_dataloader"]["collate_fn"]
     collate.update(base_size=size, stop_epoch=epochs, mixup_prob=0.5, mixup_epochs=[0, epochs])
+    # YAMLConfig copied its top-level keys (epoches, flat_epoch, output_dir, ...) into attributes when it
+    # was built, and the solver reads those: copy ours over them, or the run trains the recipe's epochs
+    for key in vars(cfg):
+        if not key.startswith("_") and key in y:
+            setattr(cfg, key, y[key])
     return package, cfg
 
 
