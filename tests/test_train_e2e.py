@@ -213,3 +213,20 @@ def test_channels_last_training_steps_equal_the_default_layout(demo, tmp_path):
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-4)
     for name, value in results[0][1].items():
         torch.testing.assert_close(results[1][1][name], value, rtol=1e-3, atol=1e-5)
+
+
+def test_compiled_training_steps_equal_eager_ones(demo, tmp_path):
+    # run option `compile`: the first step compiles (inductor, CPU; ~40 s here), and the losses and weights
+    # equal eager mode's to float rounding
+    results = []
+    for compiled in (False, True):
+        cfg_path = write_config(tiny_config(demo, epochs=1, compile=compiled), tmp_path / f"c{compiled}.yml")
+        run_ = solver(cfg_path, output_dir=str(tmp_path / f"c{compiled}"))
+        images, targets = next(iter(run_.train_loader))
+        torch.manual_seed(0)
+        losses = [run_.train_step(images, targets, 0, step)["loss"] for step in range(2)]
+        results.append((losses, {k: v.clone() for k, v in run_.raw_model.state_dict().items()}))
+        run_.close()
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-4)
+    for name, value in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], value, rtol=1e-3, atol=1e-5)
