@@ -69,6 +69,31 @@ def test_cwd_equals_channel_softmax_kl(maps):
     assert cwd_loss(torch.tensor(s), torch.tensor(t), tau).item() == pytest.approx(expected, rel=1e-9)
 
 
+def test_cwd_hand_values_tau_squared_and_channel_mean():
+    # one image, two channels of two locations; channel 0: teacher logits (ln 3, 0) -> (3/4, 1/4), student
+    # uniform: KL = 3/4 ln(3/2) + 1/4 ln(1/2); channel 1 the same maps: KL 0; the mean over B*C halves it
+    s = torch.zeros(1, 2, 1, 2)
+    t = torch.tensor([[[[np.log(3.0), 0.0]], [[0.0, 0.0]]]])
+    kl = 0.75 * np.log(1.5) + 0.25 * np.log(0.5)
+    assert cwd_loss(s, t, 1.0).item() == pytest.approx(kl / 2, rel=1e-6)
+    # tau 2: (ln 3 / 2, 0) -> (sqrt 3, 1) / (1 + sqrt 3), against uniform, times tau^2 = 4
+    p = np.array([np.sqrt(3.0), 1.0]) / (1 + np.sqrt(3.0))
+    assert cwd_loss(s, t, 2.0).item() == pytest.approx(4 * (p * np.log(2 * p)).sum() / 2, rel=1e-6)
+    # KL(teacher || student), not the reverse: the student's gradient is (p_s - p_t) tau / (B C)
+    s.requires_grad_(True)
+    cwd_loss(s, t, 1.0).backward()
+    assert s.grad[0, 0, 0].tolist() == pytest.approx([(0.5 - 0.75) / 2, (0.5 - 0.25) / 2], rel=1e-6)
+    assert s.grad[0, 1].abs().max().item() < 1e-7
+
+
+def test_ickd_hand_value():
+    # student channels orthogonal: Gram I (rows already unit); teacher channels equal: rows (1, 1) / sqrt 2;
+    # squared difference 2 (1 - 1/sqrt 2)^2 + 2 (1/2) over B*C = 2: 2 - sqrt 2
+    s = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])
+    t = torch.ones(1, 2, 1, 2)
+    assert ickd_loss(s, t).item() == pytest.approx(2 - np.sqrt(2.0), rel=1e-6)
+
+
 def test_ickd_equals_normalised_channel_gram_difference(maps):
     s, t = maps
     expected = 0.0
