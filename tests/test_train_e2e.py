@@ -196,37 +196,34 @@ def test_finetune_from_other_class_count_lists_mismatched_heads(demo, tmp_path):
     assert math.isfinite(target.evaluate()["stats"][0])
 
 
+def _steps(demo, tmp_path, steps: int, **options):
+    """Losses of `steps` training steps on the first batch and the weights after them, under run options."""
+    name = "_".join(f"{k}{v}" for k, v in options.items())
+    run_ = solver(write_config(tiny_config(demo, epochs=1, **options), tmp_path / f"{name}.yml"),
+                  output_dir=str(tmp_path / name))
+    images, targets = next(iter(run_.train_loader))
+    if options.get("channels_last"):
+        images = images.contiguous(memory_format=torch.channels_last)
+        assert run_.raw_model.layers[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(0)
+    losses = [run_.train_step(images, targets, 0, step)["loss"] for step in range(steps)]
+    weights = {k: v.clone() for k, v in run_.raw_model.state_dict().items()}
+    run_.close()
+    return losses, weights
+
+
+def _assert_same_training(a, b):
+    assert a[0] == pytest.approx(b[0], rel=1e-4)
+    for name, value in a[1].items():
+        torch.testing.assert_close(b[1][name], value, rtol=1e-3, atol=1e-5)
+
+
 def test_channels_last_training_steps_equal_the_default_layout(demo, tmp_path):
     # run option `channels_last`: the same three steps give the same losses and weights to float rounding
-    results = []
-    for layout in (False, True):
-        cfg_path = write_config(tiny_config(demo, epochs=1, channels_last=layout), tmp_path / f"cl{layout}.yml")
-        run_ = solver(cfg_path, output_dir=str(tmp_path / f"cl{layout}"))
-        images, targets = next(iter(run_.train_loader))
-        if layout:
-            images = images.contiguous(memory_format=torch.channels_last)
-            assert run_.raw_model.layers[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
-        torch.manual_seed(0)
-        losses = [run_.train_step(images, targets, 0, step)["loss"] for step in range(3)]
-        results.append((losses, {k: v.clone() for k, v in run_.raw_model.state_dict().items()}))
-        run_.close()
-    assert results[0][0] == pytest.approx(results[1][0], rel=1e-4)
-    for name, value in results[0][1].items():
-        torch.testing.assert_close(results[1][1][name], value, rtol=1e-3, atol=1e-5)
+    _assert_same_training(_steps(demo, tmp_path, 3, channels_last=False), _steps(demo, tmp_path, 3, channels_last=True))
 
 
 def test_compiled_training_steps_equal_eager_ones(demo, tmp_path):
     # run option `compile`: the first step compiles (inductor, CPU; ~40 s here), and the losses and weights
     # equal eager mode's to float rounding
-    results = []
-    for compiled in (False, True):
-        cfg_path = write_config(tiny_config(demo, epochs=1, compile=compiled), tmp_path / f"c{compiled}.yml")
-        run_ = solver(cfg_path, output_dir=str(tmp_path / f"c{compiled}"))
-        images, targets = next(iter(run_.train_loader))
-        torch.manual_seed(0)
-        losses = [run_.train_step(images, targets, 0, step)["loss"] for step in range(2)]
-        results.append((losses, {k: v.clone() for k, v in run_.raw_model.state_dict().items()}))
-        run_.close()
-    assert results[0][0] == pytest.approx(results[1][0], rel=1e-4)
-    for name, value in results[0][1].items():
-        torch.testing.assert_close(results[1][1][name], value, rtol=1e-3, atol=1e-5)
+    _assert_same_training(_steps(demo, tmp_path, 2, compile=False), _steps(demo, tmp_path, 2, compile=True))
