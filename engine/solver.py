@@ -36,6 +36,7 @@ from data.collate import padding_mask
 from engine import checkpoint
 from engine.config import resolve
 from engine.ema import ModelEMA
+from engine.host_memory import keep_freed_host_memory
 from engine.logger import RunLogger, plot_batch
 from engine.optim import LRSchedule, build_optimizer
 from engine.run_dir import claim_output_dir
@@ -115,6 +116,8 @@ class Solver:
         self.cfg = resolve(apply_flags(cfg, options), world_size=dist.launched_world_size(),
                            config_path=options.get("config"), training=not self.test_only)
         self.device = dist.init(self.cfg["device"])
+        if self.cfg["host_memory_reuse"]:
+            keep_freed_host_memory()
         self.seed = self.cfg["seed"]
         seed_everything(self.seed + dist.rank())
         self.epochs = self.cfg["epochs"]
