@@ -11,6 +11,7 @@ import errno
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -51,9 +52,17 @@ def atomic_write(path: str | Path, write) -> None:
         raise
 
 
-def save_atomic(state: dict, path: str | Path) -> None:
-    """torch.save through `atomic_write`."""
+def save_atomic(state: dict, path: str | Path, copies=()) -> None:
+    """torch.save through `atomic_write`; each path of `copies` then gets the same bytes, copied from
+    the file (serializing is most of a save: 0.4 of 0.55 s for a DEIM-N training checkpoint here)."""
     atomic_write(path, lambda f: torch.save(state, f))
+    for copy in copies:
+        atomic_write(copy, lambda f: _copy_file_into(path, f))
+
+
+def _copy_file_into(source: str | Path, f) -> None:
+    with open(source, "rb") as src:
+        shutil.copyfileobj(src, f, 1 << 24)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

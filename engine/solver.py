@@ -341,9 +341,11 @@ class Solver:
             state["distill"] = self.distiller.state_dict()
         return state
 
-    def save(self, name: str, stats: dict | None = None) -> None:
+    def save(self, *names: str, stats: dict | None = None) -> None:
+        """One training state under each of `names`, written in that order (serialized once)."""
         if dist.is_main():
-            save_atomic(self.state_dict(stats), self.output_dir / name)
+            paths = [self.output_dir / name for name in names]
+            save_atomic(self.state_dict(stats), paths[0], copies=paths[1:])
 
     def _load_weights(self, state: dict, path, restart: bool = False) -> None:
         mismatch = describe_mismatch(self.raw_model, state["model"])
@@ -485,14 +487,14 @@ class Solver:
                   **{f"test_yolo_{k}": v for k, v in stats.get("yolo", {}).items()},
                   "best_ap": self.best["ap"], "best_epoch": self.best["epoch"], "seconds": round(seconds, 2),
                   "bad_steps": self.bad_total, "dropped_predictions": stats.get("dropped", 0)}
+        names = []
         if improved:  # best.pth: the best of the run; the stage file too (stage 2 restarts from best_stg1)
-            self.save("best.pth", stats)
-            self.save("best_stg2.pth" if self.in_stage2(epoch) else "best_stg1.pth", stats)
+            names += ["best.pth", "best_stg2.pth" if self.in_stage2(epoch) else "best_stg1.pth"]
         freq = self.cfg["checkpoint_freq"]
         if freq and (epoch + 1) % freq == 0:
-            self.save(f"checkpoint{epoch:04d}.pth", stats)
+            names.append(f"checkpoint{epoch:04d}.pth")
         # last: the resume point is written only once the files that resuming reads (best_stg1) are whole
-        self.save("last.pth", stats)
+        self.save(*names, "last.pth", stats=stats)
         self.logger.epoch_line(record)
         self.logger.scalars({name: value for name, value in zip(STAT_NAMES, stats["stats"])}, epoch, "Test")
         if dist.is_main():

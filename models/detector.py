@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from blocks.common import fold_batch_norms, fuse_modules
+from blocks.common import deploy_form
 from core.errors import GraphError
 from models.graph import Graph, Row
 
@@ -86,16 +86,14 @@ class Detector(nn.Module):
             self.run(torch.zeros(1, 3, imgsz, imgsz), check=True)
         self.train(was_training)
 
-    def deploy(self, official: bool = False) -> "Detector":
-        """Switch to the inference form in place: eval mode, blocks re-parameterised (each block's
-        `fuse()`), then every remaining conv+BN pair folded (HGNetv2, ResNet, decoder projections).
+    def deploy(self, official: bool = False, channels_last: bool = True) -> "Detector":
+        """Switch to the inference form in place (`blocks.common.deploy_form`): eval mode, blocks
+        re-parameterised (each block's `fuse()`), then every remaining conv+BN pair folded (HGNetv2,
+        ResNet, decoder projections) and the 4-d weights stored channels-last (`channels_last`).
 
         `official=True` stops after the blocks' `fuse()`: the deploy form of the official code, which
-        keeps those BNs; its parameter count is the official zoos' `params_deploy`."""
-        self.eval()
-        fuse_modules(self)
-        if not official:
-            fold_batch_norms(self)
+        keeps those BNs and the default layout; its parameter count is the official zoos' `params_deploy`."""
+        deploy_form(self, fold=not official, channels_last=channels_last)
         self.deployed = True
         return self
 

@@ -11,7 +11,7 @@ def files_written(aps: list[float], stop_epoch: int) -> list[set[str]]:
     """The checkpoint names each epoch's after_epoch writes, for the AP sequence `aps`."""
     solver = Solver.__new__(Solver)  # after_epoch alone: no model, no data
     written: list[str] = []
-    solver.save = lambda name, stats=None: written.append(name)
+    solver.save = lambda *names, stats=None: written.extend(names)
     solver.logger = SimpleNamespace(epoch_line=lambda record: None, scalars=lambda *args: None)
     solver.cfg, solver.ema, solver.stop_epoch, solver.bad_total = {"checkpoint_freq": 0}, None, stop_epoch, 0
     solver.best, solver.stage2 = {"ap": -1.0, "epoch": -1}, {"reference": None, "pending_restart": False}
@@ -19,6 +19,7 @@ def files_written(aps: list[float], stop_epoch: int) -> list[set[str]]:
     for epoch, ap in enumerate(aps):
         written.clear()
         solver.after_epoch(epoch, {}, {"stats": [ap] * 12}, 1.0)
+        assert written[-1] == "last.pth"  # the resume point comes after the files resuming reads
         per_epoch.append(set(written) - {"last.pth"})
     return per_epoch
 

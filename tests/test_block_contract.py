@@ -2,7 +2,8 @@
 
 Builds the block, runs forward and backward at the example size and at twice its height and width,
 checks the output channels follow the declared rule, counts FLOPs and params, and for blocks with
-an inference form (`fuse()`) checks that the fused block gives the same output."""
+checks that its deploy form (`fuse()`, BN folded, channels-last weights) gives the same output and
+leaves the input untouched (the deploy form runs activations in place)."""
 import copy
 import inspect
 import math
@@ -13,7 +14,7 @@ from torch import nn
 
 from blocks.registry import blocks, get
 from metrics.flops import count_flops, count_params
-from blocks.common import fuse_modules
+from blocks.common import deploy_form
 
 ALL_BLOCKS = [spec.name for spec in blocks()]
 
@@ -109,17 +110,23 @@ def check_block(name: str):
     if any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in module.modules()):
         assert profile.flops > 0, f"{name} has convs or linears but counted no FLOPs"
 
-    has_fuse = any(callable(getattr(type(m), "fuse", None)) for m in module.modules())
-    if has_fuse:
-        randomize_norm_stats(module)
-        with torch.no_grad():
-            expected = output_tensors(call(module, x))
-            fused = fuse_modules(copy.deepcopy(module).eval())
-            actual = output_tensors(call(fused, x))
-        assert len(expected) == len(actual)
-        for e, a in zip(expected, actual):
-            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4, msg=f"{name}: fuse() changed the output")
-        assert count_params(fused) <= count_params(module)
+    randomize_norm_stats(module)
+    with torch.no_grad():
+        expected = output_tensors(call(module, x))
+        deployed = deploy_form(copy.deepcopy(module))
+        inputs = [t.clone() for t in (x if isinstance(x, list) else [x])]
+        actual = output_tensors(call(deployed, x))
+    for before, after in zip(inputs, x if isinstance(x, list) else [x]):
+        assert torch.equal(before, after), f"{name}: the deploy form overwrote its input"
+    assert len(expected) == len(actual)
+    for e, a in zip(expected, actual):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4, msg=f"{name}: the deploy form changed the output")
+    # counted with the buffers: a folded frozen BN (statistics and affine all buffers) adds a conv bias
+    assert _size(deployed) <= _size(module), f"{name}: the deploy form is larger"
+
+
+def _size(module) -> int:
+    return sum(t.numel() for t in [*module.parameters(), *module.buffers()])
 
 
 @pytest.mark.parametrize("name", ALL_BLOCKS)

@@ -62,3 +62,32 @@ def test_deploy_folds_every_batch_norm_the_official_deploy_keeps(graph):
     assert not any(is_batch_norm_2d(m) for m in ours.modules())
     # each folded BN trades its weight and bias (2 per channel) for the conv's bias (1 per channel)
     assert count_params(official) - count_params(ours) == sum(m.num_features for m in kept)
+
+
+def _layouts(model) -> set[bool]:
+    return {m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()
+            for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[-2:] != (1, 1)}
+
+
+def test_deploy_stores_conv_weights_channels_last_unless_asked_not_to():
+    # (1x1 and depthwise kernels are both layouts at once, so only the others say which one was chosen)
+    model = build_model("graphs/deim/deim-n.yaml", imgsz=96, check=False)
+    assert _layouts(copy.deepcopy(model).deploy()) == {True}
+    assert _layouts(copy.deepcopy(model).deploy(channels_last=False)) == {False}
+    assert _layouts(copy.deepcopy(model).deploy(official=True)) == {False}  # the official form keeps NCHW
+
+
+def test_deployed_activations_run_in_place_on_their_own_conv_outputs():
+    from blocks.backbone._hgnetv2 import ConvBNAct
+
+    model = build_model("graphs/dfine/dfine-n.yaml", imgsz=96, check=False)
+    deployed = copy.deepcopy(model).deploy()
+    units = [m for m in deployed.modules() if isinstance(m, ConvBNAct) and not isinstance(m.lab, torch.nn.Identity)]
+    assert units and all(m.act.inplace and m.lab.inplace for m in units)
+    unit = copy.deepcopy(units[0]).train()  # the same unit in its training form: out of place, same numbers
+    unit.act.inplace = unit.lab.inplace = False
+    x = torch.randn(1, unit.conv.in_channels, 16, 16)
+    kept = x.clone()
+    with torch.no_grad():
+        torch.testing.assert_close(units[0](x), unit(x))
+    assert torch.equal(x, kept)  # the input itself is never overwritten

@@ -22,6 +22,17 @@ def test_atomic_save_replaces_whole_file_and_a_failed_save_keeps_the_old_one(tmp
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]         # no temp file left behind
 
 
+def test_atomic_save_copies_are_the_same_bytes_and_a_failed_save_touches_none(tmp_path):
+    names = [tmp_path / n for n in ("best.pth", "best_stg1.pth", "last.pth")]
+    save_atomic({"epoch": 1, "w": torch.arange(5.0)}, names[0], copies=names[1:])
+    assert len({p.read_bytes() for p in names}) == 1
+    assert read_checkpoint(names[2])["epoch"] == 1
+    with pytest.raises(Exception):
+        save_atomic({"epoch": 2, "bad": lambda: 0}, names[0], copies=names[1:])
+    assert all(read_checkpoint(p)["epoch"] == 1 for p in names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in names)
+
+
 class Payload:
     """Any non-tensor class: weights_only loading must refuse to construct it."""
 

@@ -5,7 +5,6 @@ stages (default: the last three, strides 8/16/32 for most models). Returns a lis
 per stage, with the channels timm's feature_info reports; pick one with an Index row."""
 import functools
 
-import timm
 import torch
 from torch import nn
 
@@ -14,6 +13,8 @@ from blocks.registry import ChannelError, register
 
 
 def _create(name: str, c1: int, out_indices) -> nn.Module:
+    import timm  # here, not at the top: importing timm costs every run ~1.5 s, and few graphs use it
+
     if not timm.is_model(name):
         raise ChannelError(f"timm has no model {name!r}", hint="see timm.list_models() for the names")
     return timm.create_model(name, pretrained=False, features_only=True, in_chans=c1, out_indices=tuple(out_indices))

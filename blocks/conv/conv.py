@@ -4,7 +4,7 @@ The conv has no bias while BN follows; `fuse()` folds BN into the conv for deplo
 import torch
 from torch import nn
 
-from blocks.common import activation, autopad, fuse_conv_bn
+from blocks.common import act_in_place, activation, autopad, fuse_conv_bn
 from blocks.registry import register
 
 
@@ -21,6 +21,7 @@ class Conv(nn.Module):
         return self.act(self.norm(self.conv(x)))
 
     def fuse(self):
+        act_in_place(self.act)
         if isinstance(self.norm, nn.BatchNorm2d):
             self.conv = fuse_conv_bn(self.conv, self.norm)
             self.norm = nn.Identity()

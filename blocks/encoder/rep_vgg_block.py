@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from blocks.common import activation, fuse_conv_bn
+from blocks.common import act_in_place, activation, fuse_conv_bn
 from blocks.conv.conv import Conv
 from blocks.registry import register
 
@@ -33,6 +33,7 @@ class RepVggBlock(nn.Module):
 
     @torch.no_grad()
     def fuse(self):
+        act_in_place(self.act)
         if hasattr(self, "conv"):
             return
         w3, b3 = _equivalent_conv(self.conv1)
