@@ -91,3 +91,17 @@ def test_deployed_activations_run_in_place_on_their_own_conv_outputs():
     with torch.no_grad():
         torch.testing.assert_close(units[0](x), unit(x))
     assert torch.equal(x, kept)  # the input itself is never overwritten
+
+
+def test_gradients_through_the_deploy_form_equal_the_eval_form():
+    # saliency through a deployed model: the in-place activations must not break or change backward.
+    # The sum over all queries does not depend on their order (at 96 px every token is selected)
+    torch.manual_seed(0)
+    model = nudged(build_model("graphs/dfine/dfine-n.yaml", imgsz=96, check=False))
+    grads = []
+    for form in (model, copy.deepcopy(model).deploy()):
+        images = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        form(images)["pred_logits"].sigmoid().sum().backward()
+        grads.append(images.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)
