@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.errors import ConfigError
+from core.errors import ArgumentError, ConfigError
 from data.pipeline import eval_preprocessing
 from data.transforms import as_size_hw, preprocess_image
 from engine.onnx_runtime import INPUT_NAMES, OUTPUT_NAMES, OnnxDetector
@@ -247,6 +247,17 @@ class _CalibrationReader:
         return {"images": tensor[None].numpy(), "orig_target_sizes": torch.tensor([[width, height]]).numpy()}
 
 
+def check_int8_ops(op_types) -> list[str]:
+    """The op types to quantize as a list; names that are not ONNX op types are refused."""
+    onnx = require("onnx")
+    op_types = [op_types] if isinstance(op_types, str) else list(op_types)
+    unknown = sorted(op for op in op_types if not onnx.defs.has(op))
+    if unknown or not op_types:
+        raise ArgumentError(f"not ONNX op types: {', '.join(unknown) or '(none given)'}", where="--int8-ops",
+                            hint="give ONNX names as the graph has them, e.g. Conv Add Concat MaxPool Relu")
+    return op_types
+
+
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_dir: str | Path, preprocessing: dict,
                   max_images: int = 64, op_types=("Conv",)) -> Path:
     """Write an int8 copy of an exported file: static (calibrated) QDQ quantization of `op_types`,
@@ -259,6 +270,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_dir: str | 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    op_types = check_int8_ops(op_types)
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     paths = calibration_images(calib_dir, max_images)
     with tempfile.TemporaryDirectory() as folder:
@@ -266,7 +278,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_dir: str | 
         # shape inference and graph optimisation first, as onnxruntime recommends before quantizing
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(out_path), _CalibrationReader(paths, preprocessing),
-                        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types), per_channel=True,
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax)
     model, source = onnx.load(str(out_path)), onnx.load(str(fp32_path), load_external_data=False)

@@ -189,3 +189,28 @@ def test_int8_file_quantizes_the_convolutions_keeps_metadata_and_scores_like_fp3
     size = torch.tensor([[64, 64]])
     (_, _, fp32_scores), (_, _, int8_scores) = OnnxDetector(fp32)(image, size), OnnxDetector(int8)(image, size)
     assert (fp32_scores[0, :5] - int8_scores[0, :5]).abs().max() < 0.1
+
+
+def test_int8_op_types_are_checked_before_anything_is_written_and_widen_what_is_quantized(tmp_path):
+    import onnx
+
+    from core.errors import ArgumentError
+    from data.demo import make_demo
+
+    with pytest.raises(ArgumentError, match="not ONNX op types: conv2d"):
+        onnx_export.check_int8_ops(["Conv", "conv2d"])
+    assert onnx_export.check_int8_ops("Conv") == ["Conv"]  # one name, not its letters
+    with pytest.raises(ArgumentError, match="--int8-ops|not ONNX op types"):
+        export.main(["-c", "graphs/examples/tiny_deim.yaml", "--random-weights", "-o", str(tmp_path / "x.onnx"),
+                     "--int8", "--calib", str(tmp_path), "--int8-ops", "Conv2d"])
+    assert not (tmp_path / "x.onnx").exists()
+    make_demo(tmp_path / "data", train=4, val=1, imgsz=64)
+    preprocessing = {"imgsz": [64, 64], "letterbox": False, "normalize": False}
+    fp32 = onnx_export.export_onnx(tiny_detector(), tmp_path / "tiny.onnx", [64, 64])
+    wide = onnx_export.quantize_int8(fp32, tmp_path / "wide.int8.onnx", tmp_path / "data/train", preprocessing,
+                                     op_types=["Conv", "Add", "Concat", "MaxPool", "Relu"])
+    graph = onnx.load(str(wide)).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    adds = [node for node in graph.node if node.op_type == "Add"
+            and all(name in producers and producers[name].op_type == "DequantizeLinear" for name in node.input)]
+    assert adds  # an Add between int8 tensors: both its inputs come dequantized from int8
