@@ -120,8 +120,8 @@ def fuse_modules(model: nn.Module) -> nn.Module:
 def deploy_form(model: nn.Module, fold: bool = True, channels_last: bool = True) -> nn.Module:
     """A module's inference form, in place: eval mode, every block's `fuse()`, then (with `fold`) every
     remaining conv+BN pair folded and (with `channels_last`) the conv weights stored channels-last, so
-    the convolutions run in that layout whatever the input's (8-13 % off a DEIM-N or D-FINE-N forward
-    on this project's CPU). Outputs equal the eval form's to float rounding."""
+    the convolutions run in that layout whatever the input's (8-13 % off a DEIM-N forward on this
+    project's CPU). Outputs equal the eval form's to float rounding."""
     model.eval()
     fuse_modules(model)
     if fold:

@@ -89,7 +89,7 @@ class Detector(nn.Module):
     def deploy(self, official: bool = False, channels_last: bool = True) -> "Detector":
         """Switch to the inference form in place (`blocks.common.deploy_form`): eval mode, blocks
         re-parameterised (each block's `fuse()`), then every remaining conv+BN pair folded (HGNetv2,
-        ResNet, decoder projections) and the 4-d weights stored channels-last (`channels_last`).
+        ResNet, decoder projections) and the conv weights stored channels-last (`channels_last`).
 
         `official=True` stops after the blocks' `fuse()`: the deploy form of the official code, which
         keeps those BNs and the default layout; its parameter count is the official zoos' `params_deploy`."""

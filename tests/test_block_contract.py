@@ -1,9 +1,9 @@
 """The contract every registered block keeps, checked generically from its declared example.
 
 Builds the block, runs forward and backward at the example size and at twice its height and width,
-checks the output channels follow the declared rule, counts FLOPs and params, and for blocks with
-checks that its deploy form (`fuse()`, BN folded, channels-last weights) gives the same output and
-leaves the input untouched (the deploy form runs activations in place)."""
+checks the output channels follow the declared rule, counts FLOPs, and checks that its deploy form
+(`fuse()`, BN folded, channels-last weights) gives the same output and leaves the input untouched
+(the deploy form runs activations in place)."""
 import copy
 import inspect
 import math
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from blocks.registry import blocks, get
-from metrics.flops import count_flops, count_params
+from metrics.flops import count_flops
 from blocks.common import deploy_form
 
 ALL_BLOCKS = [spec.name for spec in blocks()]

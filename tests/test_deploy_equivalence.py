@@ -65,8 +65,9 @@ def test_deploy_folds_every_batch_norm_the_official_deploy_keeps(graph):
 
 
 def _layouts(model) -> set[bool]:
-    return {m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()
-            for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[-2:] != (1, 1)}
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    return {w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+            for w in weights if w.shape[1] > 1 and w.shape[-2:] != (1, 1)}
 
 
 def test_deploy_stores_conv_weights_channels_last_unless_asked_not_to():
@@ -84,7 +85,7 @@ def test_deployed_activations_run_in_place_on_their_own_conv_outputs():
     deployed = copy.deepcopy(model).deploy()
     units = [m for m in deployed.modules() if isinstance(m, ConvBNAct) and not isinstance(m.lab, torch.nn.Identity)]
     assert units and all(m.act.inplace and m.lab.inplace for m in units)
-    unit = copy.deepcopy(units[0]).train()  # the same unit in its training form: out of place, same numbers
+    unit = copy.deepcopy(units[0])  # the same unit run out of place: the same numbers
     unit.act.inplace = unit.lab.inplace = False
     x = torch.randn(1, unit.conv.in_channels, 16, 16)
     kept = x.clone()

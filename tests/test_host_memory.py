@@ -29,5 +29,5 @@ def test_large_tensors_come_from_the_heap_and_stay_there():
     # glibc's default maps every block above 32 MiB on its own and unmaps it when freed: the next one
     # faults all its pages in again
     assert not _in_heap("default")
-    # kept: the block comes from the heap, whose top is no longer trimmed, so a freed block is reused
+    # kept: the block comes from the heap, whose top is no longer trimmed (so freeing it keeps its pages)
     assert _in_heap("reuse")
