@@ -38,7 +38,7 @@ def test_checkout_paths_fill_in_only_what_the_current_folder_lacks(tmp_path):
     assert cli.checkout_path("outputs/run", tmp_path) == "outputs/run"
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_fresh_install_runs_from_another_folder_and_leaves_generic_names_to_the_project(tmp_path):
     venv = tmp_path / "venv"
     # the test environment's packages (torch, ...) are reused; only detrzoo is installed, from this checkout

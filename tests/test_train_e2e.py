@@ -223,6 +223,7 @@ def test_channels_last_training_steps_equal_the_default_layout(demo, tmp_path):
     _assert_same_training(_steps(demo, tmp_path, 3, channels_last=False), _steps(demo, tmp_path, 3, channels_last=True))
 
 
+@pytest.mark.heavy
 def test_compiled_training_steps_equal_eager_ones(demo, tmp_path):
     # run option `compile`: the first step compiles (inductor, CPU; ~40 s here), and the losses and weights
     # equal eager mode's to float rounding
