@@ -37,6 +37,15 @@ def act_in_place(act: nn.Module) -> None:
         act.inplace = True
 
 
+def deform_conv2d(*args, **kwargs) -> torch.Tensor:
+    """torchvision.ops.deform_conv2d, imported on first call: importing torchvision costs a process
+    2-3 s (its ops import torch._dynamo), which graphs without a deformable conv, and
+    `python -m analyze.info`, need not pay."""
+    from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
+
+    return torchvision_deform_conv2d(*args, **kwargs)
+
+
 def autopad(k: int, p: int | None = None, d: int = 1) -> int:
     """'Same' padding for an odd kernel k with dilation d."""
     return d * (k - 1) // 2 if p is None else p

@@ -4,8 +4,8 @@ The deformable LKA unit: a 5x5 and a 7x7 (dilation 3) depth-wise DEFORMABLE conv
 offset conv, then a 1x1 conv; the result multiplies the input. Pure PyTorch via torchvision's deform_conv2d."""
 import torch
 from torch import nn
-from torchvision.ops import deform_conv2d
 
+from blocks.common import deform_conv2d
 from blocks.registry import register
 
 

@@ -9,9 +9,7 @@ whose parameters stop training (they still count)."""
 import functools
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor
 
 from blocks.backbone._hgnetv2 import apply_freezing
 from blocks.backbone._weights import load_local_weights
@@ -19,6 +17,10 @@ from blocks.registry import ChannelError, register
 
 
 def _create(name: str, c1: int, return_layers, weights: str | None = None) -> nn.Module:
+    # imported here, not at the top: every graph's build imports this module, few use torchvision
+    import torchvision
+    from torchvision.models.feature_extraction import create_feature_extractor
+
     if c1 != 3:
         raise ChannelError(f"torchvision models take 3 input channels, got {c1}",
                            hint="put the backbone row first (it reads the image), or use TimmBackbone (in_chans)")

@@ -6,9 +6,8 @@ import math
 
 import torch
 from torch import nn
-from torchvision.ops import deform_conv2d
 
-from blocks.common import activation, autopad
+from blocks.common import activation, autopad, deform_conv2d
 from blocks.registry import register
 
 

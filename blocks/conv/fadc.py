@@ -14,10 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import deform_conv2d
 
 from core.errors import ArgumentError
-from blocks.common import activation
+from blocks.common import activation, deform_conv2d
 from blocks.registry import register
 
 

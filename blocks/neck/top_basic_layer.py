@@ -9,7 +9,6 @@ Compared with the authors' code (the plug-in's neck_module/GoldYOLO.py): max abs
 (2, 32, 4, 4)."""
 import torch
 from torch import nn
-from torchvision.ops import StochasticDepth
 
 from blocks.conv.conv import Conv
 from blocks.registry import register
@@ -40,7 +39,12 @@ class _Block(nn.Module):
         self.attn = _Attention(dim, key_dim, num_heads, attn_ratio)
         self.mlp = nn.Sequential(Conv(dim, hidden, 1, act=None), nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden),
                                  nn.ReLU6(), Conv(hidden, dim, 1, act=None))
-        self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
+        if drop_path > 0:
+            from torchvision.ops import StochasticDepth  # imported only when used (see blocks.common.deform_conv2d)
+
+            self.drop_path = StochasticDepth(drop_path, "row")
+        else:
+            self.drop_path = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(x))
