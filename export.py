@@ -16,7 +16,9 @@ with PyTorch. `--trt` builds a TensorRT engine; it needs a CUDA GPU and `tensorr
 with a message otherwise.
 
 `--int8 --calib DIR` also writes `<output>.int8.onnx`: onnxruntime static quantization of the
-convolutions (or of the `--int8-ops` op types), calibrated on up to `--calib-images` images of DIR.
+convolutions and the residual sums, joins, pools and ReLUs between them (or of the `--int8-ops` op
+types; convolutions under `--int8-min-channels` channels stay float), calibrated on up to
+`--calib-images` images of DIR.
 When the config has a validation set (or with `--val-ann/--val-images`), the fp32 and int8 files are
 both scored on it and their COCO AP printed side by side, so the accuracy the int8 file gives up is
 known before it ships.
@@ -28,8 +30,8 @@ from pathlib import Path
 
 from core.errors import cli_main
 from core.errors import ConfigError
-from engine.onnx_export import (build_for_export, check_images, check_int8_ops, check_onnx, evaluate_onnx, export_onnx,
-                                export_tensorrt, format_check, load_config_or_graph, quantize_int8)
+from engine.onnx_export import (INT8_OPS, build_for_export, check_images, check_int8_ops, check_onnx, evaluate_onnx,
+                                export_onnx, export_tensorrt, format_check, load_config_or_graph, quantize_int8)
 from engine.onnx_runtime import metadata_for
 
 
@@ -50,9 +52,12 @@ def main(argv=None):
     parser.add_argument("--int8", action="store_true", help="also write an int8 file (onnxruntime static quantization)")
     parser.add_argument("--calib", help="folder of calibration images for --int8 (your data, a few dozen images)")
     parser.add_argument("--calib-images", type=int, default=64, help="calibration images used at most")
-    parser.add_argument("--int8-ops", nargs="+", default=["Conv"], metavar="OP",
-                        help="ONNX op types to quantize (default Conv; Conv Add Concat MaxPool Relu also keeps "
-                             "HGNetv2's joins int8: faster on DEIM-N, check the printed AP)")
+    parser.add_argument("--int8-ops", nargs="+", default=list(INT8_OPS), metavar="OP",
+                        help="ONNX op types to quantize (default: %(default)s; Conv alone keeps the residual sums, "
+                             "joins and pools float, slower; check the printed AP either way)")
+    parser.add_argument("--int8-min-channels", type=int, default=16, metavar="N",
+                        help="convolutions with fewer input or output channels stay float (default 16: the first "
+                             "conv and HGNetv2's narrow stem convs, slower in int8; 0 quantizes every conv)")
     parser.add_argument("--val-ann", help="COCO annotation file to score fp32 vs int8 (default: the config's val set)")
     parser.add_argument("--val-images", help="its image folder")
     parser.add_argument("-u", "--update", nargs="+", default=[], metavar="KEY=VALUE")
@@ -64,6 +69,9 @@ def main(argv=None):
                           hint="pass --calib DIR, a folder of images like the ones the model will see")
     if args.int8:
         check_int8_ops(args.int8_ops)
+        if args.int8_min_channels < 0:
+            raise ConfigError(f"--int8-min-channels must be 0 or more, got {args.int8_min_channels}",
+                              where="--int8-min-channels", hint="0 quantizes every conv; 16 is the default")
     cfg = load_config_or_graph(args.config, args.update)
     detector, preprocessing, names, meta = build_for_export(cfg, args.resume, args.imgsz, with_meta=True)
     output = Path(args.output or (Path(args.resume).with_suffix(".onnx") if args.resume else "model.onnx"))
@@ -92,9 +100,9 @@ def main(argv=None):
 def write_int8(args, cfg: dict, fp32_path: Path, preprocessing: dict, meta: dict) -> Path:
     """The int8 file next to the fp32 one, and both files' AP on the validation set when there is one."""
     path = quantize_int8(fp32_path, fp32_path.with_suffix(".int8.onnx"), args.calib, preprocessing, args.calib_images,
-                         op_types=args.int8_ops)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, int8 {' '.join(args.int8_ops)}, "
-          f"calibrated on {args.calib})")
+                         op_types=args.int8_ops, min_channels=args.int8_min_channels)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, int8 {' '.join(args.int8_ops)}, convs under "
+          f"{args.int8_min_channels} channels float, calibrated on {args.calib})")
     dataset = (cfg.get("val_dataloader") or {}).get("dataset") or {}
     ann, images = args.val_ann or dataset.get("ann_file"), args.val_images or dataset.get("img_folder")
     if ann is None or images is None:

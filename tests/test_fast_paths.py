@@ -1,8 +1,9 @@
 """The faster formulations give the numbers of the ones they replace: the stem's window max (inference
-only), the learnable affine as one addcmul, and the decoder's self-attention through
+only; an ONNX file keeps the pool), the learnable affine as one addcmul, and the decoder's self-attention through
 scaled_dot_product_attention with the denoising mask."""
 from unittest import mock
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +31,22 @@ def test_stem_infers_with_the_window_max_and_trains_with_max_pool():
     slow = stem(images)  # gradients on: the max_pool2d branch
     assert len(pooled) == 1 and slow.requires_grad
     torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=0)
+
+
+def test_exported_stem_keeps_the_pool_as_one_maxpool_node_with_the_same_outputs(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    stem = HGStem(3, 16, 16).eval()
+    images = torch.rand(1, 3, 32, 32)
+    path = tmp_path / "stem.onnx"
+    with torch.no_grad():
+        torch.onnx.export(stem, (images,), str(path), input_names=["images"], opset_version=17, dynamo=False)
+        expected = stem(images)
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("MaxPool") == 1 and "Max" not in ops  # onnxruntime's pool, not the maxima of slices
+    (out,) = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": images.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_learnable_affine_is_scale_times_x_plus_bias_with_its_gradients():

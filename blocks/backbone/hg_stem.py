@@ -30,7 +30,10 @@ class HGStem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(self.stem1(x), (0, 1, 0, 1))  # 2x2 kernels: pad right/bottom to keep the size
         branch = self.stem2b(F.pad(self.stem2a(x), (0, 1, 0, 1)))
-        x = torch.cat([self.pool(x) if x.requires_grad else window_max_2x2(x), branch], dim=1)
+        # an ONNX file keeps the pool as one MaxPool node: onnxruntime's is faster than the maxima there,
+        # and its int8 form quantizes as one op
+        pooled = self.pool(x) if x.requires_grad or torch.onnx.is_in_onnx_export() else window_max_2x2(x)
+        x = torch.cat([pooled, branch], dim=1)
         return self.stem4(self.stem3(x))
 
 
