@@ -9,7 +9,7 @@
 Eval = the trained network in eval mode; deploy = after Detector.deploy() (BN folded,
 RepVGG branches merged, decoder cut to its eval layer); onnxrt = the file export.py writes (deploy
 network plus post-processor, whose top-k adds well under a millisecond) run by onnxruntime with the
-same thread count; int8 = that file after `engine.onnx_export.quantize_int8` (its convolutions int8),
+same thread count; int8 = that file after `engine.onnx_export.quantize_int8` (export.py --int8 defaults),
 calibrated on generated demo images (latency does not depend on what the ranges are). Each thread
 count (`--threads 1 2`) is its own table. The three run in turn within each repeat, so a load change on a shared machine
 hits them alike. Median and 90th percentile in ms; GFLOP/s = the deploy model's FLOPs (counted as
