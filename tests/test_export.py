@@ -201,7 +201,7 @@ def test_int8_file_quantizes_the_convolutions_keeps_metadata_and_scores_like_fp3
 def test_int8_op_types_are_checked_before_anything_is_written_and_widen_what_is_quantized(tmp_path):
     import onnx
 
-    from core.errors import ArgumentError
+    from core.errors import ArgumentError, ConfigError
     from data.demo import make_demo
 
     with pytest.raises(ArgumentError, match="not ONNX op types: conv2d"):
@@ -210,6 +210,9 @@ def test_int8_op_types_are_checked_before_anything_is_written_and_widen_what_is_
     with pytest.raises(ArgumentError, match="--int8-ops|not ONNX op types"):
         export.main(["-c", "graphs/examples/tiny_deim.yaml", "--random-weights", "-o", str(tmp_path / "x.onnx"),
                      "--int8", "--calib", str(tmp_path), "--int8-ops", "Conv2d"])
+    with pytest.raises(ConfigError, match="--int8-min-channels must be 0 or more, got -1"):
+        export.main(["-c", "graphs/examples/tiny_deim.yaml", "--random-weights", "-o", str(tmp_path / "x.onnx"),
+                     "--int8", "--calib", str(tmp_path), "--int8-min-channels", "-1"])
     assert not (tmp_path / "x.onnx").exists()
     make_demo(tmp_path / "data", train=4, val=1, imgsz=64)
     preprocessing = {"imgsz": [64, 64], "letterbox": False, "normalize": False}
