@@ -265,7 +265,7 @@ def narrow_convs(model, min_channels: int) -> list[str]:
     """Names of the Conv nodes with fewer than `min_channels` input or output channels: the
     3-channel conv that reads the image, HGNetv2's 8-channel stem convs. With AVX-512 VNNI their int8
     form ran about 2x slower than fp32 (a reduction this shallow does not fill the int8 kernels, and
-    each adds a quantize/dequantize pair), and the first conv is the one quantization hurts most."""
+    each adds a quantize/dequantize pair); the first conv is also the one usually kept float for accuracy."""
     weights = {tensor.name: tensor.dims for tensor in model.graph.initializer}
     narrow = []
     for node in model.graph.node:
