@@ -1,5 +1,5 @@
 """The faster formulations give the numbers of the ones they replace: the stem's window max (inference
-only; an ONNX file keeps the pool), the learnable affine as one addcmul, and the decoder's self-attention through
+only; an ONNX file keeps the pool) and its channels-last training pool, the learnable affine as one addcmul, and the decoder's self-attention through
 scaled_dot_product_attention with the denoising mask."""
 from unittest import mock
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blocks.backbone._hgnetv2 import LearnableAffine
-from blocks.backbone.hg_stem import HGStem, window_max_2x2
+from blocks.backbone.hg_stem import CpuTrainingPool, HGStem, window_max_2x2
 
 
 def test_window_max_equals_max_pool_on_a_map_full_of_ties():
@@ -20,17 +20,32 @@ def test_window_max_equals_max_pool_on_a_map_full_of_ties():
     assert torch.equal(window_max_2x2(x), expected)
 
 
-def test_stem_infers_with_the_window_max_and_trains_with_max_pool():
+def test_stem_infers_with_the_window_max_and_trains_with_the_channels_last_pool():
     torch.manual_seed(0)
     stem = HGStem(3, 16, 16, use_lab=True).eval()
     images = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         fast = stem(images)
-    pooled = []
-    stem.pool.register_forward_hook(lambda module, args, out: pooled.append(out))
-    slow = stem(images)  # gradients on: the max_pool2d branch
-    assert len(pooled) == 1 and slow.requires_grad
+    with mock.patch.object(CpuTrainingPool, "apply", wraps=CpuTrainingPool.apply) as training_pool:
+        slow = stem(images)  # gradients on: the training pool
+    assert training_pool.call_count == 1 and slow.requires_grad
     torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_training_pool_gives_max_pool_values_and_gradients_on_a_map_full_of_ties(memory_format):
+    torch.manual_seed(0)
+    # zeros and repeated integers: a gradient goes to the first maximum of its window, as max_pool2d's does
+    x = F.pad(torch.relu(torch.randn(2, 5, 9, 7)).round(), (0, 1, 0, 1)).contiguous(memory_format=memory_format)
+    grad = torch.randn(2, 5, 9, 7)
+    ours, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
+    pooled = CpuTrainingPool.apply(ours)
+    expected = nn.MaxPool2d(2, stride=1, ceil_mode=True)(reference)
+    (pooled * grad).sum().backward()
+    (expected * grad).sum().backward()
+    assert torch.equal(pooled, expected) and torch.equal(ours.grad, reference.grad)
+    assert pooled.is_contiguous(memory_format=memory_format) and ours.grad.is_contiguous(memory_format=memory_format)
+    assert (ours.grad != 0).sum() < x[..., :-1, :-1].numel()  # ties: fewer cells got gradient than windows
 
 
 def test_exported_stem_keeps_the_pool_as_one_maxpool_node_with_the_same_outputs(tmp_path):
