@@ -28,42 +28,27 @@ class HGStem(nn.Module):
             load_pretrained(self, pretrained, r"stem\.", "HGStem")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        exporting, on_cpu = torch.onnx.is_in_onnx_export(), x.device.type == "cpu"
+        # the output keeps the input's layout, or the weights' (the deploy form and the channels_last
+        # run option store them channels-last)
+        keep_channels_last = is_channels_last(x) or is_channels_last(self.stem1.conv.weight)
+        memory_format = torch.channels_last if keep_channels_last else torch.contiguous_format
+        if on_cpu and not exporting:
+            # torch's CPU kernels for these narrow full-resolution convs, their batch norms and the
+            # stride-1 pool are 2-7x faster channels-last (the stem trains ~25% faster); the default
+            # layout's stages after it are not, so the output returns to that layout
+            x = x.contiguous(memory_format=torch.channels_last)
         x = F.pad(self.stem1(x), (0, 1, 0, 1))  # 2x2 kernels: pad right/bottom to keep the size
         branch = self.stem2b(F.pad(self.stem2a(x), (0, 1, 0, 1)))
         # an ONNX file keeps the pool as one MaxPool node: onnxruntime's is faster than the maxima there,
         # and its int8 form quantizes as one op
-        if torch.onnx.is_in_onnx_export() or x.device.type != "cpu":
-            pooled = self.pool(x)
-        elif x.requires_grad:
-            pooled = CpuTrainingPool.apply(x)
-        else:
-            pooled = window_max_2x2(x)
+        pooled = self.pool(x) if exporting or not on_cpu or x.requires_grad else window_max_2x2(x)
         x = torch.cat([pooled, branch], dim=1)
-        return self.stem4(self.stem3(x))
+        return self.stem4(self.stem3(x)).contiguous(memory_format=memory_format)
 
 
-class CpuTrainingPool(torch.autograd.Function):
-    """nn.MaxPool2d(2, stride=1, ceil_mode=True) with the same values, indices and gradients, run
-    channels-last, where torch's CPU kernel is about 5x faster than channels-first on the stem's map
-    (forward and backward together 17-19 ms against 30 ms at batch 4, 320 px, 2 threads). The output
-    and the input's gradient keep the input's memory format."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        x_last = x.contiguous(memory_format=torch.channels_last)
-        pooled, indices = F.max_pool2d(x_last, 2, stride=1, ceil_mode=True, return_indices=True)
-        ctx.save_for_backward(x_last, indices)
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        return pooled.contiguous(memory_format=ctx.memory_format)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        x_last, indices = ctx.saved_tensors
-        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
-            grad.contiguous(memory_format=torch.channels_last), x_last, [2, 2], [1, 1], [0, 0], [1, 1], True, indices)
-        return grad_x.contiguous(memory_format=ctx.memory_format)
+def is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def window_max_2x2(x: torch.Tensor) -> torch.Tensor:
