@@ -132,8 +132,10 @@ def official_config(root: Path, settings: dict):
 
 # ------------------------------------------------------------------------------------ our side
 def our_config(settings: dict) -> Path:
-    """Our run config of the same settings, written next to the data."""
+    """Our run config of the same settings (and the -u options), written next to the data."""
     import yaml
+
+    from engine.config import apply_update
 
     graph, recipe, _ = MODELS[settings["model"]]
     size, epochs, data = settings["imgsz"], settings["epochs"], Path(settings["data"])
@@ -141,13 +143,15 @@ def our_config(settings: dict) -> Path:
              for s in ("train", "val")}
     cfg = {"__include__": [str(REPO / recipe)], "graph": str(REPO / graph), "imgsz": [size, size], "epochs": epochs,
            "flat_epoch": epochs, "no_aug_epoch": 0, "output_dir": settings["out"], "progress_bar": False,
-           "plot_train_batch_freq": 0, "checkpoint_freq": 0, "print_freq": 10 ** 6, **settings["ours"],
+           "plot_train_batch_freq": 0, "checkpoint_freq": 0, "print_freq": 10 ** 6,
            "train_dataloader": {"dataset": {**split["train"], "transforms": {
                "policy": {"epoch": [0, epochs, epochs]}, "mosaic_prob": settings["mosaic_prob"]}},
                "collate_fn": {"stop_epoch": epochs, "mixup_prob": 0.5, "mixup_epochs": [0, epochs]},
                "total_batch_size": settings["batch"], "num_workers": settings["workers"]},
            "val_dataloader": {"dataset": split["val"], "total_batch_size": settings["batch"],
                               "num_workers": settings["workers"]}}
+    for text in settings["updates"]:  # -u KEY=VALUE, merged as train.py merges them (validated, deep)
+        apply_update(cfg, text)
     path = Path(settings["out"] + ".yml")
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -333,7 +337,7 @@ def report(medians: dict, settings: dict, loads: tuple[float, float]) -> str:
     lines = [f"{settings['model']}, {settings['imgsz']} px, batch {settings['batch']}, {settings['epochs']} epochs of "
              f"{settings['train_images']} images (+{settings['val_images']} val), {settings['workers']} workers, "
              f"{settings['threads']} threads; medians of {settings['repeats']}; load average {loads[0]:.1f} before, "
-             f"{loads[1]:.1f} after"]
+             f"{loads[1]:.1f} after" + (f"; ours with -u {' '.join(settings['updates'])}" if settings["updates"] else "")]
     official = bool(settings.get("official"))
     rows = [("training step (ms)", "step", "ms", False), ("training step CPU time (ms)", "step", "cpu_ms", False),
             ("training step peak RSS (MiB)", "step", "peak_mib", False),
@@ -395,22 +399,20 @@ def main(argv=None):
             result = {"step": child_step, "loader": child_loader}[args.child](args.side, settings)
         print(json.dumps(result))
         return result
-    import yaml
+    from core.errors import ConfigError
+    from engine.config import parse_update
 
-    ours = {}
-    for text in args.update:
-        key, value = text.split("=", 1)
-        node = ours
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
+    for text in args.update:  # a malformed -u fails here, before any measurement
+        try:
+            parse_update(text)
+        except ConfigError as err:
+            parser.error(str(err))
     with tempfile.TemporaryDirectory() as tmp:
         settings = {"model": args.model, "imgsz": args.imgsz, "batch": args.batch, "epochs": args.epochs,
                     "train_images": args.train_images, "val_images": args.val_images, "workers": args.workers,
                     "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
                     "loader_batches": args.loader_batches, "latency_repeats": args.latency_repeats,
-                    "repeats": args.repeats, "mosaic_prob": 0.5, "ours": ours, "tmp": tmp,
+                    "repeats": args.repeats, "mosaic_prob": 0.5, "updates": args.update, "tmp": tmp,
                     "data": str(Path(tmp) / "data"), "batch_file": str(Path(tmp) / "batch.pt"),
                     "official": str(Path(args.official).resolve()) if args.official else None}
         if args.official and args.model != "deimv2-atto" and not (Path(args.official) / MODELS[args.model][2]).is_file():

@@ -165,3 +165,7 @@ def test_ram_cache_gives_the_same_targets(tmp_path):
     (a, ta), (b, tb) = plain[0], cached[0]
     assert torch.allclose(ta["boxes"], tb["boxes"]) and ta["orig_size"].tolist() == tb["orig_size"].tolist() == [100, 60]
     assert a.shape == b.shape == (3, 32, 32)
+    # at or above the images' size the cache keeps every pixel: the same training samples, exactly
+    full = build_dataset({**cfg, "ram_cache": True, "cache_imgsz": 100}, verbose=False)
+    (c, tc) = full[0]
+    assert torch.equal(a, c) and torch.equal(ta["boxes"], tc["boxes"]) and torch.equal(ta["labels"], tc["labels"])
