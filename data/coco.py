@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.utils.data
 from pycocotools.coco import COCO
+from pydantic import PositiveInt
 
 from data.cache import RamCache, load_rgb
 from core.errors import DataError
@@ -94,7 +95,7 @@ class CocoDetection(torch.utils.data.Dataset):
     """Items are (image, target) after `transforms`; see data/__init__.py for the target keys."""
 
     def __init__(self, img_folder, ann_file=None, transforms=None, remap_mscoco_category: bool = False,
-                 num_classes: int | None = None, ram_cache: bool = False, cache_imgsz: int = 640,
+                 num_classes: int | None = None, ram_cache: bool = False, cache_imgsz: PositiveInt = 640,
                  validate: bool = True, dataset_dict: dict | None = None, verbose: bool = True):
         self.img_folder, self.ann_file = Path(img_folder), ann_file
         source = dataset_dict if dataset_dict is not None else ann_file

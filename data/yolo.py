@@ -10,6 +10,8 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pydantic import PositiveInt
+
 from core.errors import DataError
 from core.yaml_io import load_yaml
 from data.coco import CocoDetection
@@ -142,7 +144,7 @@ class YoloDetection(CocoDetection):
     """Train directly from a YOLO data.yaml (`dataset: {type: yolo, data_yaml: F, split: train}`)."""
 
     def __init__(self, data_yaml: str, split: str = "train", transforms=None, num_classes: int | None = None,
-                 ram_cache: bool = False, cache_imgsz: int = 640, verbose: bool = True):
+                 ram_cache: bool = False, cache_imgsz: PositiveInt = 640, verbose: bool = True):
         coco, _ = yolo_to_coco(data_yaml, split)
         # file_names are absolute paths, which a folder join leaves as they are; every image header
         # was just read, so the images are not validated again

@@ -380,7 +380,7 @@ def _derive_sizes(filler: _Filler) -> None:
                 op["output_size"] = min(h, w) // 2
                 filler.rules[f"{where}.output_size"] = rule + " (half the side)"
         if isinstance(cfg[split], dict) and cfg[split].get("ram_cache"):
-            filler.fill(split, "cache_imgsz", max(h, w), rule, force=True)
+            filler.fill(split, "cache_imgsz", max(h, w), rule)
     collate = _node(cfg, "train_dataloader.collate_fn")
     if collate is not None:
         filler.fill("train_dataloader.collate_fn", "base_size", h, rule, force=True)

@@ -222,6 +222,15 @@ def test_imgsz_drives_every_size():
     assert cfg["train_dataloader"]["collate_fn"]["base_size"] == 320 and cfg["train_dataloader"]["cache_imgsz"] == 320
 
 
+def test_an_explicit_cache_size_is_kept_and_a_non_positive_one_refused():
+    from core.errors import ConfigError
+
+    cfg = resolve({"imgsz": 320, **loaders([], [], ram_cache=True, cache_imgsz=640)}, training=False)
+    assert cfg["train_dataloader"]["cache_imgsz"] == 640  # not replaced by the size imgsz derives
+    with pytest.raises(ConfigError, match="cache_imgsz"):
+        resolve({"imgsz": 320, **loaders([], [], ram_cache=True, cache_imgsz=0)}, training=False)
+
+
 def test_malformed_policy_epochs_are_config_errors():
     from core.errors import ConfigError
 
