@@ -39,6 +39,53 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 
+    @pydantic.field_validator("*", mode="before")
+    @classmethod
+    def _no_truth_value_for_a_number(cls, value, info):
+        field = cls.model_fields[info.field_name]
+        annotation = typing.Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+        if misplaced_bool(annotation, value):
+            raise ValueError(f"must be {describe(annotation)}, not true/false")
+        return value
+
+
+def _admits_bool(annotation) -> bool:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _admits_bool(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits_bool(a) for a in args)
+    if origin is typing.Literal:
+        return any(isinstance(a, bool) for a in args)
+    metadata = getattr(annotation, "__metadata__", None)  # PositiveInt and friends
+    if metadata is not None:
+        return _admits_bool(annotation.__origin__)
+    # None, strings and containers do not take a bool either; an unknown type may, so it is left to pydantic
+    return annotation not in (int, float, str, type(None)) and origin not in (list, tuple, dict)
+
+
+def _item_types(annotation) -> list:
+    """The item annotations of the list/tuple members of `annotation`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _item_types(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return [item for a in args for item in _item_types(a)]
+    if origin in (list, tuple):
+        return [a for a in args if a is not Ellipsis]
+    return []
+
+
+def misplaced_bool(annotation, value) -> bool:
+    """A YAML true/false where the annotation wants a number (pydantic would read it as 1 or 0), as the
+    value or as an item of a list of numbers: `epochs: true` is a typo, not one epoch."""
+    if isinstance(value, bool):
+        return not _admits_bool(annotation)
+    if isinstance(value, (list, tuple)) and not _admits_bool(annotation):
+        items = _item_types(annotation)
+        return bool(items) and any(isinstance(v, bool) and not any(_admits_bool(t) for t in items) for v in value)
+    return False
+
 
 def nearest(key: str, known) -> str:
     """The fix line for an unknown key."""
@@ -181,6 +228,8 @@ def type_error(target, key: str, value) -> str | None:
     if adapter is None:
         return None
     try:
+        if misplaced_bool(annotation, value):
+            raise pydantic.ValidationError.from_exception_data("bool", [])
         adapter.validate_python(value)
     except pydantic.ValidationError:
         return f"{getattr(target, '__name__', target)}.{key} must be {describe(annotation)}, got {_value(value)}"
@@ -211,6 +260,8 @@ def check_call(target, kwargs: dict, where: str, skip: tuple[str, ...] = ()) -> 
             checked[key] = value
             continue
         try:
+            if misplaced_bool(annotation, value):
+                raise pydantic.ValidationError.from_exception_data("bool", [])
             coerced = adapter.validate_python(value)
         except pydantic.ValidationError:
             raise ConfigError(f"{name}.{key} must be {describe(annotation)}, got {_value(value)}",

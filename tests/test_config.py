@@ -112,6 +112,20 @@ def test_typed_errors_say_what_was_expected():
         resolve(load_config(REPO / "configs/demo.yml", ["imgsz=320000"]))
 
 
+@pytest.mark.parametrize("update, message", [
+    ("epochs=true", r"epochs: must be an integer \(> 0\), not true/false, got True"),  # not one epoch
+    ("optimizer.lr=false", r"optimizer.lr: must be a number .*got False"),
+    ("imgsz=[true, 320]", r"imgsz: .*got \[True, 320\]"),
+    ("train_dataloader.dataset.cache_imgsz=true", r"CocoDetection.cache_imgsz must be an integer \(> 0\), got True"),
+])
+def test_true_or_false_where_a_number_belongs_is_an_error_not_one_or_zero(update, message):
+    from engine.config import resolve
+
+    with pytest.raises(ConfigError, match=message):
+        resolve(load_config(REPO / "configs/demo.yml", [update]))
+    resolve(load_config(REPO / "configs/demo.yml", ["use_amp=true"]))  # a bool key still takes one
+
+
 def test_override_through_a_scalar_is_an_error(tmp_path):
     top = write(tmp_path / "c.yml", "epochs: 3\n")
     with pytest.raises(ConfigError, match="epochs is 'int' 3, not a mapping"):
