@@ -50,6 +50,7 @@ class Section(BaseModel):
 
 
 def _admits_bool(annotation) -> bool:
+    """Whether a bool is one of the values `annotation` allows (not merely one pydantic coerces)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
         return _admits_bool(args[0])
@@ -215,6 +216,16 @@ def _adapter(annotation):
         return None
 
 
+def _validate(adapter: TypeAdapter, annotation, value) -> tuple[bool, Any]:
+    """(whether `value` fits `annotation`, its coerced form); true/false never fits a number."""
+    if misplaced_bool(annotation, value):
+        return False, None
+    try:
+        return True, adapter.validate_python(value)
+    except pydantic.ValidationError:
+        return False, None
+
+
 def parameter_types(target) -> dict[str, Any]:
     """{parameter: annotation} of a class's constructor or a function (unresolvable hints left out)."""
     return _parameters(target)[1]
@@ -227,11 +238,7 @@ def type_error(target, key: str, value) -> str | None:
     adapter = _adapter(annotation) if annotation is not None else None
     if adapter is None:
         return None
-    try:
-        if misplaced_bool(annotation, value):
-            raise pydantic.ValidationError.from_exception_data("bool", [])
-        adapter.validate_python(value)
-    except pydantic.ValidationError:
+    if not _validate(adapter, annotation, value)[0]:
         return f"{getattr(target, '__name__', target)}.{key} must be {describe(annotation)}, got {_value(value)}"
     return None
 
@@ -259,14 +266,10 @@ def check_call(target, kwargs: dict, where: str, skip: tuple[str, ...] = ()) -> 
         if adapter is None:
             checked[key] = value
             continue
-        try:
-            if misplaced_bool(annotation, value):
-                raise pydantic.ValidationError.from_exception_data("bool", [])
-            coerced = adapter.validate_python(value)
-        except pydantic.ValidationError:
+        fits, coerced = _validate(adapter, annotation, value)
+        if not fits:
             raise ConfigError(f"{name}.{key} must be {describe(annotation)}, got {_value(value)}",
-                              where=f"{where}.{key}", hint="fix the value in the config file (or the -u override)"
-                              ) from None
+                              where=f"{where}.{key}", hint="fix the value in the config file (or the -u override)")
         # keep the config's own containers (a list stays a list, not a pydantic copy of it)
         checked[key] = value if isinstance(value, (list, dict)) else coerced
     if forwarded:
