@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import yaml
@@ -89,3 +90,11 @@ def subprocess_env() -> dict:
     """One thread per process: the test machine has two cores shared by everything."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
     return env
+
+
+def free_port() -> int:
+    """A TCP port free now, for a torchrun rendezvous: a fixed one collides with other test runs
+    (and pytest-xdist workers) on the machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

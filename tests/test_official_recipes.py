@@ -615,16 +615,13 @@ def test_seed_command_runs_unchanged(key, workspace, monkeypatch, capsys):
 def test_seed_torchrun_command_runs_in_two_processes(workspace):
     """000:213 as torchrun runs it (two gloo processes on the CPU; a free port for the machine's
     sake: other test runs may hold 7777)."""
-    import socket
     import subprocess
     import sys
 
-    from tests.engine_helpers import subprocess_env
+    from tests.engine_helpers import free_port, subprocess_env
 
     args, nproc = translated(SEED_COMMANDS["000:213"])
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                            f"--master_port={port}", str(REPO / "train.py"), *args, *shrink(workspace)],
                           cwd=workspace, env=subprocess_env(), capture_output=True, text=True, timeout=600)

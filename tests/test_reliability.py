@@ -29,7 +29,7 @@ from core.checkpoint_io import read_checkpoint
 from engine import checkpoint
 from engine.config import load_config
 from engine.solver import Solver
-from tests.engine_helpers import REPO, make_data, subprocess_env, tiny_config, write_config
+from tests.engine_helpers import REPO, free_port, make_data, subprocess_env, tiny_config, write_config
 
 
 @pytest.fixture(scope="module")
@@ -237,9 +237,9 @@ def test_a_rank_that_raises_stops_every_rank_with_its_message(demo, tmp_path):
     cfg = tiny_config(data, epochs=1)
     cfg["train_dataloader"]["shuffle"] = False
     cfg_path = write_config(cfg, tmp_path / "ddp.yml")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
-                           "--monitor-interval=0.5", "train.py", "-c", str(cfg_path), "-d", "cpu",
-                           "--output-dir", str(tmp_path / "out")],
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={free_port()}", "--monitor-interval=0.5", "train.py", "-c", str(cfg_path),
+                           "-d", "cpu", "--output-dir", str(tmp_path / "out")],
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     text = done.stdout + done.stderr
     assert done.returncode != 0

@@ -9,7 +9,6 @@ the same tensors."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -21,7 +20,7 @@ from engine.config import load_config
 from engine.distill import ViTTeacher, adapted_weight
 from engine.solver import Solver
 from models.criterion import build_criterion
-from tests.engine_helpers import REPO, make_data, subprocess_env, tiny_config, write_config
+from tests.engine_helpers import REPO, free_port, make_data, subprocess_env, tiny_config, write_config
 
 WIDTH, HEADS, DEPTH = 32, 2, 2
 TINY_VIT = {"embed_dim": WIDTH, "num_heads": HEADS, "depth": DEPTH}
@@ -229,9 +228,7 @@ def test_official_teacher_model_section_reads_as_distill_foundation(tmp_path):
 def test_torchrun_two_gloo_processes_train_an_rtdetrv4_graph(demo, vit_weights, tmp_path, teacher):
     # without the teacher nothing reaches the projector: it is frozen, so DDP does not stop on it
     cfg_path = write_config(rtv4_config(demo, vit_weights if teacher else None, epochs=1), tmp_path / "rtv4.yml")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     out = tmp_path / "ddp"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
                            "train.py", "-c", str(cfg_path), "-d", "cpu", "--output-dir", str(out), "--quiet",

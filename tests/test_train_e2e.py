@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ from core.checkpoint_io import read_checkpoint
 from engine import checkpoint
 from engine.config import load_config
 from engine.solver import Solver, TrainingDiverged
-from tests.engine_helpers import REPO, drop_category, make_data, subprocess_env, tiny_config, write_config
+from tests.engine_helpers import REPO, drop_category, free_port, make_data, subprocess_env, tiny_config, write_config
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +107,7 @@ def test_resume_equals_uninterrupted_run(demo, tmp_path):
 def test_torchrun_two_gloo_processes_train_and_rank0_checkpoint_loads_alone(demo, tmp_path):
     cfg_path = write_config(tiny_config(demo, epochs=1), tmp_path / "tiny.yml")
     out = tmp_path / "ddp"
-    with socket.socket() as probe:  # a free port: other test runs may hold a fixed one
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     run(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "train.py", "-c", str(cfg_path),
          "-d", "cpu", "--output-dir", str(out)])
     assert not (tmp_path / "ddp2").exists()                             # both ranks used one folder
