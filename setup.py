@@ -18,7 +18,7 @@ setup(
     packages=["detrzoo"],
     entry_points={"console_scripts": ["detrzoo = detrzoo.cli:main"]},
     install_requires=[r for r in requirements if r],
-    extras_require={"test": ["pytest", "pytest-xdist", "hypothesis", "calflops", "tidecv", "onnx", "onnxruntime", "onnxslim",
-                             "import-linter"],
+    extras_require={"test": ["pytest", "pytest-xdist", "hypothesis", "calflops", "tidecv", "onnx", "onnxruntime",
+                             "onnxslim", "import-linter"],
                     "export": ["onnx", "onnxruntime", "onnxslim"]},
 )
