@@ -242,11 +242,15 @@ class Solver:
 
     def _compile(self) -> None:
         """torch.compile, in place (state-dict names unchanged): every graph row that does not take the
-        targets (backbone, encoder; the decoder builds Python lists of queries per step) and the
-        criterion's dense terms. Compilation happens in the first steps; `compile_seconds` records them."""
+        targets (backbone, encoder; the decoder builds Python lists of queries per step), the
+        deformable attention's weighted sum inside the decoders, and the criterion's dense terms.
+        Compilation happens in the first steps; `compile_seconds` records them."""
         for row, layer in zip(self.raw_model.rows, self.raw_model.layers):
             if not row.takes_targets:
                 layer.compile(dynamic=False)
+        for module in self.raw_model.modules():  # the decoders' deformable attention
+            if hasattr(module, "compile_weighted_sum"):
+                module.compile_weighted_sum()
         if self.criterion is not None:
             self.criterion.compile_dense_terms()
         self.compile_seconds = None  # set after the first step, which pays for compiling
@@ -525,7 +529,7 @@ class Solver:
             if self.cfg["compile"] and self.compile_seconds is None and dist.is_main():
                 self.compile_seconds = time.perf_counter() - started
                 print(f"compile: the first step took {self.compile_seconds:.1f} s (torch.compile of the backbone, "
-                      "encoder and dense loss terms)")
+                      "encoder, deformable attention's weighted sum and dense loss terms)")
             self.global_step += 1
             # the next step's lr, set once this one is done (the official order)
             self.schedule.set(self.global_step, self.global_step // len(loader))

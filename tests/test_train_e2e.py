@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from blocks.decoder._dfine_parts import weighted_sum
 from core.checkpoint_io import read_checkpoint
 from engine import checkpoint
 from engine.config import load_config
@@ -202,6 +203,9 @@ def _steps(demo, tmp_path, steps: int, **options):
     if options.get("channels_last"):
         images = images.contiguous(memory_format=torch.channels_last)
         assert run_.raw_model.layers[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    if options.get("compile"):  # the decoder's deformable attention runs its compiled weighted sum
+        attention = [m for m in run_.raw_model.modules() if hasattr(m, "compile_weighted_sum")]
+        assert attention and all(m.weighted_sum is not weighted_sum for m in attention)
     torch.manual_seed(0)
     losses = [run_.train_step(images, targets, 0, step)["loss"] for step in range(steps)]
     weights = {k: v.clone() for k, v in run_.raw_model.state_dict().items()}

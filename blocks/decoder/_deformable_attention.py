@@ -61,7 +61,8 @@ class ProjectedDeformableAttention(MSDeformableAttention):
             locations = reference_points[:, :, None, :, :2] + offset
         else:
             raise ArgumentError(f"reference points must end in 2 (points) or 4 (boxes), got {reference_points.shape}")
-        out = deformable_sample(values, spatial_shapes, locations, weights, self.num_points_list, self.method)
+        out = deformable_sample(values, spatial_shapes, locations, weights, self.num_points_list, self.method,
+                                self.weighted_sum)
         return self.output_proj(out)
 
 

@@ -117,6 +117,14 @@ class MSDeformableAttention(nn.Module):
         self._reset_parameters()
         if method == "discrete":
             self.sampling_offsets.requires_grad_(False)
+        self.weighted_sum = weighted_sum
+
+    def compile_weighted_sum(self, **options) -> None:
+        """torch.compile the weighted sum of the samples (run option `compile`): eager mode writes the
+        [.., points] product and reduces it, and its backward broadcasts over 12-wide rows; compiled, each
+        is one fused loop (DEIM-N shapes: forward 3.0 -> 2.1 ms, backward 7.4 -> 2.5 ms on 2 CPU threads).
+        Dynamic shapes: the query count changes with each step's denoising groups."""
+        self.weighted_sum = torch.compile(weighted_sum, dynamic=True, **options)
 
     def _reset_parameters(self):
         # each head starts looking along its own direction, k steps out for its k-th point
@@ -140,12 +148,19 @@ class MSDeformableAttention(nn.Module):
         scale = self.num_points_scale.to(dtype=query.dtype).unsqueeze(-1)
         offset = offsets * scale * reference_boxes[:, :, None, :, 2:] * self.offset_scale
         locations = reference_boxes[:, :, None, :, :2] + offset  # [B, Q, heads, points, 2] in [0, 1]
-        return deformable_sample(values, spatial_shapes, locations, weights, self.num_points_list, self.method)
+        return deformable_sample(values, spatial_shapes, locations, weights, self.num_points_list, self.method,
+                                 self.weighted_sum)
+
+
+def weighted_sum(samples: Tensor, weights: Tensor) -> Tensor:
+    """samples [N, C, Q, points] weighted by weights [N, 1, Q, points], summed over the points -> [N, C, Q]."""
+    return (samples * weights).sum(-1)
 
 
 def deformable_sample(values: list[Tensor], spatial_shapes, locations: Tensor, weights: Tensor,
-                      num_points_list: list[int], method: str = "default") -> Tensor:
-    """Weighted sum of bilinear (or nearest-cell) samples of each level at the given locations -> [B, Q, C]."""
+                      num_points_list: list[int], method: str = "default", combine=weighted_sum) -> Tensor:
+    """Weighted sum of bilinear (or nearest-cell) samples of each level at the given locations -> [B, Q, C];
+    `combine` computes the sum (`weighted_sum`, or its compiled form)."""
     batch, heads, head_dim, _ = values[0].shape
     num_query = locations.shape[1]
     grids = 2 * locations - 1 if method == "default" else locations
@@ -164,7 +179,7 @@ def deformable_sample(values: list[Tensor], spatial_shapes, locations: Tensor, w
             sampled = sampled.permute(0, 2, 1).reshape(batch * heads, head_dim, num_query, num_points_list[level])
         samples.append(sampled)
     weights = weights.permute(0, 2, 1, 3).reshape(batch * heads, 1, num_query, sum(num_points_list))
-    out = (torch.cat(samples, dim=-1) * weights).sum(-1).reshape(batch, heads * head_dim, num_query)
+    out = combine(torch.cat(samples, dim=-1), weights).reshape(batch, heads * head_dim, num_query)
     return out.permute(0, 2, 1)
 
 
