@@ -30,8 +30,9 @@ from pathlib import Path
 
 from core.errors import cli_main
 from core.errors import ConfigError
-from engine.onnx_export import (INT8_OPS, build_for_export, check_images, check_int8_ops, check_onnx, evaluate_onnx,
-                                export_onnx, export_tensorrt, format_check, load_config_or_graph, quantize_int8)
+from engine.onnx_export import (INT8_OPS, build_for_export, calibration_images, check_images, check_int8_ops,
+                                check_onnx, evaluate_onnx, export_onnx, export_tensorrt, format_check,
+                                load_config_or_graph, quantize_int8)
 from engine.onnx_runtime import metadata_for
 
 
@@ -72,9 +73,11 @@ def main(argv=None):
         if args.int8_min_channels < 0:
             raise ConfigError(f"--int8-min-channels must be 0 or more, got {args.int8_min_channels}",
                               where="--int8-min-channels", hint="0 quantizes every conv; 16 is the default")
+        calibration_images(args.calib, args.calib_images)  # the folder and the count, before the export runs
+    output = Path(args.output or (Path(args.resume).with_suffix(".onnx") if args.resume else "model.onnx"))
+    check_output(output, args.int8, [args.config, args.resume])
     cfg = load_config_or_graph(args.config, args.update)
     detector, preprocessing, names, meta = build_for_export(cfg, args.resume, args.imgsz, with_meta=True)
-    output = Path(args.output or (Path(args.resume).with_suffix(".onnx") if args.resume else "model.onnx"))
     graph = str(detector.model.graph_path or "")
     metadata = metadata_for(preprocessing, names, detector.model.nc, graph)
     path = export_onnx(detector, output, preprocessing["imgsz"], args.opset, args.dynamic_batch, args.simplify, metadata)
@@ -95,6 +98,22 @@ def main(argv=None):
     if report is not None and not report["passed"]:
         raise SystemExit(1)
     return path
+
+
+def check_output(output: Path, int8: bool, inputs: list) -> None:
+    """Refuse an output that is not an .onnx file name or would replace an input (the checkpoint, the
+    config): the export is written over whatever the path names."""
+    if output.suffix.lower() != ".onnx":
+        raise ConfigError(f"-o {output} is not an .onnx file name", where="-o",
+                          hint="name the file to write, e.g. -o model.onnx")
+    if output.is_dir():
+        raise ConfigError(f"-o {output} is a folder", where="-o", hint="name the file to write, e.g. -o model.onnx")
+    written = [output] + ([output.with_suffix(".int8.onnx")] if int8 else [])
+    for path in written:
+        for source in filter(None, inputs):
+            if path.resolve() == Path(source).resolve():
+                raise ConfigError(f"-o {output} would write {path} over the input {source}", where="-o",
+                                  hint="choose another output file name")
 
 
 def write_int8(args, cfg: dict, fp32_path: Path, preprocessing: dict, meta: dict) -> Path:

@@ -6,7 +6,8 @@
 
 Writes annotated images (or an annotated video) and `detections.json` under OUT, and prints a
 table of detections. With one image as input and `-o result.jpg` (an image name), that file is
-written, with `result.json` beside it. An input that cannot be read is skipped and listed (in the
+written, with `result.json` beside it. Annotated files take the input's stem (x_png.jpg where two
+inputs share one). An input that cannot be read is skipped and listed (in the
 printout and in the JSON's `skipped`); the others are still predicted. Class names default to those stored in the checkpoint. Preprocessing is the
 evaluation pipeline (`data.transforms.preprocess_image`), so predictions equal what --test-only saw.
 With `--backend onnx` onnxruntime runs the exported file; its preprocessing and class names come
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ from data.pipeline import eval_preprocessing
 from engine.inference import IMAGE_SUFFIXES, Predictor, collect_inputs
 from models.factory import load_detector
 
-def predict_video(predictor: Predictor, path: Path, out_dir: Path, style: dict) -> list[dict]:
+def predict_video(predictor: Predictor, path: Path, target: Path, style: dict) -> list[dict]:
     import cv2
     import numpy as np
     from PIL import Image
@@ -39,7 +41,6 @@ def predict_video(predictor: Predictor, path: Path, out_dir: Path, style: dict) 
         raise ConfigError(f"cannot open video {path}", where="-i")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    target = out_dir / f"{path.stem}.mp4"
     writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     frames = []
     index = 0
@@ -71,6 +72,9 @@ def class_names(classes: str | None, stored: list[str], nc: int) -> list[str]:
     if not classes:
         return stored
     names = [n.strip() for n in classes.split(",")]
+    if not all(names):
+        raise ConfigError(f"--classes {classes!r} has an empty name", where="--classes",
+                          hint='give every class a name: "a,b,c"')
     if len(names) != nc:
         raise ConfigError(f"--classes gives {len(names)} names but the model has {nc} classes", where="--classes")
     return names
@@ -104,13 +108,29 @@ def output_paths(inputs: Path, images: list[Path], videos: list[Path], output: s
     return out, out / "detections.json"
 
 
-def check_output(output: Path, inputs: Path) -> None:
-    """Refuse to write into the input folder (annotated images would replace the originals)."""
-    source = (inputs if inputs.is_dir() else inputs.parent).resolve()
-    folder = (output.parent if output.suffix.lower() in IMAGE_SUFFIXES else output).resolve()
-    if folder == source or source in folder.parents or output.resolve() == inputs.resolve():
-        raise ConfigError(f"-o {output} writes inside the input {inputs}", where="-o",
-                          hint="choose an output folder outside the input folder")
+def annotated_names(images: list[Path], videos: list[Path]) -> dict[Path, str]:
+    """Each input's annotated file name in the output folder: its stem with .jpg (.mp4 for videos), or,
+    where two inputs share a stem (x.jpg and x.png), its whole name with the dot as `_` (x_jpg.jpg,
+    x_png.jpg), so that neither replaces the other."""
+    named = [(path, ".jpg") for path in images] + [(path, ".mp4") for path in videos]
+    counts = Counter(path.stem + suffix for path, suffix in named)
+    return {path: (path.stem if counts[path.stem + suffix] == 1 else path.name.replace(".", "_")) + suffix
+            for path, suffix in named}
+
+
+def check_output(target: Path, inputs: Path, names: dict[Path, str]) -> None:
+    """Refuse to write over an input: into an input folder (annotated images would replace the
+    originals), or, for one input file, onto that file."""
+    single = target.suffix.lower() in IMAGE_SUFFIXES
+    if inputs.is_dir():
+        source, folder = inputs.resolve(), (target.parent if single else target).resolve()
+        if folder == source or source in folder.parents:
+            raise ConfigError(f"-o {target} writes inside the input {inputs}", where="-o",
+                              hint="choose an output folder outside the input folder")
+    elif any(path.resolve() == inputs.resolve() for path in ([target] if single else
+                                                             [target / name for name in names.values()])):
+        raise ConfigError(f"-o {target} writes over the input {inputs}", where="-o",
+                          hint="choose another output file name or folder")
 
 
 def main(argv=None):
@@ -142,7 +162,8 @@ def main(argv=None):
     inputs = Path(args.input)
     images, videos = collect_inputs(inputs)
     target, json_path = output_paths(inputs, images, videos, args.output)
-    check_output(target, inputs)
+    output_names = annotated_names(images, videos)
+    check_output(target, inputs, output_names)
     if args.backend == "onnx":
         predictor = onnx_predictor(args)
     else:
@@ -166,13 +187,13 @@ def main(argv=None):
             print(f"skipped {path}: {err.message}")
             continue
         detections = predictor(image)
-        draw_detections(image, detections, **style).save(target if single else target / f"{path.stem}.jpg",
+        draw_detections(image, detections, **style).save(target if single else target / output_names[path],
                                                          quality=95)
         print(format_table(path.name, detections))
         results[path.name] = detections
     for path in videos:
         try:
-            results[path.name] = predict_video(predictor, path, target, style)
+            results[path.name] = predict_video(predictor, path, target / output_names[path], style)
         except ConfigError as err:
             skipped[path.name] = err.message
             print(f"skipped {path}: {err.message}")

@@ -197,12 +197,27 @@ def adapted_weight(weight: float, share: float, rho: float, delta: float, defaul
 
 
 # ------------------------------------------------------------------------------ teachers
-def build_teacher(cfg: dict, weights_path: str, device) -> nn.Module:
-    """A frozen detector from its run config (composed) and weights (ours, or official via models.convert)."""
+def build_teacher(cfg: dict, weights_path: str, device) -> tuple[nn.Module, list[str] | None]:
+    """A frozen detector from its run config (composed) and weights (ours, or official via models.convert),
+    and the class names its checkpoint records (None for a converted official one, which has none)."""
     from models.factory import load_detector
 
-    model, _, _ = load_detector(weights_path, cfg, device)
-    return freeze(model)
+    model, _, meta = load_detector(weights_path, cfg, device)
+    return freeze(model), (list(meta["names"]) if meta.get("names") else None)
+
+
+def check_same_classes(student_names: list[str] | None, teacher_names: list[str] | None, teacher_weights) -> None:
+    """Logit distillation teaches the student's class i with the teacher's class i: the same count is not
+    enough, the names must match in order (a teacher trained with two categories swapped would teach
+    each the other's scores). Unknown names (a converted official checkpoint) cannot be checked."""
+    if student_names is None or teacher_names is None or list(student_names) == list(teacher_names):
+        return
+    differ = next(i for i, (s, t) in enumerate(zip(student_names, teacher_names)) if s != t)
+    raise ConfigError(f"logit distillation pairs class i with class i, but class {differ} is "
+                      f"{student_names[differ]!r} in the student's data and {teacher_names[differ]!r} in the "
+                      f"teacher's checkpoint ({teacher_weights})", where="distill.kd_loss_type",
+                      hint="train the teacher on the student's categories in the same order, or use "
+                           "kd_loss_type: feature")
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -450,7 +465,8 @@ class Distiller:
     state_dict()/load_state_dict()  what a checkpoint keeps (never the teacher)"""
 
     def __init__(self, spec: dict, student: nn.Module, imgsz, device, epochs: int, teacher_cfg: dict | None = None,
-                 teacher_weights: str | None = None, criterion: nn.Module | None = None):
+                 teacher_weights: str | None = None, criterion: nn.Module | None = None,
+                 student_names: list[str] | None = None):
         self.spec, self.device, self.imgsz = spec, device, tuple(imgsz)
         self.kind = spec["kd_loss_type"]
         self.window = epoch_window(spec["epoch_window"], epochs)
@@ -463,7 +479,7 @@ class Distiller:
             if not (teacher_cfg and teacher_weights):
                 raise ConfigError(f"kd_loss_type {self.kind} needs a teacher", where="-tc/-tw",
                                   hint="pass -tc TEACHER_CONFIG -tw TEACHER_WEIGHTS (distill.py)")
-            self.teacher = build_teacher(teacher_cfg, teacher_weights, device)
+            self.teacher, teacher_names = build_teacher(teacher_cfg, teacher_weights, device)
             core = decoder_core(self.teacher)
             if core is not None:  # the final layer's edge distributions and the reference boxes they refer to
                 core.register_forward_hook(lambda m, i, out: self.teacher_corners.update(
@@ -472,6 +488,7 @@ class Distiller:
         self.use_feature = self.kind in ("feature", "all")
         if self.use_logit:
             self._set_up_logit(student, spec["logit"])
+            check_same_classes(student_names, teacher_names, teacher_weights)
         self.pair_specs = self._set_up_features(student, spec["feature"]) if self.use_feature else []
         self.criterion = criterion
         self.foundation = self._set_up_foundation(student, spec["foundation"]) if spec["foundation"] else None

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from core.errors import ArgumentError, ConfigError
+from data.cache import load_rgb
 from data.pipeline import eval_preprocessing
 from data.transforms import as_size_hw, preprocess_image
 from engine.onnx_runtime import INPUT_NAMES, OUTPUT_NAMES, OnnxDetector
@@ -106,8 +107,6 @@ def export_onnx(detector: nn.Module, path: str | Path, imgsz, opset: int = 17, d
 def check_images(paths, preprocessing: dict, count_random: int = 2, seed: int = 0) -> list[tuple[str, torch.Tensor]]:
     """(name, preprocessed image [3,H,W]): uniform-noise images, then the real photos in `paths`
     (default: the photo matplotlib ships, so the check needs no download)."""
-    from PIL import Image
-
     height, width = preprocessing["imgsz"]
     generator = torch.Generator().manual_seed(seed)
     images = [(f"random-{i}", torch.rand(3, height, width, generator=generator)) for i in range(count_random)]
@@ -115,8 +114,8 @@ def check_images(paths, preprocessing: dict, count_random: int = 2, seed: int = 
         from matplotlib import cbook
         paths = [cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)]
     for path in map(Path, paths):
-        with Image.open(path) as image:
-            tensor, _ = preprocess_image(image, [height, width], preprocessing["letterbox"], preprocessing["normalize"])
+        tensor, _ = preprocess_image(load_rgb(path), [height, width], preprocessing["letterbox"],
+                                     preprocessing["normalize"])
         images.append((path.name, tensor))
     return images
 
@@ -218,6 +217,9 @@ def calibration_images(folder: str | Path, limit: int) -> list[Path]:
     """Up to `limit` images of `folder` (sorted, spread evenly over the folder when it holds more)."""
     from engine.inference import IMAGE_SUFFIXES
 
+    if limit < 1:
+        raise ArgumentError(f"--calib-images must be 1 or more, got {limit}", where="--calib-images",
+                            hint="a few dozen images suffice (default 64)")
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"calibration folder not found: {folder}", where="--calib",
@@ -236,12 +238,10 @@ class _CalibrationReader:
         self.paths, self.pre, self.position = paths, preprocessing, 0
 
     def get_next(self) -> dict | None:
-        from PIL import Image
-
         if self.position >= len(self.paths):
             return None
-        with Image.open(self.paths[self.position]) as image:
-            tensor, _ = preprocess_image(image, self.pre["imgsz"], self.pre["letterbox"], self.pre["normalize"])
+        image = load_rgb(self.paths[self.position])  # as training and predict read it: EXIF-upright, 16-bit scaled
+        tensor, _ = preprocess_image(image, self.pre["imgsz"], self.pre["letterbox"], self.pre["normalize"])
         self.position += 1
         height, width = tensor.shape[1:]
         return {"images": tensor[None].numpy(), "orig_target_sizes": torch.tensor([[width, height]]).numpy()}
@@ -321,7 +321,6 @@ def evaluate_onnx(path: str | Path, ann_file: str | Path, img_folder: str | Path
     import contextlib
     import io
 
-    from PIL import Image
     from pycocotools.coco import COCO
 
     from engine.inference import Predictor
@@ -335,8 +334,7 @@ def evaluate_onnx(path: str | Path, ann_file: str | Path, img_folder: str | Path
     predictor = Predictor(detector, None, detector.preprocessing, torch.device("cpu"), 0.0, [])
     evaluator = CocoEvaluator(coco, category_ids, [str(c) for c in category_ids])
     for image_id in sorted(coco.getImgIds()):
-        with Image.open(Path(img_folder) / coco.imgs[image_id]["file_name"]) as image:
-            detections = predictor(image)
+        detections = predictor(load_rgb(Path(img_folder) / coco.imgs[image_id]["file_name"]))
         evaluator.update({image_id: {"labels": torch.tensor([d["label"] for d in detections], dtype=torch.int64),
                                      "boxes": torch.tensor([d["box"] for d in detections]).reshape(-1, 4),
                                      "scores": torch.tensor([d["score"] for d in detections])}})

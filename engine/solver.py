@@ -269,7 +269,7 @@ class Solver:
                 teacher_cfg["graph"] = locate_graph(teacher_cfg.get("graph"), path)
             distiller = Distiller(self.cfg["distill"], self.raw_model, self.imgsz, self.device, self.epochs,
                                   teacher_cfg=teacher_cfg, teacher_weights=self.options.get("teacher_weights"),
-                                  criterion=self.criterion)
+                                  criterion=self.criterion, student_names=self.names)
         freeze_unsupervised_projector(self.raw_model, distiller)
         return distiller
 
@@ -702,10 +702,14 @@ class Solver:
             print(f"P {y['precision']:.4f}  R {y['recall']:.4f}  F1 {y['f1']:.4f} (conf {y['confidence']:.3f})  "
                   f"mAP50 {y['mAP50']:.4f}  mAP75 {y['mAP75']:.4f}  mAP50-95 {y['mAP50-95']:.4f}")
         atomic_write_text(out / "predictions.json", json.dumps(self.evaluator.detections))
-        tide = tide_errors(self.evaluator.coco.dataset, self.evaluator.detections)
-        print(tide.summary())
-        plot_tide(tide, out / "tide.png")
-        stats["tide"] = tide.as_dict()
+        if self.evaluator.detections:  # no detections: nothing for TIDE to break down
+            # a model trained on the union of the splits' categories may predict some this split lacks
+            tide = tide_errors(self.evaluator.coco.dataset, self.evaluator.detections, known_categories=False)
+            print(tide.summary())
+            plot_tide(tide, out / "tide.png")
+            stats["tide"] = tide.as_dict()
+        else:
+            print("TIDE: the model made no detections on this split; no error breakdown")
         matrix = confusion_matrix(self.evaluator.coco, self.evaluator.detections, self.category_ids)
         plot_confusion_matrix(matrix, self.names, out / "confusion_matrix.png")
         module = self.eval_module()

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from core.drawing import plot_fonts
-from core.errors import DataError
+from core.errors import ArgumentError, DataError
 from data.validate import check_structure, load_json
 
 MAIN_ERRORS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
@@ -34,15 +34,17 @@ class TideResult:
     main: dict[str, float]                       # dAP per main error type
     special: dict[str, float]                    # dAP of FalsePos / FalseNeg
     counts: dict[str, int] = field(default_factory=dict)
+    pos_thresh: float = 0.5                      # the IoU of a true positive, which `ap50` is measured at
 
     def as_dict(self) -> dict:
-        return {"AP50": self.ap50, "main": self.main, "special": self.special, "counts": self.counts}
+        return {"AP50": self.ap50, "pos_thresh": self.pos_thresh, "main": self.main, "special": self.special,
+                "counts": self.counts}
 
     def summary(self) -> str:
         def row(names, values):
             return "  ".join(f"{n:>8}" for n in names) + "\n" + "  ".join(f"{v:8.2f}" for v in values)
 
-        return (f"TIDE  bbox AP @ 50: {self.ap50:.2f}\n"
+        return (f"TIDE  bbox AP @ {100 * self.pos_thresh:g}: {self.ap50:.2f}\n"
                 f"main errors (dAP)\n{row(MAIN_ERRORS, [self.main[k] for k in MAIN_ERRORS])}\n"
                 f"special errors (dAP)\n{row(SPECIAL_ERRORS, [self.special[k] for k in SPECIAL_ERRORS])}")
 
@@ -214,14 +216,47 @@ def check_predictions(preds, where: str = "predictions") -> None:
                             f"{str(det)[:80]}", where=f"{where}[{i}]", hint="pass a COCO results file")
 
 
-def evaluate(gt, preds, pos_thresh: float = 0.5, bg_thresh: float = 0.1, max_dets: int = 100) -> TideResult:
-    """TIDE on a COCO ground-truth dict/path and a COCO results list/path (boxes only is fine; category
-    ids of any kind, mapped to integers here)."""
+def check_thresholds(pos_thresh: float, bg_thresh: float, max_dets: int) -> None:
+    if not 0 < bg_thresh <= pos_thresh <= 1:
+        raise ArgumentError(f"the IoU thresholds must satisfy 0 < bg_thresh <= pos_thresh <= 1, got pos_thresh "
+                            f"{pos_thresh} and bg_thresh {bg_thresh}", where="--pos-thresh/--bg-thresh",
+                            hint="TIDE's defaults are 0.5 and 0.1")
+    if max_dets < 1:
+        raise ArgumentError(f"max_dets must be 1 or more, got {max_dets}", where="--max-dets", hint="COCO uses 100")
+
+
+def check_predictions_fit(gt: dict, preds: list, pred_name: str, known_categories: bool = True) -> None:
+    """The results must belong to this annotation file: every image id one of its images and (with
+    `known_categories`) every category id one of its categories: 0-based labels or another split's
+    file would be scored as background and class errors, a silently wrong breakdown."""
+    if not preds:
+        raise DataError("the predictions file holds no detections", where=pred_name,
+                        hint="pass the predictions.json that --test-only writes")
+    image_ids = {image["id"] for image in gt.get("images", [])}
+    category_ids = {category["id"] for category in gt.get("categories", [])}
+    checks = [("image_id", image_ids, "images")] + [("category_id", category_ids, "categories")] * known_categories
+    for key, known, what in checks:
+        unknown = sorted({det[key] for det in preds if det[key] not in known}, key=str)
+        if unknown:
+            count = sum(det[key] not in known for det in preds)
+            raise DataError(f"in {count} of {len(preds)} detections the {key} is not one of the annotation file's "
+                            f"{what}: {', '.join(map(repr, unknown[:5]))}", where=pred_name,
+                            hint="pass the annotation file of the split the predictions were made on (and "
+                                 "category ids, not 0-based labels)")
+
+
+def evaluate(gt, preds, pos_thresh: float = 0.5, bg_thresh: float = 0.1, max_dets: int = 100,
+             known_categories: bool = True) -> TideResult:
+    """TIDE on a COCO ground-truth dict/path and a COCO results list/path (boxes only is fine); every
+    detection's image must be the annotation file's, and its category too unless `known_categories` is
+    off (a model trained on the union of the splits' categories predicts some this split lacks)."""
+    check_thresholds(pos_thresh, bg_thresh, max_dets)
     gt_name, pred_name = (str(x) if isinstance(x, (str, Path)) else kind
                           for x, kind in ((gt, "ground truth"), (preds, "predictions")))
     gt, preds = _load(gt, "ground truth"), _load(preds, "predictions")
     check_structure(gt, gt_name)
     check_predictions(preds, pred_name)
+    check_predictions_fit(gt, preds, pred_name, known_categories)
     index = {c: i for i, c in enumerate(dict.fromkeys([*(a["category_id"] for a in gt.get("annotations", [])),
                                                         *(d["category_id"] for d in preds)]))}
     gt_by_image = defaultdict(list)
@@ -243,7 +278,7 @@ def evaluate(gt, preds, pos_thresh: float = 0.5, bg_thresh: float = 0.1, max_det
             np.array([index[a["category_id"]] for a in anns], dtype=np.int64),
             np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
             pos_thresh, bg_thresh, max_dets)
-    return _summarise(col)
+    return replace(_summarise(col), pos_thresh=pos_thresh)
 
 
 def _summarise(col: _Collector) -> TideResult:

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from analyze import ablate as ablate_module
+from core.errors import ConfigError, GraphError
 from tests.engine_helpers import TINY_GRAPH, make_data, tiny_config
 
 
@@ -39,3 +40,24 @@ def test_ablation_table_has_every_variant_and_rerun_skips_finished(tmp_path, mon
     monkeypatch.setattr("engine.solver.Solver.fit", no_training)
     again = ablate_module.ablate([str(base), str(se_variant)], str(tmp_path / "recipe.yml"), out, seeds=[0, 1])
     assert [r["metrics"] for r in again] == [r["metrics"] for r in rows]
+    with pytest.raises(ConfigError, match="was made with another recipe, overrides, epochs or graph file"):
+        ablate_module.ablate([str(base)], str(tmp_path / "recipe.yml"), out, seeds=[0], epochs=2)
+    with pytest.raises(ConfigError, match="--epochs must be 1 or more, got 0"):
+        ablate_module.ablate([str(base)], str(tmp_path / "recipe.yml"), out, seeds=[0], epochs=0)
+    fresh, broken = tmp_path / "fresh.yaml", tmp_path / "broken.yaml"
+    fresh.write_text(yaml.safe_dump(TINY_GRAPH))
+    broken.write_text(yaml.safe_dump({**TINY_GRAPH, "backbone": [[-1, 1, "NoSuchBlock", [8]]]}))
+    with pytest.raises(GraphError, match="NoSuchBlock"):  # raised before `fresh` would train (no_training)
+        ablate_module.ablate([str(fresh), str(broken)], str(tmp_path / "recipe.yml"), out, seeds=[0])
+
+
+def test_a_size_without_objects_reads_n_a_not_minus_100(tmp_path):
+    results = [{"AP50:95": 0.5, "AP50": 0.7, "AP75": 0.4, "APs": 0.2, "APm": 0.3, "APl": -1.0}] * 2
+    summary = ablate_module.summarise(results)
+    assert summary["APl"] is None and summary["AP50:95"] == (50.0, 0.0)
+    ablate_module.write_reports([{"variant": "v", "params": 1e6, "gflops": 1.0, "latency_ms": 2.0,
+                                  "metrics": summary}], tmp_path, [0, 1])
+    assert "| n/a |" in (tmp_path / "ablation.md").read_text()
+    with open(tmp_path / "ablation.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["APl_mean"] == "" and row["AP50_mean"] == "70.000"

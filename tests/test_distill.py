@@ -410,6 +410,14 @@ def test_mismatched_classes_or_queries_are_config_errors(demo, teacher, tmp_path
         Solver(load_config(student_config(demo, tmp_path, {"kd_loss_type": "logit"})), device="cpu",
                       output_dir=str(tmp_path / "run2"), teacher_config=str(teacher[0]),
                       teacher_weights=str(tmp_path / "t.pth"))
+    swapped = torch.load(teacher[1], map_location="cpu", weights_only=True)  # the same count, another order
+    names = swapped["meta"]["names"]
+    swapped["meta"]["names"] = [names[1], names[0], *names[2:]]
+    save_atomic(swapped, tmp_path / "swapped.pth")
+    with pytest.raises(ConfigError, match=f"class 0 is '{names[0]}' in the student's data and '{names[1]}'"):
+        Solver(load_config(student_config(demo, tmp_path, {"kd_loss_type": "logit"})), device="cpu",
+               output_dir=str(tmp_path / "run3"), teacher_config=str(teacher[0]),
+               teacher_weights=str(tmp_path / "swapped.pth"))
 
 
 @pytest.mark.slow

@@ -232,3 +232,39 @@ def test_int8_op_types_are_checked_before_anything_is_written_and_widen_what_is_
     convs_only = onnx_export.quantize_int8(fp32, tmp_path / "convs.int8.onnx", tmp_path / "data/train", preprocessing,
                                            op_types=["Conv"])
     assert int8_adds(wide) > 0 and int8_adds(convs_only) == 0
+
+
+def test_export_refuses_an_output_that_is_not_an_onnx_file_before_writing(tmp_path):
+    """-o last.pth (the checkpoint just read) or a folder would be written over: refused up front."""
+    from core.errors import ArgumentError, ConfigError
+
+    checkpoint = tmp_path / "last.pth"
+    checkpoint.write_bytes(b"weights")
+    base = ["-c", "graphs/examples/tiny_deim.yaml", "--random-weights"]
+    with pytest.raises(ConfigError, match="is not an .onnx file name"):
+        export.main(base + ["-o", str(checkpoint)])
+    assert checkpoint.read_bytes() == b"weights"
+    (tmp_path / "folder.onnx").mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):
+        export.main(base + ["-o", str(tmp_path / "folder.onnx")])
+    with pytest.raises(ConfigError, match="over the input"):
+        export.main(["-c", str(tmp_path / "model.onnx"), "--random-weights", "-o", str(tmp_path / "model.onnx")])
+    with pytest.raises(ArgumentError, match="--calib-images must be 1 or more, got 0"):
+        export.main(base + ["-o", str(tmp_path / "x.onnx"), "--int8", "--calib", str(tmp_path), "--calib-images", "0"])
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_calibration_reads_images_as_training_does(tmp_path):
+    """A 16-bit PNG calibrates as its 8-bit high byte (PIL's own RGB conversion clips it to white)."""
+    from PIL import Image
+
+    from data.cache import load_rgb
+    from data.transforms import preprocess_image
+
+    pixels = (torch.arange(32 * 32).reshape(32, 32) * 60).to(torch.int32).numpy()
+    Image.fromarray(pixels.astype("uint16")).save(tmp_path / "deep.png")
+    preprocessing = {"imgsz": [32, 32], "letterbox": False, "normalize": False}
+    batch = onnx_export._CalibrationReader([tmp_path / "deep.png"], preprocessing).get_next()["images"][0]
+    expected, _ = preprocess_image(load_rgb(tmp_path / "deep.png"), [32, 32])
+    assert torch.equal(torch.from_numpy(batch), expected)
+    assert 0.2 < batch.mean() < 0.8  # not white

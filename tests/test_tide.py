@@ -108,3 +108,22 @@ def test_perfect_detections_have_no_errors():
     result = evaluate(gt, results)
     assert result.ap50 == pytest.approx(100.0)
     assert all(v == 0 for v in result.main.values()) and all(v == 0 for v in result.special.values())
+
+
+def test_results_of_another_file_or_labels_instead_of_ids_are_refused_not_scored_as_errors():
+    from core.errors import ArgumentError, DataError
+
+    gt, results = make_case(3, num_images=4, crowd=False)
+    moved = [{**r, "image_id": r["image_id"] + 1000} for r in results]          # another split's predictions
+    with pytest.raises(DataError, match=f"in {len(results)} of {len(results)} detections the image_id is not"):
+        evaluate(gt, moved)
+    labels = [{**r, "category_id": CLASSES.index(r["category_id"])} for r in results]  # 0-based labels
+    with pytest.raises(DataError, match="the category_id is not one of the annotation file's categories: 0, 1, 2"):
+        evaluate(gt, labels)
+    with pytest.raises(DataError, match="holds no detections"):
+        evaluate(gt, [])
+    with pytest.raises(ArgumentError, match="0 < bg_thresh <= pos_thresh <= 1"):
+        evaluate(gt, results, pos_thresh=2)
+    with pytest.raises(ArgumentError, match="max_dets must be 1 or more"):
+        evaluate(gt, results, max_dets=0)
+    assert evaluate(gt, results, pos_thresh=0.75).summary().startswith("TIDE  bbox AP @ 75:")
