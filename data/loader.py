@@ -83,7 +83,7 @@ def check_loader(section, split: str) -> dict:
     dataset.pop("return_masks", None)  # the official configs' segmentation switch: boxes only here
     dataset = check_call(cls, dataset, f"{where}.dataset", skip=_DATASET_OWN)
     cfg["dataset"] = {"type": kind, **dataset,
-                      "transforms": check_transforms(transforms, f"{where}.dataset.transforms")}
+                      "transforms": check_transforms(transforms, f"{where}.dataset.transforms", split)}
     if cfg["collate_fn"] is not None:
         collate = dict(cfg["collate_fn"])
         COLLATES.get(collate.pop("type", "BatchImageCollateFunction"), where=f"{where}.collate_fn.type")

@@ -34,10 +34,19 @@ class TransformsConfig(Section):
     mosaic_prob: confloat(ge=-1.0, le=1.0) = -0.1
 
 
-def check_transforms(section, where: str) -> dict | None:
-    """The validated `transforms` section; every op's keys checked against its constructor."""
+# ops that may follow ConvertBoxes: they leave the boxes alone (a flip or crop after it would not
+# move the already-converted boxes)
+_AFTER_CONVERT_BOXES = ("ConvertPILImage", "Normalize")
+
+
+def check_transforms(section, where: str, split: str = "val") -> dict | None:
+    """The validated `transforms` section; every op's keys checked against its constructor, and the
+    ops the trainer relies on present: ConvertPILImage in every split (the collate stacks tensors)
+    and, for training, ConvertBoxes to normalized cxcywh as the last box op (the criterion reads
+    normalized cxcywh; pixel xyxy boxes would train without an error, on wrong targets)."""
     if section is None:
-        return None
+        raise ConfigError("the dataset has no transforms: images stay PIL images and boxes stay pixel xyxy",
+                          where=where, hint="copy the `transforms` of configs/recipes/dataloader.yml")
     cfg = validate_section(TransformsConfig, section, where).model_dump(exclude_none=True)
     for i, op in enumerate(cfg["ops"]):
         op_where = f"{where}.ops[{i}]"
@@ -52,7 +61,35 @@ def check_transforms(section, where: str) -> dict | None:
         if name not in names:
             raise ConfigError(f"policy op {name!r} is not among the ops ({', '.join(names) or 'none'})",
                               where=f"{where}.policy.ops", hint="name ops by their `type`")
+    check_required_ops(cfg, where, split)
     return cfg
+
+
+def check_required_ops(cfg: dict, where: str, split: str) -> None:
+    names = [op["type"] for op in cfg["ops"]]
+    policy_ops = set((cfg.get("policy") or {}).get("ops", []))
+    required = ["ConvertPILImage"] + (["ConvertBoxes"] if split == "train" else [])
+    for name in required:
+        if name not in names:
+            raise ConfigError(f"the {split} transforms have no {name}", where=f"{where}.ops",
+                              hint="end the ops as configs/recipes/dataloader.yml does: "
+                                   "{type: ConvertPILImage, dtype: float32, scale: true}"
+                                   + (", {type: ConvertBoxes, fmt: cxcywh, normalize: true}" if split == "train" else ""))
+        if name in policy_ops:
+            raise ConfigError(f"{name} is among the policy ops, so it would stop with them", where=f"{where}.policy.ops",
+                              hint=f"take {name} out of policy.ops")
+    if split != "train":
+        return
+    last = len(names) - 1 - names[::-1].index("ConvertBoxes")
+    op = cfg["ops"][last]
+    if op.get("fmt", "cxcywh").lower() != "cxcywh" or not op.get("normalize", True):
+        raise ConfigError(f"ConvertBoxes gives fmt {op.get('fmt')!r}, normalize {op.get('normalize')}; the criterion "
+                          "reads normalized cxcywh boxes", where=f"{where}.ops[{last}]",
+                          hint="use {type: ConvertBoxes, fmt: cxcywh, normalize: true}")
+    moved = [name for name in names[last + 1:] if name not in _AFTER_CONVERT_BOXES]
+    if moved:
+        raise ConfigError(f"{', '.join(moved)} after ConvertBoxes would change the image but not the converted boxes",
+                          where=f"{where}.ops", hint="put ConvertBoxes after every op that moves or resizes the image")
 
 
 def build_op(spec, where: str):

@@ -83,12 +83,16 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
+COORD_SLACK = 0.01  # exporters round 1.0 to 1.0001 and the like; the dataset clamps such boxes
+
+
 def read_labels(path: Path, names: dict) -> list[tuple[int, float, float, float, float]]:
     """Rows (class, cx, cy, w, h) of one label file; a missing file is an image without objects."""
     if not path.is_file():
         return []
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    # utf-8-sig: label files written by Windows tools may start with a byte-order mark
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
@@ -97,14 +101,21 @@ def read_labels(path: Path, names: dict) -> list[tuple[int, float, float, float,
             raise DataError(f"expected 5 columns `class cx cy w h`, found {len(fields)}: {line.strip()!r}", where=where,
                             hint="detection labels only; convert segmentation polygons to boxes first")
         try:
-            cls, values = int(fields[0]), [float(v) for v in fields[1:]]
+            cls, values = float(fields[0]), [float(v) for v in fields[1:]]
         except ValueError:
             raise DataError(f"not numbers: {line.strip()!r}", where=where) from None
+        if not cls.is_integer():
+            raise DataError(f"class {fields[0]} is not a whole number", where=where, hint="class ids are 0, 1, 2, ...")
+        cls = int(cls)
         if cls not in names:
             raise DataError(f"class {cls} is not in data.yaml's names (ids {sorted(names)})", where=where,
                             hint="fix the label, or add the class to `names`")
         if not all(math.isfinite(v) for v in values):
             raise DataError(f"non-finite coordinates: {line.strip()!r}", where=where)
+        if not all(-COORD_SLACK <= v <= 1 + COORD_SLACK for v in values):
+            raise DataError(f"coordinates outside 0..1: {line.strip()!r}", where=where,
+                            hint="YOLO labels give cx, cy, w, h as fractions of the image width and height; "
+                                 "pixel values must be divided by the image size")
         rows.append((cls, *values))
     return rows
 

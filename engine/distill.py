@@ -84,6 +84,7 @@ from core import dist
 from core.checkpoint_io import model_weights, read_checkpoint
 from core.errors import CheckpointError, ConfigError
 from core.schema import Section, validate_section
+from core.yaml_io import load_yaml
 from blocks.decoder._denoising import replay_denoising
 from engine.distill_losses import FEATURE_LOSSES, MATCHING, FeaturePair, edge_bins, logit_losses, match_queries
 
@@ -166,6 +167,10 @@ def epoch_window(window, epochs: int) -> tuple[int, int]:
     if not 0 <= start < end:
         raise ConfigError(f"epoch_window {list(window)} is empty (start {start}, end {end} over {epochs} epochs)",
                           where="distill.epoch_window", hint="end must be after start, e.g. [0, 0.5]")
+    if start >= epochs:
+        raise ConfigError(f"epoch_window {list(window)} starts at epoch {start}, but the run has {epochs} epochs "
+                          "(0 to {}): the teacher would never teach".format(epochs - 1), where="distill.epoch_window",
+                          hint="floats are fractions of `epochs`, e.g. [0, 0.5]; ints are epochs")
     return start, end
 
 
@@ -203,7 +208,22 @@ def build_teacher(cfg: dict, weights_path: str, device) -> tuple[nn.Module, list
     from models.factory import load_detector
 
     model, _, meta = load_detector(weights_path, cfg, device)
+    note_stored_graph(meta, cfg, weights_path)
     return freeze(model), (list(meta["names"]) if meta.get("names") else None)
+
+
+def note_stored_graph(meta: dict, cfg: dict, weights_path) -> None:
+    """A checkpoint of ours is built from the graph it records (its weights fit no other); say so when
+    the teacher config names another graph or scale, which would otherwise be ignored without a word."""
+    stored, given = meta.get("graph_spec"), cfg.get("graph")
+    if not stored or not given:
+        return
+    spec = given if isinstance(given, dict) else load_yaml(given, error=ConfigError)
+    scales_differ = cfg.get("scale") is not None and cfg.get("scale") != meta.get("scale")
+    if (spec != stored or scales_differ) and dist.is_main():
+        print(f"note: the teacher is built from the graph {weights_path} records (scale {meta.get('scale')}), which "
+              f"its weights were trained with; the teacher config's graph {given if not isinstance(given, dict) else ''}"
+              f"{' (scale ' + str(cfg.get('scale')) + ')' if scales_differ else ''} differs and is not used")
 
 
 def check_same_classes(student_names: list[str] | None, teacher_names: list[str] | None, teacher_weights) -> None:

@@ -258,7 +258,8 @@ class Solver:
     def _build_distiller(self):
         if self.test_only:
             return None
-        from engine.config import load_config, locate_graph
+        from core.schema import validate_section
+        from engine.config import RunConfig, load_config, locate_graph
         from engine.distill import Distiller, freeze_unsupervised_projector
 
         distiller = None
@@ -266,6 +267,7 @@ class Solver:
             teacher_cfg, path = None, self.options.get("teacher_config")
             if path:
                 teacher_cfg = load_config(path, self.options.get("teacher_updates") or ())
+                validate_section(RunConfig, teacher_cfg, f"teacher config {path}")
                 teacher_cfg["graph"] = locate_graph(teacher_cfg.get("graph"), path)
             distiller = Distiller(self.cfg["distill"], self.raw_model, self.imgsz, self.device, self.epochs,
                                   teacher_cfg=teacher_cfg, teacher_weights=self.options.get("teacher_weights"),
@@ -292,6 +294,7 @@ class Solver:
             self.distiller.attach(self.raw_model)  # after the EMA copy, so the EMA model carries no hooks
         self.model = dist.wrap_model(self.raw_model, self.device, cfg["sync_bn"], cfg["find_unused_parameters"])
         self.epoch = -1           # last finished epoch
+        self.last_saved = None    # (path, epoch) of the newest whole checkpoint a run can continue from
         self.global_step = 0
         self.best = {"ap": -1.0, "epoch": -1}
         self.stage2 = {"reference": None, "pending_restart": False}
@@ -351,6 +354,8 @@ class Solver:
         if dist.is_main():
             paths = [self.output_dir / name for name in names]
             save_atomic(self.state_dict(stats), paths[0], copies=paths[1:])
+        if "last.pth" in names:
+            self.last_saved = (self.output_dir / "last.pth", self.epoch)
 
     def _load_weights(self, state: dict, path, restart: bool = False) -> None:
         mismatch = describe_mismatch(self.raw_model, state["model"])
@@ -380,6 +385,7 @@ class Solver:
         for key, target in (("optimizer", self.optimizer), ("scaler", self.scaler)):
             target.load_state_dict(state[key])
         self.epoch = int(state.get("epoch", -1))
+        self.last_saved = (Path(path), self.epoch)
         self.global_step = int(state.get("global_step", (self.epoch + 1) * len(self.train_loader)))
         solver = state.get("solver", {})
         self.best = dict(solver.get("best", self.best))
@@ -429,12 +435,17 @@ class Solver:
             self.close()
 
     def _where_it_stopped(self, what: str) -> tuple[str, str]:
-        """(what happened and the last whole checkpoint, how to continue) for a run stopped early."""
-        last = self.output_dir / "last.pth"
-        if last.is_file():
-            return (f"{what} after epoch {self.epoch}; the last whole checkpoint is {last}",
-                    f"continue with `-r {last}` (or --auto-resume --output-dir {self.output_dir})")
-        return f"{what} before the first checkpoint", f"rerun with --auto-resume --output-dir {self.output_dir}"
+        """(what happened and the last whole checkpoint, how to continue) for a run stopped early. The
+        epoch is the saved one: a stop during an epoch's evaluation or save leaves the one before."""
+        teacher = ""
+        if self.options.get("teacher_weights"):  # distill.py needs its teacher again to continue
+            teacher = f" -tc {self.options.get('teacher_config')} -tw {self.options['teacher_weights']}"
+        if self.last_saved is not None:
+            path, epoch = self.last_saved
+            return (f"{what} after epoch {epoch}; the last whole checkpoint is {path}",
+                    f"continue with `-r {path}{teacher}` (or --auto-resume --output-dir {self.output_dir}{teacher})")
+        return (f"{what} before the first checkpoint",
+                f"rerun with --auto-resume --output-dir {self.output_dir}{teacher}")
 
     def _fit(self, max_epochs: int | None) -> dict:
         import data

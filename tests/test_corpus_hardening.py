@@ -580,6 +580,25 @@ def _(ctx):
     return 2, text  # the corpus check wants the stop code; 130 (SIGINT's) was checked above
 
 
+@case("ctrl_c_during_evaluation", "files", "interrupted after epoch 0; the last whole checkpoint is",
+      "continue with `-r")
+def _(ctx):
+    """Epoch 1 has trained but its checkpoint is not written yet: the message must name epoch 0."""
+    from engine.solver import Solver
+
+    evaluate = Solver.evaluate
+
+    def interrupt_second_evaluation(self, *args, **kwargs):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return evaluate(self, *args, **kwargs)
+
+    ctx.monkeypatch.setattr(Solver, "evaluate", interrupt_second_evaluation)
+    code, text = ctx.train("-u", "epochs=2")
+    assert code == 130 and torch.load(ctx.tmp / "out" / "last.pth", weights_only=True)["epoch"] == 0
+    return 2, text
+
+
 # --------------------------------------------------------------------------------------------- resources, checkpoints
 @case("yaml_alias_bomb", "resources", "expand to more than 1,000,000 values", "write the values out")
 def _(ctx):

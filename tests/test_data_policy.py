@@ -190,12 +190,18 @@ def test_derive_epochs_follows_the_tutorial():
     assert short["no_aug_epoch"] == 2 and short["policy_epoch"] == [2, 6, 8]
 
 
+TO_TENSOR = {"type": "ConvertPILImage"}
+TO_TARGETS = {"type": "ConvertBoxes", "fmt": "cxcywh", "normalize": True}
+
+
 def loaders(train_ops=(), val_ops=(), **train):
-    """Dataloader sections over a dataset that need not exist (resolve only checks the config)."""
+    """Dataloader sections over a dataset that need not exist (resolve only checks the config); the
+    ops the trainer requires are appended."""
     def section(ops, **extra):
         return {"dataset": {"type": "coco", "img_folder": "x", "ann_file": "x.json",
                             "transforms": {"ops": list(ops), **extra.pop("transforms", {})}}, **extra}
-    return {"train_dataloader": section(train_ops, **train), "val_dataloader": section(val_ops)}
+    return {"train_dataloader": section([*train_ops, TO_TENSOR, TO_TARGETS], **train),
+            "val_dataloader": section([*val_ops, TO_TENSOR])}
 
 
 def test_resolve_fills_only_unset_epoch_values_and_leaves_its_input_alone():
@@ -237,3 +243,41 @@ def test_malformed_policy_epochs_are_config_errors():
     for epochs in (None, [1, 2]):
         with pytest.raises(ConfigError, match="policy.epoch"):
             Compose([], {"name": "stop_epoch", "epoch": epochs})
+
+
+@pytest.mark.parametrize("train_ops, val_ops, where, message", [
+    ([TO_TENSOR], [TO_TENSOR], "train_dataloader.dataset.transforms.ops", "no ConvertBoxes"),
+    ([TO_TARGETS], [TO_TENSOR], "train_dataloader.dataset.transforms.ops", "no ConvertPILImage"),
+    ([TO_TENSOR, TO_TARGETS], [{"type": "Resize", "size": [64, 64]}], "val_dataloader.dataset.transforms.ops",
+     "no ConvertPILImage"),
+    ([TO_TENSOR, dict(TO_TARGETS, fmt="xyxy")], [TO_TENSOR], "train_dataloader.dataset.transforms.ops[1]",
+     "normalized cxcywh"),
+    ([TO_TENSOR, dict(TO_TARGETS, normalize=False)], [TO_TENSOR], "train_dataloader.dataset.transforms.ops[1]",
+     "normalized cxcywh"),
+    ([TO_TENSOR, TO_TARGETS, {"type": "RandomHorizontalFlip"}], [TO_TENSOR], "train_dataloader.dataset.transforms.ops",
+     "RandomHorizontalFlip after ConvertBoxes"),
+])
+def test_a_pipeline_that_would_train_on_wrong_targets_is_refused(train_ops, val_ops, where, message):
+    """Without ConvertBoxes the criterion would read pixel xyxy boxes as normalized cxcywh and train
+    without an error; without ConvertPILImage the collate would fail on PIL images mid-run."""
+    from core.errors import ConfigError
+
+    cfg = {"train_dataloader": {"dataset": {"type": "coco", "img_folder": "x", "ann_file": "x.json",
+                                            "transforms": {"ops": train_ops}}},
+           "val_dataloader": {"dataset": {"type": "coco", "img_folder": "x", "ann_file": "x.json",
+                                          "transforms": {"ops": val_ops}}}}
+    with pytest.raises(ConfigError, match=message) as err:
+        resolve(cfg, training=False)
+    assert err.value.where == where
+
+
+def test_the_conversions_cannot_be_policy_ops_or_missing_altogether():
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stop with them") as err:
+        resolve(loaders(transforms={"policy": {"epoch": 3, "ops": ["ConvertBoxes"]}}), training=False)
+    assert err.value.where == "train_dataloader.dataset.transforms.policy.ops"
+    cfg = loaders()
+    del cfg["val_dataloader"]["dataset"]["transforms"]
+    with pytest.raises(ConfigError, match="no transforms"):
+        resolve(cfg, training=False)

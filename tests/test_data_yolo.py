@@ -90,6 +90,24 @@ def test_wrong_column_count_names_file_and_line(tmp_path):
         read_labels(labels, {0: "a", 1: "b"})
 
 
+def test_pixel_coordinates_are_refused_and_exporter_quirks_read(tmp_path):
+    """Pixel labels would otherwise become boxes far outside every image: all dropped, and training
+    would go on with no objects at all."""
+    labels = tmp_path / "x.txt"
+    labels.write_text("0 0.5 0.5 0.2 0.2\n1 320 240 64 48\n")
+    with pytest.raises(DataError, match="x.txt:2: coordinates outside 0..1") as err:
+        read_labels(labels, {0: "a", 1: "b"})
+    assert "fractions of the image" in str(err.value)
+    labels.write_text("0 0.5 0.5 0.2 -0.3\n")
+    with pytest.raises(DataError, match="outside 0..1"):
+        read_labels(labels, {0: "a"})
+    labels.write_bytes("\ufeff1.0 0.5 0.5 1.0004 0.2\n".encode())  # a byte-order mark, a float class, a rounded 1
+    assert read_labels(labels, {0: "a", 1: "b"}) == [(1, 0.5, 0.5, 1.0004, 0.2)]
+    labels.write_text("1.5 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(DataError, match="class 1.5 is not a whole number"):
+        read_labels(labels, {0: "a", 1: "b"})
+
+
 def test_label_path_follows_the_ultralytics_rule(tmp_path):
     assert label_path(tmp_path / "images/train/images/x.jpg") == tmp_path / "images/train/labels/x.txt"
 

@@ -23,6 +23,7 @@ from engine.distill import adapted_weight, epoch_window, logit_terms, schedule_f
 from engine.distill_losses import (MGDGenerator, cwd_loss, ickd_loss, logit_losses, match_queries, mgd_loss,
                                    mimic_loss, moved_edges, sp_loss)
 from engine.solver import Solver
+from models import build_model
 from core.errors import ConfigError
 from tests.engine_helpers import REPO, TINY_GRAPH, make_data, subprocess_env, tiny_config, write_config
 
@@ -275,6 +276,8 @@ def test_schedule_window_and_decay():
     assert schedule_factor("cosine", 3, 2, 6) == pytest.approx(0.5 * (1 + np.cos(np.pi / 4)))
     with pytest.raises(ConfigError):
         epoch_window([5, 5], 10)
+    with pytest.raises(ConfigError, match="starts at epoch 12, but the run has 10 epochs"):
+        epoch_window([12, 20], 10)   # a window wholly after the run would switch distillation off for good
 
 
 def test_adaptive_weight_follows_rtdetrv4_rule():
@@ -401,7 +404,6 @@ def test_mismatched_classes_or_queries_are_config_errors(demo, teacher, tmp_path
     with pytest.raises(ConfigError, match="index pairs query i"):
         distill_solver(student_config(demo, tmp_path, {"kd_loss_type": "logit", "logit": {"matching": "index"}},
                                       queries=10), teacher, tmp_path)
-    from models import build_model
 
     two_classes = build_model(TINY_GRAPH, nc=2, check=False)   # a teacher of another dataset
     save_atomic({"model": two_classes.state_dict(), "meta": {"graph_spec": TINY_GRAPH, "nc": 2}},
@@ -418,6 +420,23 @@ def test_mismatched_classes_or_queries_are_config_errors(demo, teacher, tmp_path
         Solver(load_config(student_config(demo, tmp_path, {"kd_loss_type": "logit"})), device="cpu",
                output_dir=str(tmp_path / "run3"), teacher_config=str(teacher[0]),
                teacher_weights=str(tmp_path / "swapped.pth"))
+
+
+def test_the_teacher_config_is_checked_and_a_graph_it_does_not_use_is_named(demo, teacher, tmp_path, capsys):
+    cfg_path = student_config(demo, tmp_path, {"kd_loss_type": "logit"})
+    with pytest.raises(ConfigError, match="epohcs") as err:   # a -tu typo is not dropped without a word
+        Solver(load_config(cfg_path), device="cpu", output_dir=str(tmp_path / "run"),
+               teacher_config=str(teacher[0]), teacher_weights=str(teacher[1]), teacher_updates=["epohcs=3"])
+    assert str(teacher[0]) in str(err.value)
+    other = write_config(tiny_config(demo, graph=student_graph(queries=12)), tmp_path / "other_teacher.yml")
+    capsys.readouterr()
+    solver = Solver(load_config(cfg_path), device="cpu", output_dir=str(tmp_path / "run"),
+                    teacher_config=str(other), teacher_weights=str(teacher[1]))
+    assert "differs and is not used" in capsys.readouterr().out
+    assert sum(p.numel() for p in solver.distiller.teacher.parameters()) == sum(
+        p.numel() for p in build_model(TINY_GRAPH, nc=3, check=False).parameters())   # the teacher's own graph
+    distill_solver(cfg_path, teacher, tmp_path)
+    assert "differs" not in capsys.readouterr().out
 
 
 @pytest.mark.slow
