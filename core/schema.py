@@ -37,7 +37,9 @@ ImageSize = Annotated[int, Field(gt=0, le=MAX_IMGSZ)] | Annotated[list[Annotated
 class Section(BaseModel):
     """A config section: unknown keys are errors; values are coerced where lossless ("1e-4" -> 1e-4)."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+    # allow_inf_nan: an `.inf` or `.nan` in a YAML is a typo, never a setting (lr: .inf trains to NaN)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=(),
+                              allow_inf_nan=False)
 
     @pydantic.field_validator("*", mode="before")
     @classmethod
@@ -164,6 +166,12 @@ def _section_error(err: pydantic.ValidationError, model: type[BaseModel], where:
         keys, _, holder = _field_path(model, loc[:-1])
         key = ".".join(filter(None, [where, *keys, str(loc[-1])]))
         return ConfigError(f"unknown key {loc[-1]!r}", where=key, hint=nearest(loc[-1], (holder or model).model_fields))
+    if first["type"] == "missing" and isinstance(loc[-1], int):   # a list too short for its tuple
+        loc = loc[:-1]
+        keys, annotation, _ = _field_path(model, loc)
+        return ConfigError(f"must be {describe(annotation)}, got {_value(first.get('input'))}",
+                           where=".".join(filter(None, [where, *keys])),
+                           hint="fix the value in the config file (or the -u override)")
     keys, annotation, holder = _field_path(model, loc)
     key = ".".join(filter(None, [where, *keys]))
     if first["type"] == "missing":

@@ -3,8 +3,9 @@
 Repairs (counted, reported as warnings): boxes reaching outside the image are clamped; boxes with
 zero/negative size or NaN coordinates, and annotations of images that do not exist, are dropped;
 missing `area`, `iscrowd`, annotation `id` and image `width`/`height` are filled in.
-Errors (the run stops): missing or unreadable image files, duplicate image or annotation ids,
-annotations of unknown categories, malformed entries. Image files are checked from their headers only.
+Errors (the run stops): missing or unreadable image files, duplicate image or annotation ids, one file
+under two image ids, annotations of unknown categories, malformed entries. Image files are checked from
+their headers only.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ ERROR_KINDS = {
     "image_too_large": "image above PIL's pixel limit (a decompression-bomb guard)",
     "image_bad_entry": "image entry without an integer `id` or a `file_name`",
     "duplicate_image_id": "two images share an id",
+    # each id would get its own share of the file's boxes and predictions for all of them: false positives
+    "duplicate_file_name": "two image ids name the same file",
     "duplicate_annotation_id": "two annotations share an id",
     "duplicate_category_id": "two categories share an id",
     "unknown_category": "annotation of a category missing from `categories`",
@@ -39,6 +42,7 @@ WARNING_KINDS = {
     "size_mismatch": "image file size differs from width/height in the annotation file",
     "size_filled": "image without width/height (read from the file)",
     "id_filled": "annotation without an id (assigned)",
+    "duplicate_category_name": "two categories share a name (labels stay apart; names in results do not)",
 }
 ORIENTATION_TAG = 0x0112
 # Exporters write coordinates like 640.0000001; smaller overshoots are clamped without a report.
@@ -179,13 +183,17 @@ def validate_coco(ann_file: str | Path | dict, img_folder: str | Path | None = N
     if not categories:
         problems.append(Problem("no_categories", detail="add `categories: [{id, name}, ...]`"))
         categories = []
-    cat_ids = set()
+    cat_ids, cat_names = set(), {}
     for cat in categories:
         if cat.get("id") in cat_ids:
             problems.append(Problem("duplicate_category_id", detail=f"category id {cat.get('id')!r}"))
+        if cat.get("name") in cat_names:
+            problems.append(Problem("duplicate_category_name", detail=f"{cat.get('name')!r}: category ids "
+                                    f"{cat_names[cat.get('name')]!r} and {cat.get('id')!r}"))
         cat_ids.add(cat.get("id"))
+        cat_names.setdefault(cat.get("name"), cat.get("id"))
 
-    images, seen_ids = [], {}
+    images, seen_ids, seen_files = [], {}, {}
     for entry in raw.get("images", []):
         image_id, file_name = entry.get("id"), entry.get("file_name")
         if not isinstance(image_id, int) or isinstance(image_id, bool) or not file_name:
@@ -195,7 +203,11 @@ def validate_coco(ann_file: str | Path | dict, img_folder: str | Path | None = N
             problems.append(Problem("duplicate_image_id", image_id, file_name,
                                     detail=f"also used by {seen_ids[image_id]}"))
             continue
-        seen_ids[image_id] = file_name
+        if file_name in seen_files:
+            problems.append(Problem("duplicate_file_name", image_id, file_name,
+                                    detail=f"also image id {seen_files[file_name]}"))
+            continue
+        seen_ids[image_id], seen_files[file_name] = file_name, image_id
         images.append(dict(entry))
 
     if check_images or any(not (_is_number(im.get("width")) and _is_number(im.get("height"))) for im in images):

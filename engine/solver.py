@@ -31,7 +31,7 @@ import torch
 
 from core import dist
 from core.checkpoint_io import DiskFullError, atomic_write_text, model_weights, read_checkpoint, save_atomic
-from core.errors import CheckpointError, ConfigError, DetrZooError, Interrupted
+from core.errors import CheckpointError, ConfigError, DataError, DetrZooError, Interrupted
 from data.collate import padding_mask
 from engine import checkpoint
 from engine.config import resolve
@@ -185,6 +185,13 @@ class Solver:
                                   where="train_dataloader.total_batch_size",
                                   hint=f"lower total_batch_size to at most {len(datasets['train'])}")
             self._warn_shared_images(datasets["train"], datasets["val"])
+        scored = sum(not a.get("iscrowd", 0) for a in datasets["val"].coco.dataset["annotations"])
+        if scored == 0:
+            total = len(datasets["val"].coco.dataset["annotations"])
+            raise DataError(f"the validation set has no objects to score ({total} annotations"
+                            f"{', all iscrowd' if total else ''}): COCO AP would be -1 every epoch and best.pth "
+                            "an arbitrary one", where=str(datasets["val"].ann_file),
+                            hint="validate on images with annotated objects (iscrowd: 0)")
         self.val_loader = data.build_dataloader(cfg["val_dataloader"], "val", distributed=distributed, seed=self.seed,
                                                 dataset=datasets["val"])
         self.evaluator = CocoEvaluator(datasets["val"].coco, self.category_ids, self.names)

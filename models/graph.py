@@ -147,11 +147,13 @@ def _resolve_scale(spec, path, scale):
 
 
 def _resolve_nc(spec, path, nc):
-    nc = spec.get("nc") if nc is None else nc
-    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc <= 0):
-        raise GraphError(f"nc must be a positive integer, got {nc!r}", where=f"{path}: nc",
-                         hint="set `nc:` to the number of classes (the dataset may override it)")
-    return nc
+    # the graph's own nc is checked even when the caller's (the dataset's) replaces it: a typo there
+    # would otherwise wait for the day the graph is built without a dataset
+    for value in (spec.get("nc"), nc):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise GraphError(f"nc must be a positive integer, got {value!r}", where=f"{path}: nc",
+                             hint="set `nc:` to the number of classes (the dataset may override it)")
+    return spec.get("nc") if nc is None else nc
 
 
 def _resolve_imgsz(imgsz, path):

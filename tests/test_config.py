@@ -113,6 +113,18 @@ def test_typed_errors_say_what_was_expected():
 
 
 @pytest.mark.parametrize("update, message", [
+    ("optimizer.lr=.inf", r"optimizer.lr: must be a number \(> 0\), got inf"),     # trains to NaN otherwise
+    ("optimizer.params=[{params: x, lr: .nan}]", r"optimizer.params\[0\].lr: .*got nan"),
+    ("optimizer.betas=[0.9]", r"optimizer.betas: must be a list of 2 \(a number, a number\).*got \[0.9\]"),
+])
+def test_infinities_and_short_tuples_are_named_errors(update, message):
+    from engine.config import resolve
+
+    with pytest.raises(ConfigError, match=message):
+        resolve(load_config(REPO / "configs/demo.yml", [update]))
+
+
+@pytest.mark.parametrize("update, message", [
     ("epochs=true", r"epochs: must be an integer \(> 0\), not true/false, got True"),  # not one epoch
     ("optimizer.lr=false", r"optimizer.lr: must be a number .*got False"),
     ("imgsz=[true, 320]", r"imgsz: .*got \[True, 320\]"),

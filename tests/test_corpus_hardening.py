@@ -328,6 +328,28 @@ def _(ctx):
     return ctx.train(cfg=ctx.config(tiny_config(root, epochs=1)))
 
 
+@case("validation_set_all_crowd", "labels", "the validation set has no objects to score",
+      "validate on images with annotated objects")
+def _(ctx):
+    """COCO AP is -1 without a non-crowd object: every epoch would print it and keep any best.pth."""
+    root = copy_demo(ctx.demo, ctx.tmp)
+    val = root / "val" / ANN
+    coco = json.loads(val.read_text())
+    coco["annotations"] = [dict(a, iscrowd=1) for a in coco["annotations"]]
+    val.write_text(json.dumps(coco))
+    return ctx.train(cfg=ctx.config(tiny_config(root, epochs=1)))
+
+
+@case("one_file_under_two_ids", "labels", "two image ids name the same file", "fix the annotation file")
+def _(ctx):
+    root = copy_demo(ctx.demo, ctx.tmp)
+    val = root / "val" / ANN
+    coco = json.loads(val.read_text())
+    coco["images"][1]["file_name"] = coco["images"][0]["file_name"]
+    val.write_text(json.dumps(coco))
+    return ctx.train(cfg=ctx.config(tiny_config(root, epochs=1)))
+
+
 @case("test_only_unknown_category", "labels", "this split's categories disagree with the checkpoint",
       "give every split the same categories")
 def _(ctx):

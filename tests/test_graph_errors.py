@@ -83,6 +83,14 @@ def test_bad_class_count(tmp_path, nc):
     assert "nc must be a positive integer" in error_of(broken(tmp_path, f"nc: {nc}\n"))
 
 
+def test_the_graphs_own_bad_class_count_is_an_error_even_when_the_dataset_gives_one(tmp_path):
+    from models.graph import parse
+
+    with pytest.raises(GraphError, match="nc must be a positive integer, got 'abc'"):
+        parse({"nc": "abc", "backbone": [[-1, 1, "Conv", [8, 3, 2]]]}, nc=3)
+    assert parse({"nc": 5, "backbone": [[-1, 1, "Conv", [8, 3, 2]]]}, nc=3).nc == 3   # the dataset's count wins
+
+
 def test_decoder_must_be_last(tmp_path):
     from torch import nn
 
