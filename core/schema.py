@@ -140,6 +140,13 @@ def _value(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _section_in(annotation) -> type[BaseModel] | None:
+    """The section model an annotation holds, through Annotated, unions and lists (`pairs: list[PairConfig]`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_section_in, typing.get_args(annotation))), None)
+
+
 def _field_path(model: type[BaseModel], loc) -> tuple[list[str], Any, type[BaseModel] | None]:
     """(the config keys in pydantic's `loc`, the annotation of the last field, the section model
     that holds the next key, if any). loc also names union members ('constrained-int'), not keys."""
@@ -152,8 +159,7 @@ def _field_path(model: type[BaseModel], loc) -> tuple[list[str], Any, type[BaseM
             field = owner.model_fields[part]
             # pydantic keeps a field's constraints (PositiveInt's > 0) apart from its annotation
             annotation = typing.Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
-            owner = next((a for a in (annotation, *typing.get_args(annotation))
-                          if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            owner = _section_in(annotation)
         else:
             break
     return keys, annotation, owner

@@ -207,7 +207,12 @@ def build_teacher(cfg: dict, weights_path: str, device) -> tuple[nn.Module, list
     and the class names its checkpoint records (None for a converted official one, which has none)."""
     from models.factory import load_detector
 
-    model, _, meta = load_detector(weights_path, cfg, device)
+    try:
+        model, _, meta = load_detector(weights_path, cfg, device)
+    except (CheckpointError, ConfigError) as err:   # their hints name train.py's -c/-r/-t
+        raise type(err)(err.message, where=f"-tw {weights_path}",
+                        hint="-tw takes the teacher's checkpoint (ours or an official release) and -tc the run "
+                             "config it was trained with") from None
     note_stored_graph(meta, cfg, weights_path)
     return freeze(model), (list(meta["names"]) if meta.get("names") else None)
 

@@ -19,12 +19,12 @@ from blocks.decoder._dfine_parts import weighting_function
 from core.checkpoint_io import read_checkpoint, save_atomic
 from engine import checkpoint
 from engine.config import load_config
-from engine.distill import adapted_weight, epoch_window, logit_terms, schedule_factor
+from engine.distill import adapted_weight, check_distill, epoch_window, logit_terms, schedule_factor
 from engine.distill_losses import (MGDGenerator, cwd_loss, ickd_loss, logit_losses, match_queries, mgd_loss,
                                    mimic_loss, moved_edges, sp_loss)
 from engine.solver import Solver
 from models import build_model
-from core.errors import ConfigError
+from core.errors import CheckpointError, ConfigError
 from tests.engine_helpers import REPO, TINY_GRAPH, make_data, subprocess_env, tiny_config, write_config
 
 
@@ -280,6 +280,18 @@ def test_schedule_window_and_decay():
         epoch_window([12, 20], 10)   # a window wholly after the run would switch distillation off for good
 
 
+@pytest.mark.parametrize("pair, where, message", [
+    ({"student": 2}, "distill.feature.pairs[0].teacher", "missing required key 'teacher'"),
+    ({"student": 2, "teacher": 2, "loss": "kl"}, "distill.feature.pairs[0].loss", "must be one of 'mimic', 'cwd'"),
+    ({"student": 2, "teacher": 2, "weight": -1}, "distill.feature.pairs[0].weight", r"must be a number \(>= 0\)"),
+    ({"student": 2, "teacher": 2, "wieght": 1}, "distill.feature.pairs[0].wieght", "unknown key 'wieght'"),
+])
+def test_a_bad_feature_pair_names_its_own_key(pair, where, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        check_distill({"kd_loss_type": "feature", "feature": {"pairs": [pair]}})
+    assert err.value.where == where
+
+
 def test_adaptive_weight_follows_rtdetrv4_rule():
     # share 20% is above the band [10, 12]: RT-DETRv4 aims at the far bound, 10%: ratio 0.1 * 0.8 / (0.2 * 0.9)
     assert adapted_weight(5.0, 20.0, 11, 1, 20, False) == pytest.approx(5.0 * 0.08 / 0.18)
@@ -408,6 +420,11 @@ def test_mismatched_classes_or_queries_are_config_errors(demo, teacher, tmp_path
     two_classes = build_model(TINY_GRAPH, nc=2, check=False)   # a teacher of another dataset
     save_atomic({"model": two_classes.state_dict(), "meta": {"graph_spec": TINY_GRAPH, "nc": 2}},
                            tmp_path / "t.pth")
+    save_atomic({"model": build_model(student_graph(), nc=3, check=False).state_dict()}, tmp_path / "s.pth")
+    with pytest.raises(CheckpointError, match="does not fit this model") as err:   # student weights as -tw
+        Solver(load_config(student_config(demo, tmp_path, {"kd_loss_type": "logit"})), device="cpu",
+               output_dir=str(tmp_path / "run1"), teacher_config=str(teacher[0]), teacher_weights=str(tmp_path / "s.pth"))
+    assert err.value.where.startswith("-tw ") and "-tc the run config" in err.value.hint
     with pytest.raises(ConfigError, match="same classes"):
         Solver(load_config(student_config(demo, tmp_path, {"kd_loss_type": "logit"})), device="cpu",
                       output_dir=str(tmp_path / "run2"), teacher_config=str(teacher[0]),
