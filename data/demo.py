@@ -160,6 +160,20 @@ def make_demo(out, train: int = 64, val: int = 16, imgsz: int = 256, seed: int =
     return {split: out / split / "_annotations.coco.json" for split in ("train", "val")}
 
 
+def check_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse what would fail midway (a traceback after some files are written) or write a useless set."""
+    low = {"train": 1, "val": 1, "imgsz": 32, "max_objects": 1, "clutter": 0}
+    for name, least in low.items():
+        if getattr(args, name) < least:
+            parser.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
+    if not 1 <= args.classes <= len(SHAPES):
+        parser.error(f"--classes must be 1..{len(SHAPES)} ({', '.join(SHAPES)}), got {args.classes}")
+    if not 0 < args.sizes[0] <= args.sizes[1] < 1:
+        parser.error(f"--sizes must be 0 < LOW <= HIGH < 1 (fractions of the image side), got {list(args.sizes)}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder (it is created if missing)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder")
@@ -173,6 +187,7 @@ def main(argv=None):
                         help="shape side as a fraction of the image side")
     parser.add_argument("--clutter", type=int, default=0, help="unlabelled marks per image")
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
     files = make_demo(args.out, args.train, args.val, args.imgsz, args.seed, args.classes, args.max_objects,
                       tuple(args.sizes), args.clutter)
     for split, path in files.items():

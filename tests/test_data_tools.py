@@ -2,6 +2,8 @@
 import hashlib
 import json
 
+import pytest
+
 from analyze.dataset import dataset_stats, main as analyze_main
 from data.demo import main as demo_main, make_demo
 
@@ -50,3 +52,19 @@ def test_analyzer_counts_by_hand(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 images (1 without boxes), 3 boxes, 1 crowd" in out and "five" in out
     assert (tmp_path / "stats.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train", "0"], "--train must be at least 1"),
+    (["--imgsz", "8"], "--imgsz must be at least 32"),          # shapes below a pixel: a division by zero
+    (["--classes", "99"], "--classes must be 1..8"),
+    (["--sizes", "0.5", "0.1"], "--sizes must be 0 < LOW <= HIGH < 1"),
+])
+def test_demo_refuses_options_that_would_fail_midway(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        demo_main(["--out", str(tmp_path / "d"), *argv])
+    assert message in capsys.readouterr().err and not (tmp_path / "d").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        demo_main(["--out", str(tmp_path / "file")])
+    assert "is a file" in capsys.readouterr().err
