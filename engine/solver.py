@@ -185,6 +185,7 @@ class Solver:
                                   where="train_dataloader.total_batch_size",
                                   hint=f"lower total_batch_size to at most {len(datasets['train'])}")
             self._warn_shared_images(datasets["train"], datasets["val"])
+            self._check_output_outside_images(datasets)
         scored = sum(not a.get("iscrowd", 0) for a in datasets["val"].coco.dataset["annotations"])
         if scored == 0:
             total = len(datasets["val"].coco.dataset["annotations"])
@@ -216,6 +217,18 @@ class Solver:
             return [by_name.get(n, f"absent:{n}") for n in classes], list(classes)
         self._mapping_source = "the union of the splits' categories"
         return ids, names
+
+    def _check_output_outside_images(self, datasets: dict) -> None:
+        """A run writes pictures (its augmented batch, plots) into its folder; inside an image folder a
+        YOLO split, which takes every image below its folder, would train on them next time."""
+        output = self.output_dir.resolve()
+        for split, dataset in datasets.items():
+            folders = {Path(dataset.img_folder, im["file_name"]).parent for im in dataset.coco.dataset["images"]}
+            for folder in {f.resolve() for f in folders}:
+                if output == folder or folder in output.parents:
+                    raise ConfigError(f"the output folder {self.output_dir} is inside the {split} images' folder "
+                                      f"{folder}: the run's pictures would become images of that split",
+                                      where="--output-dir", hint="write runs outside the dataset, e.g. outputs/NAME")
 
     def _warn_shared_images(self, train, val) -> None:
         def files(dataset):

@@ -602,6 +602,16 @@ def _(ctx):
     return 2, text  # the corpus check wants the stop code; 130 (SIGINT's) was checked above
 
 
+@case("output_inside_the_images", "files", "is inside the train images' folder",
+      "write runs outside the dataset")
+def _(ctx):
+    """A YOLO split takes every image below its folder: the run's pictures would join it next time."""
+    root = copy_demo(ctx.demo, ctx.tmp)
+    code, text = ctx.train("--output-dir", root / "train" / "run", cfg=ctx.config(tiny_config(root, epochs=1)))
+    assert not list((root / "train").rglob("*.pth"))
+    return code, text
+
+
 @case("ctrl_c_during_evaluation", "files", "interrupted after epoch 0; the last whole checkpoint is",
       "continue with `-r")
 def _(ctx):
