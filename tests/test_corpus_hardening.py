@@ -752,9 +752,9 @@ def test_readme_troubleshooting_section_is_rendered_from_both_corpora():
     from tests.corpus.make_troubleshooting import GROUPS, all_cases, readme_section, render
 
     cases = all_cases()
-    assert len({c.id for c in cases}) == len(cases) == 141
+    assert len({c.id for c in cases}) == len(cases) == 145
     assert {g: sum(c.group == g for c in cases) for g in GROUPS} == {
-        "graph": 20, "dataset": 15, "checkpoint": 5, "config": 47, "command": 14, "labels": 18, "files": 11,
+        "graph": 20, "dataset": 15, "checkpoint": 5, "config": 47, "command": 14, "labels": 20, "files": 13,
         "resources": 11}
     assert readme_section((REPO / "README.md").read_text()) == render(cases), (
         "README.md is out of date: run python tests/corpus/make_troubleshooting.py")
