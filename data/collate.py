@@ -6,6 +6,7 @@ import random
 
 import torch
 import torch.nn.functional as F
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, confloat
 
 from data.mix import copyblend, mixup
 from core.errors import ConfigError
@@ -49,11 +50,15 @@ def padding_mask(images: torch.Tensor, targets: list[dict]) -> torch.Tensor:
     return mask
 
 
+Probability = confloat(ge=0.0, le=1.0)
+
+
 class BatchImageCollateFunction:
-    def __init__(self, stop_epoch: int | None = None, ema_restart_decay: float = 0.9999, base_size: int = 640,
-                 base_size_repeat: int | None = None, mixup_prob: float = 0.0, mixup_epochs=(0, 0),
-                 copyblend_prob: float = 0.0, copyblend_epochs=(0, 0), copyblend_type: str = "blend",
-                 area_threshold: float = 100, num_objects: int = 3, with_expand: bool = False,
+    def __init__(self, stop_epoch: int | None = None, ema_restart_decay: Probability = 0.9999,
+                 base_size: PositiveInt = 640, base_size_repeat: NonNegativeInt | None = None,
+                 mixup_prob: Probability = 0.0, mixup_epochs=(0, 0),
+                 copyblend_prob: Probability = 0.0, copyblend_epochs=(0, 0), copyblend_type: str = "blend",
+                 area_threshold: NonNegativeFloat = 100, num_objects: PositiveInt = 3, with_expand: bool = False,
                  expand_ratios=(0.1, 0.25), random_num_objects: bool = False, padding_mask: bool = False):
         """padding_mask: batch differently sized images for a model that takes the padding mask
         (Deformable DETR): boxes and `size` stay each image's own (see `pad_batch`)."""

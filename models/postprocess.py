@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import PositiveInt
 from torch import nn
 
 from core.box_ops import box_cxcywh_to_xyxy
 
 
 class PostProcessor(nn.Module):
-    def __init__(self, num_classes: int = 80, num_top_queries: int = 300, use_focal_loss: bool = True,
+    def __init__(self, num_classes: PositiveInt = 80, num_top_queries: PositiveInt = 300, use_focal_loss: bool = True,
                  clamp_boxes: bool = True):
         super().__init__()
         self.clamp_boxes = clamp_boxes

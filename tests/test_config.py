@@ -116,8 +116,11 @@ def test_typed_errors_say_what_was_expected():
     ("optimizer.lr=.inf", r"optimizer.lr: must be a number \(> 0\), got inf"),     # trains to NaN otherwise
     ("optimizer.params=[{params: x, lr: .nan}]", r"optimizer.params\[0\].lr: .*got nan"),
     ("optimizer.betas=[0.9]", r"optimizer.betas: must be a list of 2 \(a number, a number\).*got \[0.9\]"),
+    ("train_dataloader.collate_fn.mixup_prob=1.5", r"mixup_prob must be a number \(>= 0.0, <= 1.0\), got 1.5"),
+    ("train_dataloader.collate_fn.base_size_repeat=-1", r"base_size_repeat must be an integer \(>= 0\)"),
+    ("postprocessor.num_top_queries=0", r"num_top_queries must be an integer \(> 0\), got 0"),   # no detections
 ])
-def test_infinities_and_short_tuples_are_named_errors(update, message):
+def test_out_of_range_values_are_named_errors(update, message):
     from engine.config import resolve
 
     with pytest.raises(ConfigError, match=message):
