@@ -263,6 +263,25 @@ def test_unknown_names_and_arguments_are_config_errors():
         build_criterion(dict(DEIM_RECIPE, lossess=["mal"]))
 
 
+@pytest.mark.parametrize("edit, where, message", [
+    # a typo in a loss weight would leave the real term at its included weight, without a word
+    ({"weight_dict": {"loss_mal": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgll": 0.15}}, "criterion.weight_dict",
+     r"keys \['loss_fgll'\] are no loss's name"),
+    ({"weight_dict": {"loss_mal": "one"}}, "criterion.weight_dict.loss_mal", "finite number >= 0, got 'one'"),
+    ({"matcher": {"type": "HungarianMatcher", "weight_dict": {"cost_class": 2, "cost_bbox": 5, "cost_gio": 2}}},
+     "criterion.matcher.weight_dict", "takes exactly cost_class, cost_bbox, cost_giou"),
+    ({"matcher": {"type": "HungarianMatcher", "weight_dict": {"cost_class": float("nan"), "cost_bbox": 5,
+                                                              "cost_giou": 2}}},
+     "criterion.matcher.weight_dict.cost_class", "finite number >= 0, got nan"),
+])
+def test_weights_name_real_terms_and_are_numbers(edit, where, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        build_criterion({**DEIM_RECIPE, **edit})
+    assert err.value.where == where
+    # a weight for a term the losses do not compute may stay: included recipes merge key by key
+    build_criterion({**DEIM_RECIPE, "weight_dict": {**DEIM_RECIPE["weight_dict"], "loss_vfl": 1}})
+
+
 def _rank_worker(rank, world, init_file, results):
     import torch.distributed as dist
 

@@ -22,10 +22,23 @@ from core.errors import ConfigError
 Indices = list[tuple[torch.Tensor, torch.Tensor]]  # per image: (query indices, target indices)
 
 
+def check_weights(weights: dict, where: str) -> None:
+    """Each weight a finite number >= 0 (a string or .nan would fail, or poison, the first step)."""
+    for key, value in weights.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ConfigError(f"{key} must be a finite number >= 0, got {value!r}", where=f"{where}.{key}")
+
+
 class HungarianMatcher(nn.Module):
     def __init__(self, weight_dict: dict, use_focal_loss: bool = True, alpha: float = 0.25, gamma: float = 2.0,
                  change_matcher: bool = False, iou_order_alpha: float = 1.0, matcher_change_epoch: int = 10000):
         super().__init__()
+        costs = ("cost_class", "cost_bbox", "cost_giou")
+        if set(weight_dict) != set(costs):
+            raise ConfigError(f"matcher weight_dict has {sorted(weight_dict)}; it takes exactly {', '.join(costs)}",
+                              where="criterion.matcher.weight_dict",
+                              hint="e.g. {cost_class: 2, cost_bbox: 5, cost_giou: 2}")
+        check_weights(weight_dict, "criterion.matcher.weight_dict")
         self.cost_class = weight_dict["cost_class"]
         self.cost_bbox = weight_dict["cost_bbox"]
         self.cost_giou = weight_dict["cost_giou"]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from core.box_ops import box_cxcywh_to_xyxy
@@ -37,7 +38,7 @@ from models.criterion.box_losses import (decoupled_distillation_loss, edge_offse
                                          matched_iou)
 from models.criterion.classification import matchability_aware_loss, sigmoid_focal_loss, varifocal_loss
 from models.criterion.feature_distill import cosine_distillation_loss
-from models.criterion.matcher import Indices, denoising_indices, union_indices
+from models.criterion.matcher import Indices, check_weights, denoising_indices, union_indices
 from models.criterion.targets import check_targets
 from core.errors import ConfigError
 
@@ -48,6 +49,8 @@ DENSE_TERMS = {"sigmoid_focal_loss": sigmoid_focal_loss, "varifocal_loss": varif
                "decoupled_distillation_loss": decoupled_distillation_loss}
 BOX_TERMS = ("boxes", "local")  # the terms that use the union set
 TERMS = CLASS_TERMS + BOX_TERMS + ("distill",)
+# the weight_dict keys the terms above produce; a key outside these weighs nothing (a typo)
+LOSS_NAMES = ("loss_focal", "loss_vfl", "loss_mal", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf", "loss_distill")
 
 
 def average_over_ranks(count: float | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -112,14 +115,20 @@ class DETRCriterion(nn.Module):
     zero_ddf_on_teacher = False
 
     def __init__(self, matcher: nn.Module, weight_dict: dict, losses: list[str], alpha: float = 0.2,
-                 gamma: float = 2.0, num_classes: int = 80, reg_max: int = 32, boxes_weight_format: str | None = None,
-                 share_matched_indices: bool = False, mal_alpha: float | None = None, use_uni_set: bool = True,
-                 ddf_temperature: float = 5.0):
+                 gamma: NonNegativeFloat = 2.0, num_classes: PositiveInt = 80, reg_max: PositiveInt = 32,
+                 boxes_weight_format: str | None = None, share_matched_indices: bool = False,
+                 mal_alpha: float | None = None, use_uni_set: bool = True, ddf_temperature: PositiveFloat = 5.0):
         super().__init__()
         unknown = [name for name in losses if name not in TERMS]
         if unknown:
             raise ConfigError(f"unknown loss terms {unknown}", where="criterion.losses",
                               hint=f"choose from {list(TERMS)}")
+        # keys of terms not in `losses` may stay (a recipe's included weight_dict merges key by key)
+        strays = [key for key in weight_dict if key not in LOSS_NAMES]
+        if strays:
+            raise ConfigError(f"weight_dict keys {strays} are no loss's name: they would weigh nothing",
+                              where="criterion.weight_dict", hint=f"loss names: {', '.join(LOSS_NAMES)}")
+        check_weights(weight_dict, "criterion.weight_dict")
         if boxes_weight_format not in (None, "iou", "giou"):
             raise ConfigError(f"boxes_weight_format {boxes_weight_format!r} is not one of None, 'iou', 'giou'",
                               where="criterion.boxes_weight_format")
