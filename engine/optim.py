@@ -22,6 +22,7 @@ from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveIn
 from torch import nn
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
+from core import dist
 from core.errors import ConfigError
 from core.registry import Registry
 from core.schema import Section, validate_section
@@ -134,6 +135,10 @@ def param_groups(model: nn.Module, cfg: dict) -> list[dict]:
                         where=where, hint="make the regexes disjoint (add a negative lookahead such as (?!.*norm))")
                 claimed[name] = index
                 members.append(p)
+        if not members and dist.is_main():   # a typo, or a regex for other names (some official ones claim nothing)
+            example = next(iter(qualified.values()), "")
+            print(f"note: {where} ({spec['params']!r}) matches no trainable parameter, so its settings apply to "
+                  f"none; the regexes see names such as {example!r}")
         groups.append({**{k: v for k, v in spec.items() if k != "params"}, "params": members,
                        "name": f"group{index}", "pattern": spec["params"]})
     rest = [(name, p) for name, p in trainable if name not in claimed]

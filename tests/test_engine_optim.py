@@ -147,3 +147,10 @@ def test_fused_and_foreach_updates_equal_the_per_parameter_loop(tiny, kind):
         for p, q in zip(models[impl].parameters(), reference):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(p, q) for p, q in zip(tiny.parameters(), reference))  # the steps did move them
+
+
+def test_a_group_that_claims_nothing_is_reported(tiny, capsys):
+    groups = param_groups(tiny, {"params": [{"params": "^bakbone", "lr": 0.1}]})   # the typo claims nothing
+    assert [g["name"] for g in groups] == ["default"]
+    out = capsys.readouterr().out
+    assert "optimizer.params[0] ('^bakbone') matches no trainable parameter" in out and "backbone.layers.0" in out
