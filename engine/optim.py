@@ -13,6 +13,7 @@ rate the uninterrupted run had.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from typing import Literal
@@ -168,6 +169,19 @@ def implementation_flags(implementation: str, params: list[torch.Tensor]) -> dic
     return {}
 
 
+def check_optimizer_keys(cls, cfg: dict, groups: list[dict]) -> None:
+    """Settings the optimizer does not take, by key (a recipe's AdamW betas under `type: SGD`)."""
+    takes = set(inspect.signature(cls).parameters)
+    settings = [("optimizer", cfg)] + [(f"optimizer.params[{g['name'][5:]}]", g) for g in groups
+                                       if g["name"].startswith("group")]
+    for where, values in settings:
+        for key in values:
+            if key not in takes and key not in ("params", "name"):
+                how = f"-u {where}.{key}=~" if where == "optimizer" else "from that group"
+                raise ConfigError(f"{cls.__name__} takes no {key}", where=f"{where}.{key}",
+                                  hint=f"drop it ({how}); {cls.__name__} takes {', '.join(sorted(takes - {'params'}))}")
+
+
 def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     """The optimizer of an `optimizer:` section (validated by OptimizerConfig here)."""
     cfg = validate_section(OptimizerConfig, cfg, "optimizer").model_dump(exclude_none=True)
@@ -178,6 +192,7 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     for g in groups:  # optimizer groups take only optimizer arguments
         g.pop("pattern", None)
     flags = implementation_flags(cfg.pop("implementation"), [p for g in groups for p in g["params"]])
+    check_optimizer_keys(OPTIMIZERS.get(kind), cfg, groups)
     try:
         optimizer = OPTIMIZERS.get(kind)(groups, **cfg, **flags)
     except (TypeError, ValueError, RuntimeError) as err:

@@ -402,8 +402,14 @@ class Solver:
         if "optimizer" not in state:
             raise CheckpointError("weights only, no training state (optimizer, epoch) to resume", where=str(path),
                                   hint="use -t to start a new run from these weights")
-        for key, target in (("optimizer", self.optimizer), ("scaler", self.scaler)):
-            target.load_state_dict(state[key])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:   # torch's words for another group layout
+            raise CheckpointError(f"its optimizer state does not fit this config's optimizer: {err}",
+                                  where=str(path), hint="-r continues with the optimizer settings the run started "
+                                  "with (optimizer.params, distillation adapters); to change them start a new run "
+                                  "from it with -t") from None
+        self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state.get("epoch", -1))
         self.last_saved = (Path(path), self.epoch)
         self.global_step = int(state.get("global_step", (self.epoch + 1) * len(self.train_loader)))

@@ -584,6 +584,14 @@ def _(ctx):
     return ctx.train()
 
 
+@case("resume_with_other_optimizer_groups", "files", "its optimizer state does not fit this config's optimizer",
+      "start a new run from it with -t")
+def _(ctx):
+    ctx.train()
+    groups = "optimizer.params=[{params: 'norm', weight_decay: 0.}, {params: '^(?!.*norm).*bias', lr: 0.001}]"
+    return ctx.train("-r", ctx.tmp / "out" / "last.pth", "-u", "epochs=2", groups)
+
+
 @case("ctrl_c_during_training", "files", "interrupted after epoch 0; the last whole checkpoint is",
       "continue with `-r")
 def _(ctx):
@@ -752,9 +760,9 @@ def test_readme_troubleshooting_section_is_rendered_from_both_corpora():
     from tests.corpus.make_troubleshooting import GROUPS, all_cases, readme_section, render
 
     cases = all_cases()
-    assert len({c.id for c in cases}) == len(cases) == 145
+    assert len({c.id for c in cases}) == len(cases) == 146
     assert {g: sum(c.group == g for c in cases) for g in GROUPS} == {
-        "graph": 20, "dataset": 15, "checkpoint": 5, "config": 47, "command": 14, "labels": 20, "files": 13,
+        "graph": 20, "dataset": 15, "checkpoint": 5, "config": 47, "command": 14, "labels": 20, "files": 14,
         "resources": 11}
     assert readme_section((REPO / "README.md").read_text()) == render(cases), (
         "README.md is out of date: run python tests/corpus/make_troubleshooting.py")

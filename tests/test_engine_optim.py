@@ -154,3 +154,13 @@ def test_a_group_that_claims_nothing_is_reported(tiny, capsys):
     assert [g["name"] for g in groups] == ["default"]
     out = capsys.readouterr().out
     assert "optimizer.params[0] ('^bakbone') matches no trainable parameter" in out and "backbone.layers.0" in out
+
+
+def test_a_setting_the_optimizer_does_not_take_is_named(tiny):
+    """A recipe's AdamW betas under type: SGD, at the top or in a group."""
+    with pytest.raises(ConfigError, match="SGD takes no betas") as err:
+        build_optimizer(tiny, {"type": "SGD", "lr": 0.1, "betas": [0.9, 0.999]})
+    assert err.value.where == "optimizer.betas" and "-u optimizer.betas=~" in err.value.hint
+    with pytest.raises(ConfigError, match="SGD takes no betas") as err:
+        build_optimizer(tiny, {"type": "SGD", "lr": 0.1, "params": [{"params": "norm", "betas": [0.9, 0.99]}]})
+    assert err.value.where == "optimizer.params[0].betas"
