@@ -4,8 +4,9 @@ Repairs (counted, reported as warnings): boxes reaching outside the image are cl
 zero/negative size or NaN coordinates, and annotations of images that do not exist, are dropped;
 missing `area`, `iscrowd`, annotation `id` and image `width`/`height` are filled in.
 Errors (the run stops): missing or unreadable image files, duplicate image or annotation ids, one file
-under two image ids, annotations of unknown categories, malformed entries. Image files are checked from
-their headers only.
+under two image ids, an image file of another size than its entry (resized after labelling: the boxes
+are in the entry's pixels; width and height swapped, a rotation, is only a warning), annotations of
+unknown categories, malformed entries. Image files are checked from their headers only.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ ERROR_KINDS = {
     "duplicate_annotation_id": "two annotations share an id",
     "duplicate_category_id": "two categories share an id",
     "unknown_category": "annotation of a category missing from `categories`",
+    # the boxes are in the annotation file's pixels: an image resized after labelling gets wrong boxes
+    "size_differs": "image file size differs from width/height in the annotation file",
     "bad_annotation": "annotation without a 4-number `bbox`",
     "no_categories": "no `categories` list",
 }
@@ -39,7 +42,7 @@ WARNING_KINDS = {
     "box_degenerate": "box with zero or negative width/height (dropped)",
     "box_nan": "box with NaN/inf coordinates (dropped)",
     "unknown_image": "annotation of an image missing from `images` (dropped)",
-    "size_mismatch": "image file size differs from width/height in the annotation file",
+    "size_mismatch": "image file's width and height are the annotation file's swapped (rotated)",
     "size_filled": "image without width/height (read from the file)",
     "id_filled": "annotation without an id (assigned)",
     "duplicate_category_name": "two categories share a name (labels stay apart; names in results do not)",
@@ -288,5 +291,6 @@ def _check_image_files(images: list[dict], img_folder, check_images: bool, worke
             im["width"], im["height"] = size
             problems.append(Problem("size_filled", im["id"], im["file_name"], detail=f"{size[0]}x{size[1]}"))
         elif tuple(size) != (im["width"], im["height"]):
-            problems.append(Problem("size_mismatch", im["id"], im["file_name"],
+            kind = "size_mismatch" if tuple(size) == (im["height"], im["width"]) else "size_differs"
+            problems.append(Problem(kind, im["id"], im["file_name"],
                                     detail=f"file {size[0]}x{size[1]}, json {im['width']}x{im['height']}"))

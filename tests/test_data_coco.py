@@ -103,7 +103,8 @@ def test_every_validation_problem_is_reported_with_its_ids(tmp_path):
               {"id": 1, "file_name": "dup.jpg", "width": 40, "height": 30},
               {"id": 4, "file_name": "nosize.jpg"},
               {"id": 5, "file_name": "rotated.jpg", "width": 40, "height": 30},
-              {"id": 6, "file_name": "ok.jpg", "width": 40, "height": 30}]   # a merge of two exports
+              {"id": 6, "file_name": "ok.jpg", "width": 40, "height": 30},   # a merge of two exports
+              {"id": 7, "file_name": "resized.jpg", "width": 40, "height": 30}]   # halved after labelling
     anns = [ann(10, 1, 1, [30, 20, 20, 20]),            # outside: clamped to 10x10
             ann(11, 1, 1, [5, 5, 0, 4]),                 # zero width
             ann(12, 1, 1, [5, 5, -3, 4]),                # negative width
@@ -113,7 +114,7 @@ def test_every_validation_problem_is_reported_with_its_ids(tmp_path):
             ann(15, 1, 1, [1, 1, 2, 2]),                 # duplicate annotation id
             ann(16, 1, 1, [50, 40, 5, 5])]               # entirely outside: dropped
     path = write_coco(tmp_path, [im for im in images if im["file_name"] not in ("gone.jpg", "dup.jpg")],
-                      anns, [{"id": 1, "name": "thing"}, {"id": 2, "name": "thing"}], sizes={4: (64, 48), 5: (30, 40)})
+                      anns, [{"id": 1, "name": "thing"}, {"id": 2, "name": "thing"}], sizes={4: (64, 48), 5: (30, 40), 7: (20, 15)})
     raw = json.loads(path.read_text())
     raw["images"] = images
     path.write_text(json.dumps(raw))
@@ -133,10 +134,12 @@ def test_every_validation_problem_is_reported_with_its_ids(tmp_path):
     assert ("size_filled", 4, "nosize.jpg", None) in found
     assert ("size_mismatch", 5, "rotated.jpg", None) in found
     assert ("duplicate_file_name", 6, "ok.jpg", None) in found
+    assert ("size_differs", 7, "resized.jpg", None) in found
     assert [p.detail for p in report.problems if p.kind == "duplicate_category_name"] == [
         "'thing': category ids 1 and 2"]
     assert {p.kind for p in report.errors} == {"unknown_category", "duplicate_annotation_id", "image_missing",
-                                                "image_unreadable", "duplicate_image_id", "duplicate_file_name"}
+                                                "image_unreadable", "duplicate_image_id", "duplicate_file_name",
+                                                "size_differs"}
     kept = {a["id"]: a for a in report.dataset["annotations"]}
     assert set(kept) == {10}  # 15 (second) follows the first 15, which had an unknown category
     assert kept[10]["bbox"] == [30.0, 20.0, 10.0, 10.0]
