@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.errors import cli_main  # noqa: E402
 from analyze.flops import build_block  # noqa: E402
 from bench.latency import interleaved_ms, percentile  # noqa: E402
 from blocks.registry import blocks, get  # noqa: E402
@@ -181,4 +182,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from core.errors import cli_main
 import data
 from data.demo import make_demo
 
@@ -81,4 +82,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

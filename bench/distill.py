@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import yaml
 
+from core.errors import cli_main
 from engine.config import load_config
 from engine.solver import Solver
 
@@ -257,4 +258,4 @@ def format_table(results: dict, kinds, seeds) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

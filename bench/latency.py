@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.errors import cli_main  # noqa: E402
 from metrics.flops import count_flops  # noqa: E402
 from models import build_model  # noqa: E402
 from models.postprocess import PostProcessor  # noqa: E402
@@ -238,4 +239,4 @@ def run_table(args, threads: int, with_onnx: bool):
     return rows, peak
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

@@ -9,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from core.errors import cli_main  # noqa: E402
 from metrics.tide import evaluate  # noqa: E402
 from test_tide import make_case, reference_tide  # noqa: E402
 
@@ -30,4 +31,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core.errors import cli_main  # noqa: E402
+
 
 def bench_one(graph: str, size: int, batch: int, steps: int, warmup: int, device: str, data_root: Path,
               updates=()) -> dict:
@@ -139,4 +141,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

@@ -425,4 +425,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from core.errors import cli_main   # here, not at the top: the official checkout has packages of its own
+
+    cli_main(main)

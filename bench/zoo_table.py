@@ -26,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.errors import cli_main  # noqa: E402
 from analyze.info import model_info  # noqa: E402
 from blocks.registry import CATEGORIES, blocks  # noqa: E402
 from core.yaml_io import load_yaml  # noqa: E402
@@ -188,4 +189,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)
