@@ -84,8 +84,8 @@ from core import dist
 from core.checkpoint_io import model_weights, read_checkpoint
 from core.errors import CheckpointError, ConfigError
 from core.schema import Section, validate_section
-from core.yaml_io import load_yaml
 from blocks.decoder._denoising import replay_denoising
+from engine.checkpoint import unused_graph
 from engine.distill_losses import FEATURE_LOSSES, MATCHING, FeaturePair, edge_bins, logit_losses, match_queries
 
 RowRef = int | tuple[int, int]   # a graph row, or [row, output] of a row that returns several maps
@@ -213,22 +213,11 @@ def build_teacher(cfg: dict, weights_path: str, device) -> tuple[nn.Module, list
         raise type(err)(err.message, where=f"-tw {weights_path}",
                         hint="-tw takes the teacher's checkpoint (ours or an official release) and -tc the run "
                              "config it was trained with") from None
-    note_stored_graph(meta, cfg, weights_path)
+    other = unused_graph(meta, cfg)
+    if other and dist.is_main():
+        print(f"note: the teacher is built from the graph {weights_path} records, which its weights were trained "
+              f"with; the teacher config's {other} differs and is not used")
     return freeze(model), (list(meta["names"]) if meta.get("names") else None)
-
-
-def note_stored_graph(meta: dict, cfg: dict, weights_path) -> None:
-    """A checkpoint of ours is built from the graph it records (its weights fit no other); say so when
-    the teacher config names another graph or scale, which would otherwise be ignored without a word."""
-    stored, given = meta.get("graph_spec"), cfg.get("graph")
-    if not stored or not given:
-        return
-    spec = given if isinstance(given, dict) else load_yaml(given, error=ConfigError)
-    scales_differ = cfg.get("scale") is not None and cfg.get("scale") != meta.get("scale")
-    if (spec != stored or scales_differ) and dist.is_main():
-        print(f"note: the teacher is built from the graph {weights_path} records (scale {meta.get('scale')}), which "
-              f"its weights were trained with; the teacher config's graph {given if not isinstance(given, dict) else ''}"
-              f"{' (scale ' + str(cfg.get('scale')) + ')' if scales_differ else ''} differs and is not used")
 
 
 def check_same_classes(student_names: list[str] | None, teacher_names: list[str] | None, teacher_weights) -> None:

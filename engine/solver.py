@@ -243,6 +243,10 @@ class Solver:
         graph_cfg = self.cfg
         meta = (self.resume_state or {}).get("meta") or {}
         if self.test_only and meta.get("graph_spec"):  # evaluate what was trained
+            other = checkpoint.unused_graph(meta, self.cfg)
+            if other and dist.is_main():
+                print(f"note: evaluating the graph {self.options['resume']} records, which its weights were trained "
+                      f"with; the config's {other} differs and is not used")
             graph_cfg = {**self.cfg, "graph": meta["graph_spec"], "scale": meta.get("scale"),
                          "imgsz": meta.get("imgsz") or self.cfg["imgsz"]}
         model, criterion, postprocessor = build_detector(graph_cfg, nc=self.nc, with_criterion=not self.test_only)

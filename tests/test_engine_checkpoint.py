@@ -152,3 +152,21 @@ def test_ema_only_writes_the_ema_weights_and_meta_without_training_state(tmp_pat
     # a run without EMA: the model's weights
     no_ema, source = checkpoint.inference_weights({"model": model.state_dict(), "optimizer": {}})
     assert source == "model" and sorted(no_ema) == ["model"]
+
+
+def test_a_config_graph_the_checkpoint_overrides_is_named(tmp_path):
+    """--test-only and a distillation teacher build the graph a checkpoint records; the config's own
+    graph, when another, is named so that nobody believes it was evaluated."""
+    import yaml
+
+    from engine.checkpoint import unused_graph
+
+    stored = {"nc": 3, "backbone": [[-1, 1, "Conv", [8, 3, 2]]]}
+    meta = {"graph_spec": stored, "scale": None}
+    (tmp_path / "same.yaml").write_text(yaml.safe_dump(stored))
+    assert unused_graph(meta, {"graph": str(tmp_path / "same.yaml")}) is None
+    assert unused_graph(meta, {"graph": dict(stored)}) is None
+    assert unused_graph({}, {"graph": "anything.yaml"}) is None          # an official checkpoint records none
+    other = dict(stored, backbone=[[-1, 1, "Conv", [16, 3, 2]]])
+    assert unused_graph(meta, {"graph": other}) == "graph"
+    assert unused_graph(dict(meta, scale="n"), {"graph": stored, "scale": "s"}) == "graph (scale s; the checkpoint's n)"
