@@ -66,18 +66,20 @@ def check_transforms(section, where: str, split: str = "val") -> dict | None:
 
 
 def check_required_ops(cfg: dict, where: str, split: str) -> None:
+    """The conversions present, outside the policy ops, and (training) ConvertBoxes after every op that
+    moves the image, to normalized cxcywh."""
     names = [op["type"] for op in cfg["ops"]]
     policy_ops = set((cfg.get("policy") or {}).get("ops", []))
     required = ["ConvertPILImage"] + (["ConvertBoxes"] if split == "train" else [])
     for name in required:
         if name not in names:
+            boxes = ", {type: ConvertBoxes, fmt: cxcywh, normalize: true}" if split == "train" else ""
             raise ConfigError(f"the {split} transforms have no {name}", where=f"{where}.ops",
                               hint="end the ops as configs/recipes/dataloader.yml does: "
-                                   "{type: ConvertPILImage, dtype: float32, scale: true}"
-                                   + (", {type: ConvertBoxes, fmt: cxcywh, normalize: true}" if split == "train" else ""))
+                                   "{type: ConvertPILImage, dtype: float32, scale: true}" + boxes)
         if name in policy_ops:
-            raise ConfigError(f"{name} is among the policy ops, so it would stop with them", where=f"{where}.policy.ops",
-                              hint=f"take {name} out of policy.ops")
+            raise ConfigError(f"{name} is among the policy ops, so it would stop with them",
+                              where=f"{where}.policy.ops", hint=f"take {name} out of policy.ops")
     if split != "train":
         return
     last = len(names) - 1 - names[::-1].index("ConvertBoxes")
