@@ -34,6 +34,10 @@ from engine.onnx_export import (INT8_OPS, build_for_export, calibration_images, 
                                 check_onnx, evaluate_onnx, export_onnx, export_tensorrt, format_check,
                                 load_config_or_graph, quantize_int8)
 from engine.onnx_runtime import metadata_for
+from models.graph import check_imgsz
+
+MIN_OPSET = 16   # GridSample
+MAX_OPSET = 20   # torch.onnx's TorchScript exporter (dynamo=False), torch 2.14
 
 
 def main(argv=None):
@@ -65,6 +69,12 @@ def main(argv=None):
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
 
+    if args.imgsz:
+        check_imgsz(list(args.imgsz), "--imgsz")
+    if not MIN_OPSET <= args.opset <= MAX_OPSET:
+        raise ConfigError(f"--opset {args.opset} is outside {MIN_OPSET}..{MAX_OPSET}", where="--opset",
+                          hint=f"{MIN_OPSET} is the first with grid_sample (the decoders' sampling), {MAX_OPSET} the "
+                               "last torch's exporter writes; 17 is the default")
     if args.int8 and not args.calib:
         raise ConfigError("--int8 needs calibration images", where="--calib",
                           hint="pass --calib DIR, a folder of images like the ones the model will see")

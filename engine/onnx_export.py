@@ -61,6 +61,11 @@ def build_for_export(cfg: dict, checkpoint: str | None, imgsz=None, with_meta: b
         torch.manual_seed(0)
         model, _, postprocessor = build_detector({**cfg, "imgsz": imgsz or cfg.get("imgsz")}, with_criterion=False)
         names = []
+    if not (model.rows and model.rows[-1].takes_targets):
+        last = model.rows[-1].module if model.rows else "nothing"
+        raise ConfigError(f"the graph {model.graph_path or ''} ends in {last}, not a DETR decoder: only a detector "
+                          "exports (images -> labels, boxes, scores)",
+                          where="-c", hint="export a detector graph, e.g. graphs/examples/tiny_deim.yaml")
     preprocessing = eval_preprocessing(cfg, model.imgsz)
     preprocessing["imgsz"] = [int(v) for v in as_size_hw(imgsz or preprocessing["imgsz"])]
     built = DeployModel(model.cpu(), postprocessor.cpu()).eval(), preprocessing, names

@@ -83,7 +83,7 @@ def parse(graph: str | Path | dict, nc: int | None = None, scale: str | None = N
                          hint="see graphs/examples/tiny.yaml")
     depth, width, max_channels, scale = _resolve_scale(spec, path, scale)
     nc = _resolve_nc(spec, path, nc)
-    imgsz = _resolve_imgsz(spec.get("imgsz") if imgsz is None else imgsz, path)
+    imgsz = check_imgsz(spec.get("imgsz") if imgsz is None else imgsz, path)
 
     if "backbone" not in spec:
         raise GraphError("missing section 'backbone'", where=path,
@@ -156,7 +156,8 @@ def _resolve_nc(spec, path, nc):
     return spec.get("nc") if nc is None else nc
 
 
-def _resolve_imgsz(imgsz, path):
+def check_imgsz(imgsz, path):
+    """`imgsz` as (height, width): an int or a pair of positive multiples of 32 (DEFAULT_IMGSZ for None)."""
     if imgsz is None:
         return DEFAULT_IMGSZ
     if isinstance(imgsz, int):

@@ -254,6 +254,27 @@ def test_export_refuses_an_output_that_is_not_an_onnx_file_before_writing(tmp_pa
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--imgsz", "0", "0"], "positive sides up to 8192"),
+    (["--imgsz", "100", "100"], "must be divisible by 32"),
+    (["--opset", "15"], r"--opset 15 is outside 16\.\.20"),   # no grid_sample before 16
+    (["--opset", "99"], r"--opset 99 is outside 16\.\.20"),
+])
+def test_bad_export_sizes_and_opsets_stop_before_anything_is_built(tmp_path, extra, message):
+    from core.errors import DetrZooError
+
+    with pytest.raises(DetrZooError, match=message):
+        export.main(["-c", "graphs/examples/tiny_deim.yaml", "--random-weights", "-o", str(tmp_path / "x.onnx"), *extra])
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_graph_without_a_decoder_is_refused_not_traced(tmp_path):
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ends in Conv, not a DETR decoder"):
+        export.main(["-c", "graphs/examples/tiny.yaml", "--random-weights", "-o", str(tmp_path / "x.onnx")])
+
+
 def test_calibration_reads_images_as_training_does(tmp_path):
     """A 16-bit PNG calibrates as its 8-bit high byte (PIL's own RGB conversion clips it to white)."""
     from PIL import Image
