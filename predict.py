@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from core.errors import ConfigError, DataError, cli_main
 from core.text import display_width
 from data.cache import load_rgb
 from data.pipeline import eval_preprocessing
-from engine.inference import IMAGE_SUFFIXES, Predictor, collect_inputs
+from engine.inference import IMAGE_SUFFIXES, Predictor, annotated_names, check_output, collect_inputs
 from models.factory import load_detector
 
 def predict_video(predictor: Predictor, path: Path, target: Path, style: dict) -> list[dict]:
@@ -106,31 +105,6 @@ def output_paths(inputs: Path, images: list[Path], videos: list[Path], output: s
                               where="-o", hint="give -o a folder for several inputs")
         return out, out.with_suffix(".json")
     return out, out / "detections.json"
-
-
-def annotated_names(images: list[Path], videos: list[Path]) -> dict[Path, str]:
-    """Each input's annotated file name in the output folder: its stem with .jpg (.mp4 for videos), or,
-    where two inputs share a stem (x.jpg and x.png), its whole name with the dot as `_` (x_jpg.jpg,
-    x_png.jpg), so that neither replaces the other."""
-    named = [(path, ".jpg") for path in images] + [(path, ".mp4") for path in videos]
-    counts = Counter(path.stem + suffix for path, suffix in named)
-    return {path: (path.stem if counts[path.stem + suffix] == 1 else path.name.replace(".", "_")) + suffix
-            for path, suffix in named}
-
-
-def check_output(target: Path, inputs: Path, names: dict[Path, str]) -> None:
-    """Refuse to write over an input: into an input folder (annotated images would replace the
-    originals), or, for one input file, onto that file."""
-    single = target.suffix.lower() in IMAGE_SUFFIXES
-    if inputs.is_dir():
-        source, folder = inputs.resolve(), (target.parent if single else target).resolve()
-        if folder == source or source in folder.parents:
-            raise ConfigError(f"-o {target} writes inside the input {inputs}", where="-o",
-                              hint="choose an output folder outside the input folder")
-    elif any(path.resolve() == inputs.resolve() for path in ([target] if single else
-                                                             [target / name for name in names.values()])):
-        raise ConfigError(f"-o {target} writes over the input {inputs}", where="-o",
-                          hint="choose another output file name or folder")
 
 
 def main(argv=None):

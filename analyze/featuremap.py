@@ -79,13 +79,15 @@ def main(argv=None):
     _detector_cli.add_arguments(parser, "outputs/featuremaps")
     parser.add_argument("--channels", type=int, default=32, help="channels shown in each grid")
     args = parser.parse_args(argv)
+    if args.channels < 1:
+        parser.error(f"--channels must be at least 1, got {args.channels}")
     model, _, out_dir, inputs = _detector_cli.open_detector(args)
-    for path, tensor in inputs:
+    for path, stem, tensor in inputs:
         for index, features in feature_maps(model, tensor, args.layers).items():
             for part, feature in enumerate(features):
                 suffix = f"_out{part}" if len(features) > 1 else ""
                 title = f"{path.name} row {index} {model.rows[index].module}{suffix}"
-                saved = save_feature_figures(feature, title, out_dir, f"{path.stem}_row{index}{suffix}", args.channels)
+                saved = save_feature_figures(feature, title, out_dir, f"{stem}_row{index}{suffix}", args.channels)
                 print("wrote", *saved)
 
 

@@ -115,12 +115,14 @@ def main(argv=None):
     parser.add_argument("--conf", type=float, default=0.25)
     parser.add_argument("--max-dets", type=int, default=10)
     args = parser.parse_args(argv)
+    if not 0 <= args.conf <= 1 or args.max_dets < 1:
+        parser.error(f"--conf must be in [0, 1] and --max-dets at least 1, got {args.conf} and {args.max_dets}")
     model, meta, out_dir, inputs = _detector_cli.open_detector(args)
     names = list(meta.get("names") or [])
-    for path, tensor in inputs:
+    for path, stem, tensor in inputs:
         for layer in args.layers:
             grayscale, detections = heatmap(model, tensor, layer, args.method, args.target, args.conf, args.max_dets)
-            target = out_dir / f"{path.stem}_row{layer}_{args.method}_{args.target}.png"
+            target = out_dir / f"{stem}_row{layer}_{args.method}_{args.target}.png"
             render(tensor.cpu(), grayscale, detections, names).save(target)
             print("wrote", target)
 

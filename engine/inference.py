@@ -6,6 +6,7 @@ detections of one image as [{label, class, score, box (xyxy, original pixels)}];
 analysis commands and export's checks share it."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -29,6 +30,31 @@ def collect_inputs(path: Path) -> tuple[list[Path], list[Path]]:
         raise ConfigError(f"no images or videos in {path}", where="-i",
                           hint=f"supported: {', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}")
     return images, videos
+
+
+def annotated_names(images: list[Path], videos: list[Path]) -> dict[Path, str]:
+    """Each input's annotated file name in the output folder: its stem with .jpg (.mp4 for videos), or,
+    where two inputs share a stem (x.jpg and x.png), its whole name with the dot as `_` (x_jpg.jpg,
+    x_png.jpg), so that neither replaces the other."""
+    named = [(path, ".jpg") for path in images] + [(path, ".mp4") for path in videos]
+    counts = Counter(path.stem + suffix for path, suffix in named)
+    return {path: (path.stem if counts[path.stem + suffix] == 1 else path.name.replace(".", "_")) + suffix
+            for path, suffix in named}
+
+
+def check_output(target: Path, inputs: Path, names: dict[Path, str]) -> None:
+    """Refuse to write over an input: into an input folder (annotated images would replace the
+    originals), or, for one input file, onto that file."""
+    single = target.suffix.lower() in IMAGE_SUFFIXES
+    if inputs.is_dir():
+        source, folder = inputs.resolve(), (target.parent if single else target).resolve()
+        if folder == source or source in folder.parents:
+            raise ConfigError(f"-o {target} writes inside the input {inputs}", where="-o",
+                              hint="choose an output folder outside the input folder")
+    elif any(path.resolve() == inputs.resolve() for path in ([target] if single else
+                                                             [target / name for name in names.values()])):
+        raise ConfigError(f"-o {target} writes over the input {inputs}", where="-o",
+                          hint="choose another output file name or folder")
 
 
 class Predictor:

@@ -70,3 +70,34 @@ def test_heatmap_and_featuremap_clis_write_pictures_for_a_trained_checkpoint(tra
     assert [p.name for p in cams] == [f"{image.stem}_row2_eigencam_class.png", f"{image.stem}_row3_eigencam_class.png"]
     assert Image.open(cams[0]).size == (64, 64)  # the network input the model saw
     assert {p.name for p in (tmp_path / "features").glob("*.png")} == {f"{image.stem}_row1_grid.png", f"{image.stem}_row1_mean.png"}
+
+
+def test_map_clis_keep_same_stem_inputs_apart_skip_broken_images_and_guard_the_input(trained_run, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    from analyze import featuremap
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = sorted((trained_run["data"] / "val").glob("*.jpg"))[0]
+    shutil.copy(image, folder / "x.jpg")
+    Image.open(image).save(folder / "x.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    common = ["-c", str(trained_run["config"]), "-r", str(trained_run["checkpoint"]), "--layers", "1"]
+    featuremap.main([*common, "-i", str(folder), "-o", str(tmp_path / "out")])
+    assert {p.name for p in (tmp_path / "out").glob("*_grid.png")} == {"x_jpg_row1_grid.png", "x_png_row1_grid.png"}
+    assert "skipped" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="writes inside the input"):
+        featuremap.main([*common, "-i", str(folder), "-o", str(folder / "maps")])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is a file"):
+        featuremap.main([*common, "-i", str(folder), "-o", str(tmp_path / "file")])
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "clip.mp4").write_bytes(b"")
+    with pytest.raises(ConfigError, match="no images in .*only videos"):
+        featuremap.main([*common, "-i", str(videos), "-o", str(tmp_path / "out2")])
+    with pytest.raises(SystemExit):
+        featuremap.main([*common, "-i", str(folder), "--channels", "0"])
