@@ -4,6 +4,7 @@ boxes per image, COCO small/medium/large counts, and histograms of box size and 
     python -m analyze.dataset ANN.json [--images DIR] [--plot OUT.png]
 
 With --images the file is validated against the image folder first (missing files, bad boxes...).
+The exit code is 1 when the report holds errors (the ones that would stop a training run), else 0.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from data.coco import category_mapping
 from data.validate import validate_coco
 from core.drawing import plot_fonts
 from core.text import fit
-from core.errors import cli_main
+from core.errors import ConfigError, cli_main
 
 SMALL, MEDIUM = 32 ** 2, 96 ** 2  # COCO area ranges
 
@@ -118,6 +119,11 @@ def main(argv=None):
     parser.add_argument("--plot", help="write the histograms to this PNG")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
+    if args.plot:   # before the validation, which reads every image header
+        plot = Path(args.plot)
+        if plot.is_dir() or not plot.parent.is_dir():
+            raise ConfigError(f"--plot {plot}: {'a folder' if plot.is_dir() else 'its folder does not exist'}",
+                              where="--plot", hint="name a .png file in an existing folder")
     report = validate_coco(args.ann_file, args.images, check_images=args.images is not None)
     print(report.summary())
     stats = dataset_stats(report.dataset)
@@ -125,6 +131,9 @@ def main(argv=None):
     if args.plot:
         plot_stats(stats, Path(args.plot), title="/".join(Path(args.ann_file).parts[-2:]))
         print(f"plot -> {args.plot}")
+    if report.errors:
+        print(f"{len(report.errors)} errors: a training run would stop on this dataset")
+        raise SystemExit(1)
     return stats
 
 

@@ -7,8 +7,19 @@ import json
 from pathlib import Path
 
 from core.checkpoint_io import atomic_write_text
-from core.errors import cli_main
+from core.errors import ConfigError, cli_main
 from metrics.tide import evaluate, plot
+
+
+def writable_folder(folder: Path, flag: str) -> None:
+    """`folder` created if missing; a file there, or no permission, is a clear error."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{flag} {folder} is a file", where=flag, hint="give a folder (it is created if missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create {folder}: {err.strerror}", where=flag,
+                          hint="choose a folder you can write") from None
 
 
 def main(argv=None):
@@ -22,11 +33,12 @@ def main(argv=None):
     parser.add_argument("--max-dets", type=int, default=100)
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
+    if args.out:   # before the evaluation, which can take minutes
+        writable_folder(Path(args.out), "--out")
     result = evaluate(args.gt, args.pred, args.pos_thresh, args.bg_thresh, args.max_dets)
     print(json.dumps(result.as_dict(), indent=1) if args.json else result.summary())
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "tide.json", json.dumps(result.as_dict(), indent=1))
         plot(result, out / "tide.png")
         print(f"wrote {out / 'tide.json'} and {out / 'tide.png'}")

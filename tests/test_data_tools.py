@@ -68,3 +68,29 @@ def test_demo_refuses_options_that_would_fail_midway(tmp_path, capsys, argv, mes
     with pytest.raises(SystemExit):
         demo_main(["--out", str(tmp_path / "file")])
     assert "is a file" in capsys.readouterr().err
+
+
+def test_dataset_report_with_errors_exits_1_and_a_bad_plot_path_is_named(tmp_path, capsys):
+    from core.errors import ConfigError
+
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 4, "bbox": [0, 0, 5, 5]}],   # unknown category
+            "categories": [{"id": 1, "name": "one"}]}
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(coco))
+    with pytest.raises(SystemExit) as err:
+        analyze_main([str(path)])
+    assert err.value.code == 1 and "a training run would stop" in capsys.readouterr().out
+    for plot, message in ((tmp_path, "a folder"), (tmp_path / "nowhere" / "x.png", "its folder does not exist")):
+        with pytest.raises(ConfigError, match=message):
+            analyze_main([str(path), "--plot", str(plot)])
+
+
+def test_tide_out_that_is_a_file_is_named_before_evaluating(tmp_path):
+    from analyze.tide import main as tide_main
+    from core.errors import ConfigError
+
+    (tmp_path / "out").write_text("")
+    with pytest.raises(ConfigError, match="--out .* is a file"):
+        tide_main(["--gt", str(tmp_path / "missing.json"), "--pred", str(tmp_path / "missing.json"),
+                   "--out", str(tmp_path / "out")])
