@@ -86,6 +86,13 @@ def onnx_predictor(args) -> Predictor:
 
     if not args.model:
         raise ConfigError("--backend onnx needs -m model.onnx", where="-m", hint="write one with `python export.py`")
+    # the file fixes its weights and graph at export: a checkpoint here would be ignored without a word
+    if args.resume:
+        raise ConfigError(f"-r {args.resume} has no effect with --backend onnx: the ONNX file holds its weights",
+                          where="-r", hint="drop -r, or export that checkpoint: python export.py -c CFG -r CKPT")
+    if args.update and not args.config:
+        raise ConfigError("-u changes a config, and --backend onnx has none without -c", where="-u",
+                          hint="pass -c CFG (its val pipeline sets the resize and normalisation), or drop -u")
     detector = OnnxDetector(args.model)
     preprocessing = detector.preprocessing
     if args.config:

@@ -38,3 +38,16 @@ def test_empty_class_names_are_refused():
     with pytest.raises(ConfigError, match="has an empty name"):
         predict.class_names("a,,b", [], 3)
     assert predict.class_names("a, b ,c", [], 3) == ["a", "b", "c"]
+
+
+def test_the_onnx_backend_refuses_options_it_would_ignore(tmp_path):
+    """The file fixes its weights at export: -r, or -u without a config, would change nothing."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.jpg")
+    base = ["--backend", "onnx", "-m", str(tmp_path / "model.onnx"), "-i", str(tmp_path / "x.jpg"),
+            "-o", str(tmp_path / "out")]
+    with pytest.raises(ConfigError, match="-r last.pth has no effect with --backend onnx"):
+        predict.main([*base, "-r", "last.pth"])
+    with pytest.raises(ConfigError, match="-u changes a config"):
+        predict.main([*base, "-u", "eval_score_threshold=0.5"])
