@@ -84,14 +84,15 @@ def read_checkpoint(path: str | Path) -> dict:
     """A checkpoint file as a dict: `.safetensors` (tensors), or torch with weights_only=True."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}", hint="check the path given to -r / -t")
+        raise CheckpointError(f"checkpoint not found: {path}", hint="check the path given to -r / -t (or -tw)")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     with path.open("rb") as f:
         head = f.read(64)
     if head.lstrip().startswith((b"nc:", b"__include__", b"graph:", b"#", b"backbone:")):
         raise CheckpointError(f"{path} is a YAML text file, not a checkpoint", where=str(path),
-                              hint="configs go to -c; -r / -t take a .pth written by train.py or an official release")
+                              hint="configs go to -c (-sc / -tc in distill.py); -r / -t / -tw take a .pth "
+                                   "written by train.py or an official release")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -141,7 +141,7 @@ def load_yaml(path: str | Path, error: type[DetrZooError] = YamlError) -> Any:
     raw = path.read_bytes()
     if raw.startswith(b"PK\x03\x04") or raw[:2] == b"\x80\x02" or b"\x00" in raw[:4096]:
         raise error("this is a binary file (a checkpoint or an archive?), not a YAML config", where=str(path),
-                    hint="pass the .yml file here; weights go to -r / -t")
+                    hint="pass the .yml file here; weights go to -r / -t (train.py) or -tw (distill.py)")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:

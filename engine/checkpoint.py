@@ -23,24 +23,8 @@ from torch import nn
 
 from core.checkpoint_io import model_weights, read_checkpoint, save_atomic
 from core.errors import CheckpointError, ConfigError, cli_main
-from core.yaml_io import load_yaml
 from models.convert import convert_if_official
 from models.factory import fits
-
-
-def unused_graph(meta: dict, cfg: dict) -> str | None:
-    """A checkpoint of ours is built from the graph it records (its weights fit no other). When the
-    config names another graph or scale, which is then not used, what it names; else None."""
-    stored, given = meta.get("graph_spec"), cfg.get("graph")
-    if not stored or not given:
-        return None
-    spec = given if isinstance(given, dict) else load_yaml(given, error=ConfigError)
-    scale, stored_scale = cfg.get("scale"), meta.get("scale")
-    scale_differs = scale is not None and scale != stored_scale
-    if spec == stored and not scale_differs:
-        return None
-    named = "graph" if isinstance(given, dict) else f"graph {given}"
-    return named + (f" (scale {scale}; the checkpoint's {stored_scale})" if scale_differs else "")
 
 
 def load_matching(model: nn.Module, sd: dict) -> dict:

@@ -85,7 +85,6 @@ from core.checkpoint_io import model_weights, read_checkpoint
 from core.errors import CheckpointError, ConfigError
 from core.schema import Section, validate_section
 from blocks.decoder._denoising import replay_denoising
-from engine.checkpoint import unused_graph
 from engine.distill_losses import FEATURE_LOSSES, MATCHING, FeaturePair, edge_bins, logit_losses, match_queries
 
 RowRef = int | tuple[int, int]   # a graph row, or [row, output] of a row that returns several maps
@@ -205,10 +204,10 @@ def adapted_weight(weight: float, share: float, rho: float, delta: float, defaul
 def build_teacher(cfg: dict, weights_path: str, device) -> tuple[nn.Module, list[str] | None]:
     """A frozen detector from its run config (composed) and weights (ours, or official via models.convert),
     and the class names its checkpoint records (None for a converted official one, which has none)."""
-    from models.factory import load_detector
+    from models.factory import load_detector, unused_graph
 
     try:
-        model, _, meta = load_detector(weights_path, cfg, device)
+        model, _, meta = load_detector(weights_path, cfg, device, quiet=True)
     except (CheckpointError, ConfigError) as err:   # their hints name train.py's -c/-r/-t
         raise type(err)(err.message, where=f"-tw {weights_path}",
                         hint="-tw takes the teacher's checkpoint (ours or an official release) and -tc the run "

@@ -30,6 +30,7 @@ class RunLock:
     def __init__(self, folder: Path):
         self.path = Path(folder) / LOCK_NAME
         self.held = False
+        self.made_folder = False
 
     def holder(self) -> dict | None:
         """The live run holding the lock, or None (no lock, or a stale one)."""
@@ -43,6 +44,7 @@ class RunLock:
 
     def acquire(self) -> bool:
         """Take the lock; False when a live run holds it."""
+        self.made_folder = self.made_folder or not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -62,6 +64,16 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+
+    def abandon(self) -> None:
+        """Release, and remove the folder when this lock made it and nothing was written there (a run
+        that stopped while it was being set up leaves no empty folder behind)."""
+        self.release()
+        if self.made_folder:
+            try:
+                self.path.parent.rmdir()
+            except OSError:  # not empty: keep what is there
+                pass
 
 
 def _used(folder: Path) -> bool:

@@ -42,7 +42,7 @@ from engine.optim import LRSchedule, build_optimizer
 from engine.run_dir import claim_output_dir
 from metrics.coco_eval import STAT_NAMES, CocoEvaluator
 from metrics.detection import format_per_class
-from models.factory import build_detector, describe_mismatch, load_weights
+from models.factory import build_detector, describe_mismatch, load_weights, unused_graph
 
 # run options that are also config keys: a command-line flag wins over the config's value
 FLAG_KEYS = ("seed", "device", "output_dir", "summary_dir")
@@ -123,13 +123,18 @@ class Solver:
         self.epochs = self.cfg["epochs"]
         self.lock = None
         self.output_dir = self._claim_output_dir()
-        self.resume_state = self._read_resume_state()
-        self._build_data()
-        self._build_model()
-        self.distiller = self._build_distiller()
-        self._build_training()
-        self.logger = RunLogger(self.output_dir, self._summary_dir(), progress_bar=self.cfg["progress_bar"])
-        self._save_run_files()
+        try:
+            self.resume_state = self._read_resume_state()
+            self._build_data()
+            self._build_model()
+            self.distiller = self._build_distiller()
+            self._build_training()
+            self.logger = RunLogger(self.output_dir, self._summary_dir(), progress_bar=self.cfg["progress_bar"])
+            self._save_run_files()
+        except BaseException:
+            if self.lock is not None:
+                self.lock.abandon()
+            raise
 
     # ----------------------------------------------------------------- setup
     def _claim_output_dir(self) -> Path:
@@ -243,7 +248,7 @@ class Solver:
         graph_cfg = self.cfg
         meta = (self.resume_state or {}).get("meta") or {}
         if self.test_only and meta.get("graph_spec"):  # evaluate what was trained
-            other = checkpoint.unused_graph(meta, self.cfg)
+            other = unused_graph(meta, self.cfg)
             if other and dist.is_main():
                 print(f"note: evaluating the graph {self.options['resume']} records, which its weights were trained "
                       f"with; the config's {other} differs and is not used")

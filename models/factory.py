@@ -17,6 +17,7 @@ from torch import nn
 
 from core.checkpoint_io import model_weights, read_checkpoint
 from core.errors import CheckpointError, ConfigError
+from core.yaml_io import load_yaml
 from models import build_model
 from models.criterion import build_criterion
 from models.postprocess import build_postprocessor
@@ -37,13 +38,19 @@ def build_detector(cfg: dict, nc: int | None = None, with_criterion: bool = True
     return model, criterion, postprocessor
 
 
-def load_detector(checkpoint: str | Path, cfg: dict | None = None, device: torch.device | str = "cpu"):
+def load_detector(checkpoint: str | Path, cfg: dict | None = None, device: torch.device | str = "cpu",
+                  quiet: bool = False):
     """(model in eval mode with the checkpoint's weights (EMA first), postprocessor, meta).
 
-    The graph comes from the checkpoint's meta (what it was trained with), else from `cfg`."""
+    The graph comes from the checkpoint's meta (what it was trained with), else from `cfg`; a config
+    graph or scale that is then not used is named in a printed note unless `quiet`."""
     cfg = cfg or {}
     state = read_checkpoint(checkpoint)
     meta = state.get("meta") if isinstance(state.get("meta"), dict) else {}
+    other = unused_graph(meta, cfg)
+    if other and not quiet:
+        print(f"note: built from the graph {checkpoint} records, which its weights were trained with; the "
+              f"config's {other} differs and is not used")
     weights, _ = model_weights(state)
     graph = meta.get("graph_spec") or cfg.get("graph")
     if not graph:
@@ -55,6 +62,24 @@ def load_detector(checkpoint: str | Path, cfg: dict | None = None, device: torch
     postprocessor = build_postprocessor(cfg.get("postprocessor"), model.nc)
     device = torch.device(device)
     return model.to(device).eval(), postprocessor.to(device).eval(), meta
+
+
+def unused_graph(meta: dict, cfg: dict) -> str | None:
+    """A checkpoint of ours is built from the graph it records (its weights fit no other). When the
+    config names another graph or scale, which is then not used, what it names; else None."""
+    stored, given = meta.get("graph_spec"), cfg.get("graph")
+    if not stored or not given:
+        return None
+    try:
+        spec = given if isinstance(given, dict) else load_yaml(given, error=ConfigError)
+    except ConfigError:  # the checkpoint's graph is what is built, so an unreadable config graph is only named
+        return f"graph {given} (unreadable)"
+    scale, stored_scale = cfg.get("scale"), meta.get("scale")
+    scale_differs = scale is not None and scale != stored_scale
+    if spec == stored and not scale_differs:
+        return None
+    named = "graph" if isinstance(given, dict) else f"graph {given}"
+    return named + (f" (scale {scale}; the checkpoint's {stored_scale})" if scale_differs else "")
 
 
 def load_weights(model: nn.Module, weights: dict, source) -> str | None:

@@ -169,7 +169,7 @@ def _(ctx):
 
 
 @case("config_is_checkpoint", "config", "this is a binary file (a checkpoint or an archive?), not a YAML config",
-      "pass the .yml file here; weights go to -r / -t")
+      "pass the .yml file here; weights go to -r / -t (train.py) or -tw (distill.py)")
 def _(ctx):
     path = ctx.tmp / "weights.yml"
     torch.save({"model": {}}, path)
@@ -239,6 +239,17 @@ def _(ctx):
 @case("teacher_config_without_weights", "command", "-tc and -tw go together", "the teacher's config and its weights")
 def _(ctx):
     return run_cli(distill.main, ["-sc", ctx.config(), "-tc", ctx.config(name="t.yml"), "-d", "cpu"])
+
+
+@case("teacher_files_swapped", "command", "this is a binary file (a checkpoint or an archive?), not a YAML config",
+      "weights go to -r / -t (train.py) or -tw (distill.py)")
+def _(ctx):
+    weights = ctx.tmp / "teacher.pth"
+    torch.save({"model": {}}, weights)
+    student = ctx.config(distill={"kd_loss_type": "logit"})
+    argv = ["-sc", student, "-tc", weights, "-tw", ctx.config(name="t.yml"), "-d", "cpu",
+            "--output-dir", ctx.tmp / "out", "--quiet"]
+    return (*run_cli(distill.main, argv), weights)
 
 
 @case("distill_without_teacher", "command", "kd_loss_type logit needs a teacher",
@@ -760,9 +771,9 @@ def test_readme_troubleshooting_section_is_rendered_from_both_corpora():
     from tests.corpus.make_troubleshooting import GROUPS, all_cases, readme_section, render
 
     cases = all_cases()
-    assert len({c.id for c in cases}) == len(cases) == 146
+    assert len({c.id for c in cases}) == len(cases) == 147
     assert {g: sum(c.group == g for c in cases) for g in GROUPS} == {
-        "graph": 20, "dataset": 15, "checkpoint": 5, "config": 47, "command": 14, "labels": 20, "files": 14,
+        "graph": 20, "dataset": 15, "checkpoint": 5, "config": 47, "command": 15, "labels": 20, "files": 14,
         "resources": 11}
     assert readme_section((REPO / "README.md").read_text()) == render(cases), (
         "README.md is out of date: run python tests/corpus/make_troubleshooting.py")

@@ -159,7 +159,7 @@ def test_a_config_graph_the_checkpoint_overrides_is_named(tmp_path):
     graph, when another, is named so that nobody believes it was evaluated."""
     import yaml
 
-    from engine.checkpoint import unused_graph
+    from models.factory import unused_graph
 
     stored = {"nc": 3, "backbone": [[-1, 1, "Conv", [8, 3, 2]]]}
     meta = {"graph_spec": stored, "scale": None}
@@ -170,3 +170,19 @@ def test_a_config_graph_the_checkpoint_overrides_is_named(tmp_path):
     other = dict(stored, backbone=[[-1, 1, "Conv", [16, 3, 2]]])
     assert unused_graph(meta, {"graph": other}) == "graph"
     assert unused_graph(dict(meta, scale="n"), {"graph": stored, "scale": "s"}) == "graph (scale s; the checkpoint's n)"
+
+
+def test_a_run_that_stops_during_setup_leaves_no_folder_behind(tmp_path):
+    import train
+    from tests.engine_helpers import make_data, tiny_config, write_config
+    from tests.test_corpus import run_cli
+
+    data = make_data(tmp_path / "data", train=4, val=2)
+    cfg = write_config(tiny_config(data, epochs=1), tmp_path / "run.yml")
+    argv = ["-c", cfg, "-d", "cpu", "--quiet", "-u", "train_dataloader.total_batch_size=8"]  # > 4 images
+    code, text = run_cli(train.main, [*argv, "--output-dir", tmp_path / "new"])
+    assert code != 0 and "fewer than one batch" in text
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made is kept, and holds no stale lock
+    code, _ = run_cli(train.main, [*argv, "--output-dir", tmp_path / "mine"])
+    assert code != 0 and (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())

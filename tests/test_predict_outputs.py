@@ -51,3 +51,22 @@ def test_the_onnx_backend_refuses_options_it_would_ignore(tmp_path):
         predict.main([*base, "-r", "last.pth"])
     with pytest.raises(ConfigError, match="-u changes a config"):
         predict.main([*base, "-u", "eval_score_threshold=0.5"])
+
+
+def test_predicting_with_another_graph_in_the_config_says_which_graph_is_used(trained_run, tmp_path):
+    """The checkpoint's graph is built (its weights fit no other); a config naming another one is told so."""
+    import yaml
+    from PIL import Image
+
+    from tests.test_corpus import run_cli
+
+    cfg = yaml.safe_load(Path(trained_run["config"]).read_text())
+    cfg["graph"]["backbone"][0][3][0] *= 2  # another width: these weights would not fit it
+    other = tmp_path / "other.yml"
+    other.write_text(yaml.safe_dump(cfg))
+    Image.new("RGB", (64, 48), (90, 120, 30)).save(tmp_path / "x.jpg")
+    argv = ["-c", other, "-r", trained_run["checkpoint"], "-i", tmp_path / "x.jpg", "-o", tmp_path / "out"]
+    code, text = run_cli(predict.main, argv)
+    assert code == 0 and "the config's graph differs and is not used" in text
+    code, text = run_cli(predict.main, [*argv[:1], trained_run["config"], *argv[2:]])
+    assert code == 0 and "is not used" not in text
