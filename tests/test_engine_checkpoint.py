@@ -167,6 +167,8 @@ def test_a_config_graph_the_checkpoint_overrides_is_named(tmp_path):
     assert unused_graph(meta, {"graph": str(tmp_path / "same.yaml")}) is None
     assert unused_graph(meta, {"graph": dict(stored)}) is None
     assert unused_graph({}, {"graph": "anything.yaml"}) is None          # an official checkpoint records none
+    missing = tmp_path / "moved.yaml"                                    # the checkpoint's graph is built anyway
+    assert unused_graph(meta, {"graph": str(missing)}) == f"graph {missing} (unreadable)"
     other = dict(stored, backbone=[[-1, 1, "Conv", [16, 3, 2]]])
     assert unused_graph(meta, {"graph": other}) == "graph"
     assert unused_graph(dict(meta, scale="n"), {"graph": stored, "scale": "s"}) == "graph (scale s; the checkpoint's n)"
