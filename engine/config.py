@@ -22,6 +22,10 @@ from core.yaml_io import load_yaml
 from engine.vocabulary import translate
 
 INCLUDE = "__include__"
+# A `graphs/...` or `configs/...` path found neither from the current folder nor beside the file naming
+# it is the checkout's file, as on the `detrzoo` command line: a config copied into a project keeps working.
+CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKOUT_FOLDERS = ("graphs/", "configs/")
 
 
 # YAML 1.1 reads `1e-4` (no dot) as a string; users write learning rates that way.
@@ -90,21 +94,29 @@ def _load_file(path: Path, stack: tuple[Path, ...], sources: dict) -> dict:
         target = Path(include).expanduser()
         target = target if target.is_absolute() else path.parent / target
         if not target.is_file():
+            target = checkout_file(include)
+        if target is None:
             raise ConfigError(f"included file not found: {include}", where=f"{path}: {INCLUDE}",
-                              hint=f"paths are relative to the including file's folder ({path.parent})")
+                              hint=f"paths are relative to the including file's folder ({path.parent}); "
+                                   f"{' or '.join(CHECKOUT_FOLDERS)} paths may name the checkout's ({CHECKOUT})")
         deep_merge(merged, _load_file(target, (*stack, path), sources), sources=None)
     # The sources of included values were recorded while loading them; this file's own values win.
     deep_merge(merged, spec, sources, str(path))
     return merged
 
 
+def checkout_file(name: str) -> Path | None:
+    """The checkout's file `name` names, for a graphs/ or configs/ path; else None."""
+    target = CHECKOUT / name
+    return target if name.startswith(CHECKOUT_FOLDERS) and target.is_file() else None
+
+
 def _anchor_graph(spec: dict, path: Path) -> None:
-    """A `graph:` path that is no file from the current folder but one beside the file that names it
-    becomes that file, as `__include__` paths are relative to the including file (so a run config that
-    includes configs/deim/deim-s-coco.yml finds its graph from anywhere)."""
-    graph = spec.get("graph")
-    if isinstance(graph, str) and not Path(graph).is_file() and (path.parent / graph).is_file():
-        spec["graph"] = os.path.normpath(path.parent / graph)
+    """A `graph:` path is located from the file that names it (see locate_graph), as `__include__` paths
+    are relative to the including file (so a run config that includes configs/deim/deim-s-coco.yml finds
+    its graph from anywhere)."""
+    if "graph" in spec:
+        spec["graph"] = locate_graph(spec["graph"], path)
 
 
 def parse_update(text: str) -> tuple[list[str], Any]:
@@ -314,19 +326,21 @@ def resolve(cfg: dict, world_size: int = 1, config_path: str | Path | None = Non
 
 
 def locate_graph(graph, config_path):
-    """A graph path that is not a file from the current folder but is one beside the config file
-    names that file (configs refer to graphs relative to themselves); anything else is unchanged."""
-    if isinstance(graph, str) and config_path is not None and not Path(graph).is_file():
-        beside = Path(config_path).parent / graph
-        if beside.is_file():
-            return str(beside)
-    return graph
+    """A graph path that is not a file from the current folder but is one beside the config file names
+    that file (configs refer to graphs relative to themselves); failing that, a graphs/ path names the
+    checkout's file. Anything else is unchanged."""
+    if not isinstance(graph, str) or Path(graph).is_file():
+        return graph
+    beside = Path(config_path).parent / graph if config_path is not None else None
+    located = beside if beside is not None and beside.is_file() else checkout_file(graph)
+    return os.path.normpath(located) if located is not None else graph
 
 
 def _derive_graph_path(filler: _Filler, config_path) -> None:
     located = locate_graph(filler.cfg["graph"], config_path)
     if located != filler.cfg["graph"]:
-        filler.fill("", "graph", located, "relative to the config file's folder", force=True)
+        filler.fill("", "graph", located, "not in the current folder: beside the config file, or the checkout's",
+                    force=True)
 
 
 def _derive_schedule(filler: _Filler) -> None:

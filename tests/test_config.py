@@ -59,6 +59,29 @@ def test_missing_include_names_the_including_file(tmp_path):
     assert "top.yml" in err.value.where
 
 
+def test_a_config_copied_out_of_the_checkout_finds_its_configs_and_graphs_paths_there(tmp_path, monkeypatch):
+    """configs/... and graphs/... paths missing from the current folder and beside the file name the
+    checkout's files, as on the `detrzoo` command line; a file of the user's own under that name wins."""
+    import yaml
+
+    from engine.config import resolve
+
+    monkeypatch.chdir(tmp_path)
+    top = write(tmp_path / "project/run.yml",
+                "__include__: [configs/recipes/deim.yml, configs/data/demo.yml]\ngraph: graphs/deim/deim-n.yaml\n")
+    recipe = yaml.safe_load((REPO / "configs/recipes/deim.yml").read_text())
+    cfg = load_config(top)
+    assert cfg["graph"] == str(REPO / "graphs/deim/deim-n.yaml")
+    assert cfg["criterion"]["type"] == recipe["criterion"]["type"]
+    assert resolve(load_config(top, ["graph=graphs/deim/deim-s.yaml"]), config_path=top)["graph"] == str(
+        REPO / "graphs/deim/deim-s.yaml")
+    write(tmp_path / "project/configs/recipes/deim.yml", "epochs: 3\n")   # the user's own copy beside it
+    assert load_config(top)["epochs"] == 3 and "criterion" not in load_config(top)
+    with pytest.raises(ConfigError, match="included file not found: recipes/deim.yml") as err:
+        load_config(write(tmp_path / "other.yml", "__include__: [recipes/deim.yml]\n"))  # not a checkout path
+    assert f"graphs/ or configs/ paths may name the checkout's ({REPO})" in err.value.hint
+
+
 def test_official_spellings_are_read_under_our_names_in_the_order_written(tmp_path, capsys):
     base = write(tmp_path / "base.yml", "epoches: 72\nlrsheduler: flatcosine\nlr_gamma: 0.5\n")
     top = write(tmp_path / "top.yml", "__include__: [base.yml]\nepochs: 80\n")
