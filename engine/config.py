@@ -295,7 +295,7 @@ def resolve(cfg: dict, world_size: int = 1, config_path: str | Path | None = Non
     out = validate_section(RunConfig, copy.deepcopy(cfg), "").model_dump()
     # derive first: a value left null (~) means "derive it", which the sections' own checks would refuse
     filler = _Filler(out)
-    _derive_graph_path(filler, config_path)
+    _derive_graph_path(filler, config_path, training)
     _derive_schedule(filler)
     _derive_sizes(filler)
     for split in ("train_dataloader", "val_dataloader"):
@@ -336,11 +336,27 @@ def locate_graph(graph, config_path):
     return os.path.normpath(located) if located is not None else graph
 
 
-def _derive_graph_path(filler: _Filler, config_path) -> None:
+def _derive_graph_path(filler: _Filler, config_path, training: bool) -> None:
     located = locate_graph(filler.cfg["graph"], config_path)
+    # Checked before the data is read; an evaluation builds the graph its checkpoint records, if any.
+    if training and isinstance(located, str) and not Path(located).is_file():
+        raise ConfigError(f"graph file not found: {located}", where=f"{config_path or 'config'}: graph",
+                          hint=_graph_hint(located, config_path))
     if located != filler.cfg["graph"]:
         filler.fill("", "graph", located, "not in the current folder: beside the config file, or the checkout's",
                     force=True)
+
+
+def _graph_hint(name: str, config_path) -> str:
+    """The nearest graph file names in the folder the path names (here, or in the checkout)."""
+    import difflib
+
+    folder, config = Path(name).parent, Path(config_path).resolve() if config_path else None
+    known = {p.name for base in (folder, CHECKOUT / folder) if base.is_dir() for p in base.glob("*.y*ml")
+             if p.resolve() != config}
+    close = difflib.get_close_matches(Path(name).name, sorted(known), n=3, cutoff=0.6)
+    found = f"did you mean {', '.join(str(folder / c) for c in close)}? " if close else ""
+    return found + "graph paths are read from the current folder, the config's folder, then the checkout's graphs/"
 
 
 def _derive_schedule(filler: _Filler) -> None:

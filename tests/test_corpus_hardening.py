@@ -168,6 +168,12 @@ def _(ctx):
     return ctx.train(cfg=ctx.config(HybridEncoder={"hidden_dim": 256}))
 
 
+@case("graph_path_typo", "config", "graph file not found: graphs/deim/deim-q.yaml",
+      "did you mean graphs/deim/deim-", names=("graph",))
+def _(ctx):
+    return ctx.train("-u", "graph=graphs/deim/deim-q.yaml")
+
+
 @case("config_is_checkpoint", "config", "this is a binary file (a checkpoint or an archive?), not a YAML config",
       "pass the .yml file here; weights go to -r / -t (train.py) or -tw (distill.py)")
 def _(ctx):
@@ -771,9 +777,9 @@ def test_readme_troubleshooting_section_is_rendered_from_both_corpora():
     from tests.corpus.make_troubleshooting import GROUPS, all_cases, readme_section, render
 
     cases = all_cases()
-    assert len({c.id for c in cases}) == len(cases) == 147
+    assert len({c.id for c in cases}) == len(cases) == 148
     assert {g: sum(c.group == g for c in cases) for g in GROUPS} == {
-        "graph": 20, "dataset": 15, "checkpoint": 5, "config": 47, "command": 15, "labels": 20, "files": 14,
+        "graph": 20, "dataset": 15, "checkpoint": 5, "config": 48, "command": 15, "labels": 20, "files": 14,
         "resources": 11}
     assert readme_section((REPO / "README.md").read_text()) == render(cases), (
         "README.md is out of date: run python tests/corpus/make_troubleshooting.py")

@@ -188,3 +188,21 @@ def test_a_run_that_stops_during_setup_leaves_no_folder_behind(tmp_path):
     (tmp_path / "mine").mkdir()  # a folder the user made is kept, and holds no stale lock
     code, _ = run_cli(train.main, [*argv, "--output-dir", tmp_path / "mine"])
     assert code != 0 and (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+
+
+def test_test_only_builds_the_checkpoints_graph_when_the_configs_graph_file_is_gone(trained_run, tmp_path):
+    import yaml
+
+    import train
+    from tests.test_corpus import run_cli
+
+    cfg = yaml.safe_load(trained_run["config"].read_text())
+    cfg["graph"] = str(tmp_path / "moved.yaml")
+    config = tmp_path / "run.yml"
+    config.write_text(yaml.safe_dump(cfg))
+    argv = ["-c", config, "-d", "cpu", "--quiet"]
+    code, text = run_cli(train.main, [*argv, "--test-only", "-r", trained_run["checkpoint"], "--output-dir",
+                                      tmp_path / "eval"])
+    assert code == 0 and f"graph {tmp_path / 'moved.yaml'} (unreadable) differs and is not used" in text
+    code, text = run_cli(train.main, [*argv, "--output-dir", tmp_path / "train"])   # training needs the file
+    assert code != 0 and "graph file not found" in text and not (tmp_path / "train").exists()
