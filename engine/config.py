@@ -327,8 +327,8 @@ def resolve(cfg: dict, world_size: int = 1, config_path: str | Path | None = Non
 
 def locate_graph(graph, config_path):
     """A graph path that is not a file from the current folder but is one beside the config file names
-    that file (configs refer to graphs relative to themselves); failing that, a graphs/ path names the
-    checkout's file. Anything else is unchanged."""
+    that file (configs refer to graphs relative to themselves); failing that, a graphs/ or configs/ path
+    names the checkout's file (checkout_file). Anything else is unchanged."""
     if not isinstance(graph, str) or Path(graph).is_file():
         return graph
     beside = Path(config_path).parent / graph if config_path is not None else None
